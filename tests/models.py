@@ -1,0 +1,89 @@
+"""Tiny random-weight configurations of the real architectures, shared by the tests."""
+
+from __future__ import annotations
+
+import torch
+from transformers import (
+    BertConfig,
+    BertModel,
+    CLIPConfig,
+    CLIPModel,
+    CLIPVisionConfig,
+    CLIPVisionModel,
+    DeiTConfig,
+    DeiTModel,
+    RobertaConfig,
+    RobertaModel,
+    ViTConfig,
+    ViTModel,
+)
+
+
+def _jitter_norms(model: torch.nn.Module) -> torch.nn.Module:
+    """Random LayerNorm gains and biases, so no score is degenerate (fresh LayerNorms give every
+    token the same norm, making norm-based rankings pure float noise)."""
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, torch.nn.LayerNorm) and m.weight is not None:
+                m.weight.copy_(1 + 0.3 * torch.randn(m.weight.shape, generator=g))
+                m.bias.copy_(0.1 * torch.randn(m.bias.shape, generator=g))
+    return model.eval()
+
+
+HID = dict(hidden_size=32, num_hidden_layers=4, num_attention_heads=4, intermediate_size=64)
+
+
+def bert(impl: str = "sdpa", pooling: bool = True) -> torch.nn.Module:
+    torch.manual_seed(0)
+    return _jitter_norms(
+        BertModel(BertConfig(vocab_size=120, attn_implementation=impl, **HID), add_pooling_layer=pooling)
+    )
+
+
+def roberta() -> torch.nn.Module:
+    torch.manual_seed(0)
+    return _jitter_norms(RobertaModel(RobertaConfig(vocab_size=120, pad_token_id=1, attn_implementation="sdpa", **HID)))
+
+
+def vit(cls=ViTModel, impl: str = "sdpa") -> torch.nn.Module:
+    torch.manual_seed(0)
+    cfg = ViTConfig(image_size=32, patch_size=4, num_labels=5, attn_implementation=impl, **HID)
+    return _jitter_norms(cls(cfg))
+
+
+def deit() -> torch.nn.Module:
+    torch.manual_seed(0)
+    return _jitter_norms(DeiTModel(DeiTConfig(image_size=32, patch_size=4, attn_implementation="sdpa", **HID)))
+
+
+def clip_vision() -> torch.nn.Module:
+    torch.manual_seed(0)
+    return _jitter_norms(
+        CLIPVisionModel(CLIPVisionConfig(image_size=32, patch_size=4, attn_implementation="sdpa", **HID))
+    )
+
+
+def clip_full() -> torch.nn.Module:
+    torch.manual_seed(0)
+    cfg = CLIPConfig(
+        text_config=dict(vocab_size=120, **HID),
+        vision_config=dict(image_size=32, patch_size=4, **HID),
+        projection_dim=16,
+    )
+    return _jitter_norms(CLIPModel(cfg))
+
+
+def text_batch(seed: int = 0, lengths: tuple[int, ...] = (20, 14, 9, 20)) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    n = max(lengths)
+    ids = torch.randint(5, 120, (len(lengths), n), generator=g)
+    mask = torch.zeros(len(lengths), n, dtype=torch.long)
+    for i, ln in enumerate(lengths):
+        mask[i, :ln] = 1
+    ids = ids.masked_fill(mask == 0, 0)
+    return {"input_ids": ids, "attention_mask": mask}
+
+
+def pixels(batch: int = 3, seed: int = 0) -> torch.Tensor:
+    return torch.randn(batch, 3, 32, 32, generator=torch.Generator().manual_seed(seed))

@@ -1,0 +1,63 @@
+"""What a model family must tell the runner: where its blocks are and how to split one block.
+
+A family adapter is a handful of small functions. The runner (``runner.py``) owns everything
+generic: budgets, state between layers, applying assignments, restoring the original length.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import torch
+from torch import Tensor, nn
+
+from ..core.dims import ModelDims
+
+
+class Family(Protocol):
+    """A model family: locate its blocks and run a block as attention half + MLP half."""
+
+    name: str
+
+    def find_layers(self, model: nn.Module) -> nn.ModuleList | None: ...
+
+    def default_protected(self, model: nn.Module) -> int: ...
+
+    def dims(self, model: nn.Module) -> ModelDims: ...
+
+    def attention(self, layer: nn.Module, x: Tensor, mask: Tensor | None) -> tuple[Tensor, Tensor, Tensor, float]: ...
+
+    def mlp(self, layer: nn.Module, x: Tensor) -> Tensor: ...
+
+
+def module_list_of(model: nn.Module, class_names: set[str], prefer: str | None = None) -> nn.ModuleList | None:
+    """The first ModuleList whose children are all blocks of the given classes.
+
+    ``prefer`` picks, among several stacks (e.g. CLIP text and vision towers), the one whose
+    qualified name contains it.
+    """
+    found = []
+    for qual, mod in model.named_modules():
+        if isinstance(mod, nn.ModuleList) and len(mod) and all(type(c).__name__ in class_names for c in mod):
+            found.append((qual, mod))
+    if prefer is not None:
+        preferred = [m for q, m in found if prefer in q]
+        if preferred:
+            return preferred[0]
+    return found[0][1] if found else None
+
+
+def valid_from_mask(mask: Tensor | None, x: Tensor) -> Tensor:
+    """Real-token mask (B, N) from the 4-D mask a Hugging Face model passes to its layers.
+
+    Row 0 ([CLS], always real) tells which keys are real; no mask means no padding.
+    """
+    b, n = x.shape[:2]
+    if mask is None:
+        return torch.ones(b, n, dtype=torch.bool, device=x.device)
+    row = mask[:, 0, 0, :] if mask.dim() == 4 else mask
+    if row.dtype == torch.bool:
+        valid = row
+    else:
+        valid = row > torch.finfo(row.dtype).min / 2
+    return valid.expand(b, n).clone()

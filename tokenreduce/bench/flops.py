@@ -1,0 +1,106 @@
+"""Analytic cost of an encoder forward at each layer's real token count.
+
+Counts multiply-accumulates (MACs) of every matmul in the transformer blocks: Q/K/V and output
+projections, the two attention products (N² terms), the MLP, and the reducer's own scoring or
+matching matmuls. FLOPs = 2 × MACs (papers' "GFLOPs" are usually MACs). Elementwise work
+(softmax, norms, merging averages) is not counted; embeddings and heads are outside the blocks.
+Batches are rectangular, so a layer costs ``B × width`` where ``width`` is the widest row after
+reduction: padding is paid for, as it is on the hardware.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from ..core.dims import ModelDims
+from ..methods.base import Method
+
+
+@dataclass(frozen=True)
+class LayerCost:
+    n_in: int  # tokens entering attention (per row, the batch width)
+    n_out: int  # tokens entering the MLP
+    attn_proj: int  # MACs, whole batch
+    attn_core: int
+    mlp: int
+    reducer: int
+
+    @property
+    def total(self) -> int:
+        return self.attn_proj + self.attn_core + self.mlp + self.reducer
+
+
+def layer_widths(
+    lengths: Tensor, num_layers: int, method: Method | None = None, protected: int = 1
+) -> list[tuple[int, int]]:
+    """(width entering attention, width entering MLP) per layer for rows of ``lengths`` real tokens.
+
+    Mirrors the runner: a layer that removes nothing keeps the width; a reducing layer compacts
+    every row to ``protected + remaining`` and the batch to its widest row.
+    """
+    lengths = lengths.to(torch.int64)
+    width = int(lengths.max())
+    if method is None:
+        return [(width, width)] * num_layers
+    prot = lengths.clamp(max=protected)
+    cur = lengths - prot
+    r = method.budget().removals(cur, num_layers, cap=method.cap)
+    out = []
+    for i in range(num_layers):
+        n_in = width
+        if bool((r[i] > 0).any()):
+            cur = cur - r[i]
+            width = int((prot + cur).max())
+        out.append((n_in, width))
+    return out
+
+
+def encoder_cost(dims: ModelDims, lengths: Tensor, method: Method | None = None, protected: int = 1) -> list[LayerCost]:
+    """Per-layer MACs of one batch (rows of ``lengths`` real tokens) through the blocks."""
+    b = int(lengths.shape[0])
+    inner = dims.heads * dims.head_dim
+    costs = []
+    r = (
+        method.budget().removals((lengths - lengths.clamp(max=protected)).to(torch.int64), dims.layers, cap=method.cap)
+        if method is not None
+        else None
+    )
+    for i, (n_in, n_out) in enumerate(layer_widths(lengths, dims.layers, method, protected)):
+        reducing = r is not None and bool((r[i] > 0).any())
+        costs.append(
+            LayerCost(
+                n_in=n_in,
+                n_out=n_out,
+                attn_proj=b * (3 * n_in * dims.hidden * inner + n_in * inner * dims.hidden),
+                attn_core=b * 2 * dims.heads * n_in * n_in * dims.head_dim,
+                mlp=b * dims.ffn_matrices * n_out * dims.hidden * dims.ffn,
+                reducer=b * method.cost_macs(n_in, dims, protected) if reducing else 0,
+            )
+        )
+    return costs
+
+
+def total_macs(costs: list[LayerCost]) -> int:
+    return sum(c.total for c in costs)
+
+
+def measured_flops(fn, *args, **kwargs) -> int:
+    """FLOPs PyTorch actually executes in ``fn`` (``FlopCounterMode``), including CPU SDPA.
+
+    PyTorch's counter has no formula for the CPU flash-attention kernel; we register the same
+    formula it uses for the GPU kernels so CPU runs are counted too.
+    """
+    from torch.utils import flop_counter as fcm
+
+    def cpu_sdpa(query_shape, key_shape, value_shape, *a, **k):  # same formula as the GPU kernels
+        return fcm.sdpa_flop_count(query_shape, key_shape, value_shape)
+
+    op = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", None)
+    mapping = {op: cpu_sdpa} if op is not None else {}
+    counter = fcm.FlopCounterMode(display=False, custom_mapping=mapping)
+    with counter:
+        fn(*args, **kwargs)
+    return int(counter.get_total_flops())

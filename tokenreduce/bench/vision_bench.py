@@ -1,0 +1,112 @@
+"""Vision-encoder speed benchmark: a ViT (random weights are fine for speed) at a fixed batch.
+
+Reports, per config, the FLOP ratio (analytic MACs at each layer's token count), the throughput
+ratio against the unreduced model timed interleaved in the same process, and the token count
+left after the last layer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from ..adapters import patch, unpatch
+from ..adapters.patching import _resolve
+from ..methods import make_method
+from .flops import encoder_cost, layer_widths, total_macs
+from .report import machine_info
+from .text_bench import RunConfig
+from .timing import time_pair
+
+
+def vit_b16(num_layers: int = 12, image_size: int = 224, seed: int = 0) -> torch.nn.Module:
+    """ViT-B/16 architecture (Dosovitskiy et al. 2021) with random weights, SDPA attention."""
+    from transformers import ViTConfig, ViTModel
+
+    torch.manual_seed(seed)
+    cfg = ViTConfig(
+        image_size=image_size,
+        patch_size=16,
+        hidden_size=768,
+        num_hidden_layers=num_layers,
+        num_attention_heads=12,
+        intermediate_size=3072,
+        attn_implementation="sdpa",
+    )
+    return ViTModel(cfg, add_pooling_layer=False).eval()
+
+
+def run_vision_bench(
+    model: torch.nn.Module,
+    configs: Sequence[RunConfig],
+    batch_size: int = 8,
+    image_size: int = 224,
+    repeats: int = 5,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Time and count each config against the unreduced model on random images."""
+    fam, _ = _resolve(model)
+    dims = fam.dims(model)
+    protected = fam.default_protected(model)
+    g = torch.Generator().manual_seed(0)
+    pixels = torch.randn(batch_size, 3, image_size, image_size, generator=g)
+    n_tokens = (image_size // 16) ** 2 + 1
+    lengths = torch.full((batch_size,), n_tokens)
+    base_macs = total_macs(encoder_cost(dims, lengths))
+
+    @torch.inference_mode()
+    def run() -> torch.Tensor:
+        return model(pixel_values=pixels).last_hidden_state
+
+    ref = run()[:, 0]
+    rows: list[dict[str, Any]] = [
+        {
+            "config": "none",
+            "flops_ratio": 1.0,
+            "gmacs_per_image": base_macs / batch_size / 1e9,
+            "speedup": 1.0,
+            "final_tokens": n_tokens,
+        }
+    ]
+    for cfg in tqdm(configs, desc="configs", disable=not progress, unit="cfg"):
+        m = make_method(cfg.method, **cfg.params)
+
+        def reduced(m=m) -> torch.Tensor:
+            patch(model, m)
+            try:
+                return run()
+            finally:
+                unpatch(model)
+
+        cls = reduced()[:, 0]
+        tb, tr = time_pair(run, reduced, repeats=repeats)
+        mac = total_macs(encoder_cost(dims, lengths, m, protected))
+        rows.append(
+            {
+                "config": cfg.label,
+                "flops_ratio": mac / base_macs,
+                "gmacs_per_image": mac / batch_size / 1e9,
+                "speedup": tb.median_s / tr.median_s,
+                "time_s": tr.median_s,
+                "base_time_s": tb.median_s,
+                "throughput": batch_size / tr.median_s,
+                "base_throughput": batch_size / tb.median_s,
+                "final_tokens": layer_widths(lengths, dims.layers, m, protected)[-1][1],
+                "cls_cosine": torch.nn.functional.cosine_similarity(cls, ref, dim=-1).mean().item(),
+            }
+        )
+    meta = {
+        "machine": machine_info(),
+        "model": type(model).__name__,
+        "layers": dims.layers,
+        "hidden": dims.hidden,
+        "batch_size": batch_size,
+        "image_size": image_size,
+        "repeats": repeats,
+        "flops_unit": "MACs (FLOPs = 2 x MACs)",
+        "weights": "random (speed only)",
+    }
+    return {"meta": meta, "rows": rows}

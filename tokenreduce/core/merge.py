@@ -1,0 +1,54 @@
+"""Bipartite soft matching (ToMe) as a pure function producing a token assignment.
+
+Bolya et al., "Token Merging: Your ViT But Faster", ICLR 2023. Unprotected tokens are split
+alternately into sets A and B; every A token proposes its most similar B token (cosine of the
+metric, usually keys averaged over heads); the ``r`` best proposals are merged. At most half the
+unprotected tokens can merge in one round, so B tokens are always kept.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from .assign import compact
+
+
+def bipartite_soft_matching(metric: Tensor, r: Tensor, valid: Tensor, protected: int = 1) -> tuple[Tensor, int]:
+    """Plan one round of bipartite merging; returns ``(dst, n_out)`` for :func:`apply_assignment`.
+
+    metric: (B, N, D) features compared by cosine similarity.
+    r: (B,) number of merges per row, clamped to half the row's real unprotected tokens.
+    valid: (B, N) real tokens (padding never merges with anything).
+    protected: leading tokens ([CLS], registers) that are never merged.
+    Output keeps the original order: kept tokens first, then padding.
+    """
+    b, n, _ = metric.shape
+    pos = torch.arange(n, device=metric.device)
+    unprot = pos >= protected
+    is_a = unprot & ((pos - protected) % 2 == 0)
+    is_b = unprot & ((pos - protected) % 2 == 1)
+    a_idx, b_idx = pos[is_a], pos[is_b]
+    n_unprot = (valid & unprot).sum(1)
+    r = torch.minimum(r.to(n_unprot.dtype), n_unprot // 2)
+    if len(b_idx) == 0:  # fewer than two unprotected tokens: nothing can merge
+        return compact(valid, valid)
+
+    m = metric / metric.norm(dim=-1, keepdim=True).clamp(min=1e-12)
+    scores = m[:, a_idx] @ m[:, b_idx].transpose(1, 2)  # (B, |A|, |B|)
+    neg = torch.finfo(scores.dtype).min
+    scores = scores.masked_fill(~valid[:, b_idx][:, None, :], neg)
+    best, best_b = scores.max(-1)  # each A token's best B partner
+    best = best.masked_fill(~valid[:, a_idx], neg)
+
+    order = torch.sort(best, dim=1, descending=True, stable=True).indices
+    rank = torch.empty_like(order).scatter_(1, order, torch.arange(len(a_idx), device=metric.device).expand(b, -1))
+    merged_a = rank < r[:, None]  # (B, |A|)
+
+    keep = valid.clone()
+    keep[:, a_idx] = valid[:, a_idx] & ~merged_a
+    slot, n_out = compact(keep, valid)
+    target = b_idx[best_b]  # (B, |A|) position of each A token's partner
+    merged_slot = slot.gather(1, target)
+    slot[:, a_idx] = torch.where(merged_a, merged_slot, slot[:, a_idx])
+    return slot, n_out

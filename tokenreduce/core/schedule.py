@@ -1,0 +1,99 @@
+"""Per-layer reduction budgets, computed per sequence from its own length (pure, no state).
+
+A schedule turns a row's count of real unprotected tokens ``n0`` into how many tokens each layer
+removes. Computing it per row from that row alone is what makes results independent of batch
+composition and padding.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+SHAPES = ("constant", "decreasing")
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """How many tokens to remove at each layer.
+
+    Exactly one of:
+      * ``r``: an int removed at every reducing layer (ToMe's constant r), or a per-layer list;
+      * ``keep``: fraction of unprotected tokens left after the last reducing layer, spread over
+        the reducing layers evenly (``shape="constant"``) or front-loaded (``"decreasing"``,
+        removal at layer i proportional to the number of layers left, as in ToMe's decreasing
+        schedule).
+    ``layers`` restricts reduction to these layer indices (default: all).
+    A layer never removes more than ``cap`` of its current tokens (0.5 for bipartite merging);
+    what a capped layer could not remove is carried to the next reducing layer.
+    """
+
+    r: int | tuple[int, ...] | None = None
+    keep: float | None = None
+    shape: str = "constant"
+    layers: tuple[int, ...] | None = None
+
+    def __post_init__(self) -> None:
+        if (self.r is None) == (self.keep is None):
+            raise ValueError("give exactly one of r (tokens removed per layer) or keep (fraction kept, in (0, 1])")
+        if self.keep is not None and not 0.0 < float(self.keep) <= 1.0:
+            raise ValueError(f"keep must be in (0, 1], got {self.keep}")
+        rs = (self.r,) if isinstance(self.r, int) else (self.r or ())
+        if any((not isinstance(v, int)) or v < 0 for v in rs):
+            raise ValueError(f"r must be a non-negative int or a list of them, got {self.r!r}")
+        if self.shape not in SHAPES:
+            raise ValueError(f"schedule shape must be one of {SHAPES}, got {self.shape!r}")
+        if self.layers is not None and any(int(i) < 0 for i in self.layers):
+            raise ValueError(f"layers must be non-negative indices, got {self.layers}")
+
+    def check(self, num_layers: int) -> None:
+        """Validate against a model's depth (before any compute)."""
+        if isinstance(self.r, tuple) and len(self.r) != num_layers:
+            raise ValueError(f"per-layer r has {len(self.r)} entries but the model has {num_layers} layers")
+        if self.layers is not None and any(i >= num_layers for i in self.layers):
+            raise ValueError(f"layers {self.layers} out of range for a model with {num_layers} layers")
+
+    def is_identity(self) -> bool:
+        """True when nothing is ever removed (r=0 or keep=1)."""
+        if self.keep is not None:
+            return float(self.keep) == 1.0
+        return not any((self.r,) if isinstance(self.r, int) else self.r)
+
+    def _active(self, num_layers: int) -> list[int]:
+        return list(range(num_layers)) if self.layers is None else sorted(set(self.layers))
+
+    def removals(self, n0: Tensor, num_layers: int, cap: float = 0.5) -> Tensor:
+        """Tokens removed per layer and row, shape (num_layers, B), for rows of ``n0`` tokens."""
+        n0 = n0.to(torch.int64)
+        active = self._active(num_layers)
+        out = torch.zeros(num_layers, n0.shape[0], dtype=torch.int64, device=n0.device)
+        if self.keep is not None:
+            total = n0 - torch.round(n0.double() * float(self.keep)).to(torch.int64)
+            w = (
+                [1.0] * len(active)
+                if self.shape == "constant"
+                else [float(len(active) - i) for i in range(len(active))]
+            )
+            cum = torch.tensor(w, dtype=torch.float64).cumsum(0) / sum(w)
+        cur, removed = n0.clone(), torch.zeros_like(n0)
+        for j, layer in enumerate(active):
+            if self.keep is not None:
+                want = torch.round(total.double() * cum[j]).to(torch.int64) - removed
+            else:
+                want = torch.full_like(n0, self.r if isinstance(self.r, int) else self.r[layer])
+            limit = torch.floor(cur.double() * cap).to(torch.int64)
+            r = torch.clamp(torch.minimum(want, limit), min=0)
+            out[layer] = r
+            cur, removed = cur - r, removed + r
+        return out
+
+
+def schedule_from(
+    r: int | Sequence[int] | None, keep: float | None, shape: str, layers: Sequence[int] | None
+) -> Schedule:
+    """Build a :class:`Schedule` from user-facing keyword arguments."""
+    r_val = tuple(int(v) for v in r) if isinstance(r, (list, tuple)) else r
+    return Schedule(r=r_val, keep=keep, shape=shape, layers=tuple(layers) if layers is not None else None)

@@ -1,0 +1,114 @@
+"""Method base class and the registry of methods by name.
+
+A method is a small frozen dataclass: a schedule (how many tokens each layer removes) plus a
+``plan`` that turns one layer's tensors into a token assignment. It holds no runtime state, so
+one method object can serve many models and threads at once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, fields
+from typing import Any, ClassVar, NamedTuple
+
+from torch import Tensor
+
+from ..core.dims import ModelDims
+from ..core.schedule import SHAPES, Schedule, schedule_from
+
+_REGISTRY: dict[str, type[Method]] = {}
+
+
+class LayerTensors(NamedTuple):
+    """What a reducer may look at in one layer (between attention and MLP)."""
+
+    x: Tensor  # (B, N, C) hidden states after the attention sub-layer
+    sizes: Tensor  # (B, N) tokens merged into each slot; 0 marks padding
+    keys: Tensor | None  # (B, N, Ck) attention keys averaged over heads, if the method asked for them
+    cls_attn: Tensor | None  # (B, N) attention of the first token, averaged over heads, if asked for
+    layer: int
+    protected: int  # leading tokens that must be kept
+
+
+class Plan(NamedTuple):
+    """A token assignment for :func:`tokenreduce.core.assign.apply_assignment`."""
+
+    dst: Tensor  # (B, N) output slot per token, -1 = dropped
+    n_out: int
+    weights: Tensor | None = None  # averaging weights (default: sizes)
+    one_to_one: bool = False  # no slot is shared: apply by gather, bit-exact
+
+
+@dataclass(frozen=True)
+class Method:
+    """Shared budget parameters: ``r`` tokens per layer, or ``keep`` fraction; see :class:`Schedule`."""
+
+    r: int | tuple[int, ...] | None = None
+    keep: float | None = None
+    schedule: str = "constant"
+    layers: tuple[int, ...] | None = None
+    protected: int | None = None  # None: the adapter's default ([CLS] and any register tokens)
+
+    name: ClassVar[str] = ""
+    needs: ClassVar[frozenset[str]] = frozenset()  # subset of {"keys", "cls_attn"}
+    cap: ClassVar[float] = 0.5  # most of a layer's tokens one step may remove
+    proportional_attention: ClassVar[bool] = False
+    drops: ClassVar[bool] = False  # some tokens leave without being merged anywhere
+
+    def __post_init__(self) -> None:
+        if self.r is None and self.keep is None:
+            raise ValueError(f"{self.name}: give r (tokens removed per layer) or keep (fraction kept, in (0, 1])")
+        if self.schedule not in SHAPES:
+            raise ValueError(f"{self.name}: schedule must be one of {SHAPES}, got {self.schedule!r}")
+        if self.protected is not None and (not isinstance(self.protected, int) or self.protected < 0):
+            raise ValueError(f"{self.name}: protected must be a non-negative int, got {self.protected!r}")
+        self.budget()  # validates r / keep / layers
+
+    def budget(self) -> Schedule:
+        return schedule_from(self.r, self.keep, self.schedule, self.layers)
+
+    def plan(self, t: LayerTensors, n_remove: Tensor) -> Plan:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def cost_macs(self, n: int, dims: ModelDims, protected: int) -> int:
+        """Multiply-accumulates of this method's own scoring/matching (matmuls only) for one row of
+        ``n`` tokens, as executed: the analytic FLOP counter adds it at every reducing layer."""
+        return 0
+
+
+def register(name: str) -> Callable[[type[Method]], type[Method]]:
+    """Class decorator: make a method available as ``tokenreduce.patch(model, name, ...)``."""
+
+    def wrap(cls: type[Method]) -> type[Method]:
+        if name in _REGISTRY:
+            raise ValueError(f"method {name!r} is already registered")
+        cls.name = name
+        _REGISTRY[name] = cls
+        return cls
+
+    return wrap
+
+
+def methods() -> list[str]:
+    """Names of all registered methods."""
+    return sorted(_REGISTRY)
+
+
+def make_method(method: str | Method, **params: Any) -> Method:
+    """A method instance from a name and keyword parameters, validated before any compute."""
+    if isinstance(method, Method):
+        if params:
+            raise TypeError("pass parameters either in the Method object or as keywords, not both")
+        return method
+    if method not in _REGISTRY:
+        raise ValueError(f"unknown method {method!r}; available: {', '.join(methods())}")
+    cls = _REGISTRY[method]
+    allowed = {f.name for f in fields(cls)}
+    unknown = set(params) - allowed
+    if unknown:
+        raise TypeError(f"{method}: unknown parameter(s) {sorted(unknown)}; valid: {sorted(allowed)}")
+    if isinstance(params.get("r"), list):
+        params["r"] = tuple(params["r"])
+    if isinstance(params.get("layers"), list):
+        params["layers"] = tuple(params["layers"])
+    return cls(**params)

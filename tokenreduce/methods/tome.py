@@ -1,0 +1,39 @@
+"""ToMe: token merging by bipartite soft matching on attention keys.
+
+Bolya et al., "Token Merging: Your ViT But Faster", ICLR 2023 (arXiv:2210.09461). Merges the
+``r`` most similar token pairs per layer, size-weighted, with proportional attention (log-size
+key bias) so a merged token keeps the attention mass of the tokens it stands for.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+from torch import Tensor
+
+from ..core.dims import ModelDims
+from ..core.merge import bipartite_soft_matching
+from .base import LayerTensors, Method, Plan, register
+
+
+@register("tome")
+@dataclass(frozen=True)
+class ToMe(Method):
+    prop_attn: bool = True
+
+    needs: ClassVar[frozenset[str]] = frozenset({"keys"})
+    cap: ClassVar[float] = 0.5
+
+    @property
+    def proportional_attention(self) -> bool:  # type: ignore[override]
+        return self.prop_attn
+
+    def plan(self, t: LayerTensors, n_remove: Tensor) -> Plan:
+        dst, n_out = bipartite_soft_matching(t.keys, n_remove, t.sizes > 0, t.protected)
+        return Plan(dst, n_out)
+
+    def cost_macs(self, n: int, dims: ModelDims, protected: int) -> int:
+        # cosine similarity of head-averaged keys between the A and B halves
+        u = n - protected
+        return (u - u // 2) * (u // 2) * dims.head_dim
