@@ -16,6 +16,8 @@ from transformers import (
     RobertaModel,
     ViTConfig,
     ViTModel,
+    XLMRobertaConfig,
+    XLMRobertaModel,
 )
 
 
@@ -44,6 +46,12 @@ def bert(impl: str = "sdpa", pooling: bool = True) -> torch.nn.Module:
 def roberta() -> torch.nn.Module:
     torch.manual_seed(0)
     return _jitter_norms(RobertaModel(RobertaConfig(vocab_size=120, pad_token_id=1, attn_implementation="sdpa", **HID)))
+
+
+def xlmr() -> torch.nn.Module:
+    torch.manual_seed(0)
+    cfg = XLMRobertaConfig(vocab_size=120, pad_token_id=1, attn_implementation="sdpa", **HID)
+    return _jitter_norms(XLMRobertaModel(cfg))
 
 
 def vit(cls=ViTModel, impl: str = "sdpa") -> torch.nn.Module:

@@ -6,14 +6,14 @@ import threading
 
 import pytest
 import torch
-from models import bert, clip_full, clip_vision, deit, pixels, roberta, text_batch, vit
+from models import bert, clip_full, clip_vision, deit, pixels, roberta, text_batch, vit, xlmr
 from transformers import ViTForImageClassification
 
 import tokenreduce as tr
-from tokenreduce.adapters.patching import _resolve
+from tokenreduce.adapters.patching import resolve_family
 from tokenreduce.bench.flops import layer_widths
 
-TEXT = {"bert": bert, "roberta": roberta, "bert-eager": lambda: bert("eager")}
+TEXT = {"bert": bert, "roberta": roberta, "xlmr": xlmr, "bert-eager": lambda: bert("eager")}
 VISION = {
     "vit": vit,
     "vit-cls": lambda: vit(ViTForImageClassification),
@@ -31,6 +31,7 @@ REDUCING = [
     ("random", {"keep": 0.5}),
     ("tome", {"keep": 0.5, "prop_attn": False}),
     ("tome", {"r": 4, "layers": [1, 3]}),
+    ("tome", {"keep": 0.3, "metric": "hidden", "min_tokens": 6}),
 ]
 IDENTITY = [("tome", {"r": 0}), ("tome", {"keep": 1.0}), ("evit", {"keep": 1.0}), ("random", {"r": 0})]
 
@@ -63,7 +64,7 @@ def test_reducing_nothing_is_exact(name, method, params):
 def test_split_block_equals_block(name):
     """Our attention half + MLP half of each block reproduce the block's own forward bit for bit."""
     model, x = ALL[name](), inputs_for(name)
-    fam, layers = _resolve(model)
+    fam, layers = resolve_family(model)
     seen = []
     hook = layers[1].register_forward_pre_hook(lambda m, a, k: seen.append((a, k)), with_kwargs=True)
     run(model, x)
@@ -83,7 +84,7 @@ def test_unpatch_restores_exactly(name, method, params):
     model, x = ALL[name](), inputs_for(name)
     ref = run(model, x)
     state = {k: v.clone() for k, v in model.state_dict().items()}
-    _, layers = _resolve(model)
+    _, layers = resolve_family(model)
     tr.patch(model, method, **params)
     reduced = run(model, x)
     assert reduced.shape == ref.shape
@@ -126,7 +127,7 @@ def test_padding_and_batch_independence(name, method, params):
 def test_token_counts_match_the_schedule(name, method, params):
     """Each block's MLP sees exactly the width the analytic counter predicts."""
     model, x = ALL[name](), inputs_for(name)
-    fam, layers = _resolve(model)
+    fam, layers = resolve_family(model)
     widths = []
     for layer in layers:
         mlp = layer.intermediate if hasattr(layer, "intermediate") else layer.mlp
@@ -147,7 +148,7 @@ def test_protected_tokens_are_kept():
     at the first reducing layer their slots still hold exactly their unreduced values."""
     for make, prot in ((bert, 1), (deit, 2)):
         model = make()
-        _, layers = _resolve(model)
+        _, layers = resolve_family(model)
         first = layers[0].intermediate if hasattr(layers[0], "intermediate") else layers[0].mlp
         captured = []
         first.register_forward_pre_hook(lambda m, a, c=captured: c.append(a[0]))

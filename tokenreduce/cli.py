@@ -27,6 +27,25 @@ def _floats(text: str) -> list[float]:
         raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from e
 
 
+def parse_config(text: str) -> tuple[str, dict]:
+    """``"tome:keep=0.4,schedule=decreasing"`` -> ``("tome", {"keep": 0.4, "schedule": "decreasing"})``."""
+    name, _, rest = text.partition(":")
+    params: dict = {}
+    for item in filter(None, rest.split(",")):
+        key, sep, val = item.partition("=")
+        if not sep:
+            raise ValueError(f"bad --config item {item!r}: expected KEY=VALUE")
+        for conv in (int, float):
+            try:
+                params[key.strip()] = conv(val)
+                break
+            except ValueError:
+                continue
+        else:
+            params[key.strip()] = {"true": True, "false": False, "none": None}.get(val.lower(), val)
+    return name.strip(), params
+
+
 def _names(text: str) -> list[str]:
     return [v.strip() for v in text.split(",") if v.strip()]
 
@@ -52,6 +71,14 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--keep", type=_floats, default=None, help="keep rates, e.g. 0.9,0.7,0.5,0.3")
     b.add_argument("--r", type=_floats, default=None, help="vit: ToMe r values (default 8,13)")
     b.add_argument("--schedule", default="constant", choices=["constant", "decreasing"])
+    b.add_argument("--min-tokens", type=int, default=0, help="never reduce a text below this many tokens")
+    b.add_argument(
+        "--config",
+        action="append",
+        default=[],
+        metavar="METHOD:K=V,...",
+        help="add one explicit config, e.g. tome:keep=0.4,schedule=decreasing,metric=hidden (repeatable)",
+    )
     b.add_argument("--batch-size", type=int, default=None, help="default 32 (text) / 8 (vit)")
     b.add_argument("--timing-batches", type=int, default=2)
     b.add_argument("--repeats", type=int, default=5, help="timed runs per config (median reported)")
@@ -66,7 +93,7 @@ def _cmd_methods() -> int:
     for name in list_methods():
         cls = _REGISTRY[name]
         params = ", ".join(f"{f.name}={f.default!r}" for f in fields(cls))
-        doc = (cls.__doc__ or sys.modules[cls.__module__].__doc__ or "").strip().splitlines()[0]
+        doc = (cls.__doc__ or "").strip().splitlines()[0]
         print(f"{name:12s} {doc}\n{'':12s} params: {params}")
     return 0
 
@@ -93,6 +120,16 @@ def _print_text(result: dict) -> None:
     print(
         f"\n{meta['model']}; {m['cpu']}, {m['torch_threads']} threads; FLOPs counted as {meta['flops_unit']}; "
         f"speedup = {meta['timing']}, {meta['timed_texts']} texts, batch {meta['batch_size']}"
+    )
+
+
+def _log_row(row: dict) -> None:
+    """One line per finished config on stderr, so long runs show what they have measured so far."""
+    q = ", ".join(f"{k}={v:.4f}" for k, v in row.items() if k.count(":") == 1 and isinstance(v, float))
+    print(
+        f"[done] {row['config']}: flops {row['flops_ratio']:.3f}, speedup {row['speedup']:.2f}, {q}",
+        file=sys.stderr,
+        flush=True,
     )
 
 
@@ -130,9 +167,16 @@ def _cmd_bench(a: argparse.Namespace) -> int:
         from .bench.encoder import load_text_encoder
         from .bench.tasks import load_task
         from .bench.text_bench import run_text_bench
+        from .methods import make_method
 
         names = a.methods or list_methods()
-        configs = grid(names, a.keep or DEFAULT_KEEPS, a.schedule)  # validates before loading anything
+        keeps = a.keep if a.keep is not None else ([] if a.config and not a.methods else DEFAULT_KEEPS)
+        extra = {"min_tokens": a.min_tokens} if a.min_tokens else None
+        configs = grid(names, keeps, a.schedule, extra)  # validates before loading anything
+        for text in a.config:
+            name, params = parse_config(text)
+            make_method(name, **params)
+            configs.append(RunConfig(name, params))
         tasks = [load_task(spec, a.data_dir) for spec in a.data]
         enc = load_text_encoder(a.model)
         result = run_text_bench(
@@ -143,6 +187,7 @@ def _cmd_bench(a: argparse.Namespace) -> int:
             timing_batches=a.timing_batches,
             repeats=a.repeats,
             progress=not a.no_progress,
+            on_row=_log_row,
         )
         _print_text(result)
     result["meta"]["wall_s"] = time.perf_counter() - start

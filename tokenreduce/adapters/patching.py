@@ -8,6 +8,7 @@ before anything is changed.
 from __future__ import annotations
 
 import functools
+import importlib.util
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -27,14 +28,14 @@ _ATTR = "_tokenreduce_patch"
 def families() -> list[Family]:
     """Supported model families, most specific first (timm only when the extra is installed)."""
     fams: list[Family] = [HFBert(), HFViT(), HFCLIPVision()]
-    try:
-        from .timm_vit import TimmViT
-    except ImportError:
+    if importlib.util.find_spec("timm") is None:
         return fams
+    from .timm_vit import TimmViT
+
     return fams + [TimmViT()]
 
 
-def _resolve(model: nn.Module) -> tuple[Family, nn.ModuleList]:
+def resolve_family(model: nn.Module) -> tuple[Family, nn.ModuleList]:
     for fam in families():
         layers = fam.find_layers(model)
         if layers is not None:
@@ -58,9 +59,11 @@ def patch(model: nn.Module, method: str | Method, *, restore_length: bool = True
     if getattr(model, _ATTR, None) is not None:
         raise RuntimeError("model is already patched; call tokenreduce.unpatch(model) first")
     m = make_method(method, **params)
-    fam, layers = _resolve(model)
+    fam, layers = resolve_family(model)
     m.budget().check(len(layers))
     protected = fam.default_protected(model) if m.protected is None else m.protected
+    if "cls_attn" in m.needs and protected < 1:
+        raise ValueError(f"{m.name} scores tokens by [CLS] attention, but this model has no protected [CLS] token")
     handle = PatchHandle(family=fam, method=m, layers=layers, protected=protected, restore_length=restore_length)
     for i, layer in enumerate(layers):
         handle.saved_forwards.append(layer.__dict__.get("forward"))

@@ -70,6 +70,10 @@ def reduced_forward(
     h: PatchHandle, index: int, layer: nn.Module, x: Tensor, mask: Tensor | None = None, *args: Any, **kwargs: Any
 ) -> Tensor:
     """Forward of block ``index`` of a patched model."""
+    if mask is None and "attn_mask" in kwargs:  # timm passes the mask by keyword
+        mask = kwargs.pop("attn_mask")
+    if kwargs.get("is_causal"):
+        raise ValueError("tokenreduce: causal attention cannot be reduced by encoder methods")
     states = _STATE.get()
     if index == 0:
         states = dict(states or {})

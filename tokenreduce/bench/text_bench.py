@@ -17,7 +17,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..adapters import patch, unpatch
-from ..adapters.patching import _resolve
+from ..adapters.patching import resolve_family
 from ..methods import make_method
 from .encoder import TextEncoder
 from .flops import encoder_cost, total_macs
@@ -92,7 +92,7 @@ def run_text_bench(
     """
     if not tasks:
         raise ValueError("need at least one task")
-    fam, _ = _resolve(enc.model)
+    fam, _ = resolve_family(enc.model)
     dims = fam.dims(enc.model)
     protected = fam.default_protected(enc.model)
     primary = _texts(tasks[0])

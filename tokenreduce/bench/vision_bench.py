@@ -14,7 +14,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..adapters import patch, unpatch
-from ..adapters.patching import _resolve
+from ..adapters.patching import resolve_family
 from ..methods import make_method
 from .flops import encoder_cost, layer_widths, total_macs
 from .report import machine_info
@@ -48,12 +48,14 @@ def run_vision_bench(
     progress: bool = True,
 ) -> dict[str, Any]:
     """Time and count each config against the unreduced model on random images."""
-    fam, _ = _resolve(model)
+    fam, _ = resolve_family(model)
     dims = fam.dims(model)
     protected = fam.default_protected(model)
+    image_size = int(model.config.image_size)
+    patch_size = int(model.config.patch_size)
     g = torch.Generator().manual_seed(0)
     pixels = torch.randn(batch_size, 3, image_size, image_size, generator=g)
-    n_tokens = (image_size // 16) ** 2 + 1
+    n_tokens = (image_size // patch_size) ** 2 + protected
     lengths = torch.full((batch_size,), n_tokens)
     base_macs = total_macs(encoder_cost(dims, lengths))
 

@@ -27,6 +27,8 @@ class Schedule:
         removal at layer i proportional to the number of layers left, as in ToMe's decreasing
         schedule).
     ``layers`` restricts reduction to these layer indices (default: all).
+    ``min_tokens``: a row is never reduced below this many unprotected tokens (short sequences,
+    where there is little to save, are left alone or reduced less).
     A layer never removes more than ``cap`` of its current tokens (0.5 for bipartite merging);
     what a capped layer could not remove is carried to the next reducing layer.
     """
@@ -35,17 +37,20 @@ class Schedule:
     keep: float | None = None
     shape: str = "constant"
     layers: tuple[int, ...] | None = None
+    min_tokens: int = 0
 
     def __post_init__(self) -> None:
         if (self.r is None) == (self.keep is None):
             raise ValueError("give exactly one of r (tokens removed per layer) or keep (fraction kept, in (0, 1])")
         if self.keep is not None and not 0.0 < float(self.keep) <= 1.0:
             raise ValueError(f"keep must be in (0, 1], got {self.keep}")
-        rs = (self.r,) if isinstance(self.r, int) else (self.r or ())
-        if any((not isinstance(v, int)) or v < 0 for v in rs):
+        rs = self.r if isinstance(self.r, (tuple, list)) else (() if self.r is None else (self.r,))
+        if any(isinstance(v, bool) or not isinstance(v, int) or v < 0 for v in rs):
             raise ValueError(f"r must be a non-negative int or a list of them, got {self.r!r}")
         if self.shape not in SHAPES:
             raise ValueError(f"schedule shape must be one of {SHAPES}, got {self.shape!r}")
+        if isinstance(self.min_tokens, bool) or not isinstance(self.min_tokens, int) or self.min_tokens < 0:
+            raise ValueError(f"min_tokens must be a non-negative int, got {self.min_tokens!r}")
         if self.layers is not None and any(int(i) < 0 for i in self.layers):
             raise ValueError(f"layers must be non-negative indices, got {self.layers}")
 
@@ -78,13 +83,14 @@ class Schedule:
                 else [float(len(active) - i) for i in range(len(active))]
             )
             cum = torch.tensor(w, dtype=torch.float64).cumsum(0) / sum(w)
+        floor = n0.clamp(max=self.min_tokens)
         cur, removed = n0.clone(), torch.zeros_like(n0)
         for j, layer in enumerate(active):
             if self.keep is not None:
                 want = torch.round(total.double() * cum[j]).to(torch.int64) - removed
             else:
                 want = torch.full_like(n0, self.r if isinstance(self.r, int) else self.r[layer])
-            limit = torch.floor(cur.double() * cap).to(torch.int64)
+            limit = torch.minimum(torch.floor(cur.double() * cap).to(torch.int64), cur - floor)
             r = torch.clamp(torch.minimum(want, limit), min=0)
             out[layer] = r
             cur, removed = cur - r, removed + r
@@ -92,8 +98,13 @@ class Schedule:
 
 
 def schedule_from(
-    r: int | Sequence[int] | None, keep: float | None, shape: str, layers: Sequence[int] | None
+    r: int | Sequence[int] | None,
+    keep: float | None,
+    shape: str,
+    layers: Sequence[int] | None,
+    min_tokens: int = 0,
 ) -> Schedule:
     """Build a :class:`Schedule` from user-facing keyword arguments."""
     r_val = tuple(int(v) for v in r) if isinstance(r, (list, tuple)) else r
-    return Schedule(r=r_val, keep=keep, shape=shape, layers=tuple(layers) if layers is not None else None)
+    lay = tuple(layers) if layers is not None else None
+    return Schedule(r=r_val, keep=keep, shape=shape, layers=lay, min_tokens=min_tokens)

@@ -48,6 +48,7 @@ class Method:
     schedule: str = "constant"
     layers: tuple[int, ...] | None = None
     protected: int | None = None  # None: the adapter's default ([CLS] and any register tokens)
+    min_tokens: int = 0  # never reduce a row below this many unprotected tokens
 
     name: ClassVar[str] = ""
     needs: ClassVar[frozenset[str]] = frozenset()  # subset of {"keys", "cls_attn"}
@@ -65,7 +66,7 @@ class Method:
         self.budget()  # validates r / keep / layers
 
     def budget(self) -> Schedule:
-        return schedule_from(self.r, self.keep, self.schedule, self.layers)
+        return schedule_from(self.r, self.keep, self.schedule, self.layers, self.min_tokens)
 
     def plan(self, t: LayerTensors, n_remove: Tensor) -> Plan:  # pragma: no cover - abstract
         raise NotImplementedError

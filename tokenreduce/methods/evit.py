@@ -32,6 +32,8 @@ def prune_plan(scores: Tensor, t: LayerTensors, n_remove: Tensor, fuse: bool, fu
 @register("evit")
 @dataclass(frozen=True)
 class EViT(Method):
+    """Keep the tokens [CLS] attends to most; fuse the rest into one token (or drop them)."""
+
     fuse: bool = True
 
     needs: ClassVar[frozenset[str]] = frozenset({"cls_attn"})

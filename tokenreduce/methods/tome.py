@@ -20,7 +20,15 @@ from .base import LayerTensors, Method, Plan, register
 @register("tome")
 @dataclass(frozen=True)
 class ToMe(Method):
+    """Merge the most similar token pairs (bipartite soft matching on keys), size-weighted."""
+
     prop_attn: bool = True
+    metric: str = "keys"  # "keys" (ToMe) or "hidden" (the hidden states themselves)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.metric not in ("keys", "hidden"):
+            raise ValueError(f"tome: metric must be 'keys' or 'hidden', got {self.metric!r}")
 
     needs: ClassVar[frozenset[str]] = frozenset({"keys"})
     cap: ClassVar[float] = 0.5
@@ -30,10 +38,11 @@ class ToMe(Method):
         return self.prop_attn
 
     def plan(self, t: LayerTensors, n_remove: Tensor) -> Plan:
-        dst, n_out = bipartite_soft_matching(t.keys, n_remove, t.sizes > 0, t.protected)
+        feats = t.keys if self.metric == "keys" else t.x
+        dst, n_out = bipartite_soft_matching(feats, n_remove, t.sizes > 0, t.protected)
         return Plan(dst, n_out)
 
     def cost_macs(self, n: int, dims: ModelDims, protected: int) -> int:
-        # cosine similarity of head-averaged keys between the A and B halves
+        # cosine similarity (head-averaged keys or hidden states) between the A and B halves
         u = n - protected
-        return (u - u // 2) * (u // 2) * dims.head_dim
+        return (u - u // 2) * (u // 2) * (dims.head_dim if self.metric == "keys" else dims.hidden)

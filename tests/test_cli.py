@@ -1,0 +1,75 @@
+"""The command line: listing, validation before work, and a small end-to-end run."""
+
+from __future__ import annotations
+
+import json
+
+from tokenreduce.cli import main
+
+
+def test_methods_lists_all(capsys):
+    assert main(["methods"]) == 0
+    out = capsys.readouterr().out
+    for name in ("tome", "evit", "topk-norm", "random"):
+        assert name in out
+
+
+def test_bad_arguments_fail_fast(capsys):
+    assert main(["bench", "--methods", "nope"]) == 2
+    assert "unknown method" in capsys.readouterr().err
+    assert main(["bench", "--keep", "1.5"]) == 2
+    assert "keep must be in (0, 1]" in capsys.readouterr().err
+    assert main(["bench", "--data", "mystery"]) == 2
+    assert "unknown task" in capsys.readouterr().err.lower()
+
+
+def test_text_bench_end_to_end(tmp_path, capsys):
+    out = tmp_path / "res"
+    code = main(
+        [
+            "bench",
+            "--data",
+            "stdlib-code:24",
+            "--methods",
+            "tome,random",
+            "--keep",
+            "0.5",
+            "--repeats",
+            "1",
+            "--timing-batches",
+            "1",
+            "--batch-size",
+            "8",
+            "--no-progress",
+            "--out",
+            str(out),
+        ]
+    )
+    assert code == 0
+    text = capsys.readouterr().out
+    assert "Pareto-optimal" in text and "tome(keep=0.5" in text
+    res = json.loads(out.with_suffix(".json").read_text())
+    assert [r["config"] for r in res["rows"]][0] == "none"
+    assert len(res["rows"]) == 3
+    for r in res["rows"][1:]:
+        assert 0.3 < r["flops_ratio"] < 1.0 and r["speedup"] > 0 and 0 <= r["stdlib-code:mrr"] <= 1
+
+
+def test_vit_bench_end_to_end(capsys, monkeypatch):
+    import tokenreduce.bench.vision_bench as vb
+
+    small = vb.vit_b16
+    monkeypatch.setattr(vb, "vit_b16", lambda: small(num_layers=2, image_size=64))
+    assert main(["bench", "vit", "--r", "4", "--repeats", "1", "--batch-size", "2", "--no-progress"]) == 0
+    assert "tome(r=4)" in capsys.readouterr().out
+
+
+def test_parse_config():
+    from tokenreduce.cli import parse_config
+
+    assert parse_config("tome:keep=0.4,schedule=decreasing,min_tokens=16,prop_attn=false") == (
+        "tome",
+        {"keep": 0.4, "schedule": "decreasing", "min_tokens": 16, "prop_attn": False},
+    )
+    assert main(["bench", "--config", "tome:keep"]) == 2
+    assert main(["bench", "--config", "tome:keep=0.5,metric=nope"]) == 2
