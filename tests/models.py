@@ -21,7 +21,7 @@ from transformers import (
 )
 
 
-def _jitter_norms(model: torch.nn.Module) -> torch.nn.Module:
+def jitter_norms(model: torch.nn.Module) -> torch.nn.Module:
     """Random LayerNorm gains and biases, so no score is degenerate (fresh LayerNorms give every
     token the same norm, making norm-based rankings pure float noise)."""
     g = torch.Generator().manual_seed(1)
@@ -38,36 +38,36 @@ HID = dict(hidden_size=32, num_hidden_layers=4, num_attention_heads=4, intermedi
 
 def bert(impl: str = "sdpa", pooling: bool = True) -> torch.nn.Module:
     torch.manual_seed(0)
-    return _jitter_norms(
+    return jitter_norms(
         BertModel(BertConfig(vocab_size=120, attn_implementation=impl, **HID), add_pooling_layer=pooling)
     )
 
 
 def roberta() -> torch.nn.Module:
     torch.manual_seed(0)
-    return _jitter_norms(RobertaModel(RobertaConfig(vocab_size=120, pad_token_id=1, attn_implementation="sdpa", **HID)))
+    return jitter_norms(RobertaModel(RobertaConfig(vocab_size=120, pad_token_id=1, attn_implementation="sdpa", **HID)))
 
 
 def xlmr() -> torch.nn.Module:
     torch.manual_seed(0)
     cfg = XLMRobertaConfig(vocab_size=120, pad_token_id=1, attn_implementation="sdpa", **HID)
-    return _jitter_norms(XLMRobertaModel(cfg))
+    return jitter_norms(XLMRobertaModel(cfg))
 
 
 def vit(cls=ViTModel, impl: str = "sdpa") -> torch.nn.Module:
     torch.manual_seed(0)
     cfg = ViTConfig(image_size=32, patch_size=4, num_labels=5, attn_implementation=impl, **HID)
-    return _jitter_norms(cls(cfg))
+    return jitter_norms(cls(cfg))
 
 
 def deit() -> torch.nn.Module:
     torch.manual_seed(0)
-    return _jitter_norms(DeiTModel(DeiTConfig(image_size=32, patch_size=4, attn_implementation="sdpa", **HID)))
+    return jitter_norms(DeiTModel(DeiTConfig(image_size=32, patch_size=4, attn_implementation="sdpa", **HID)))
 
 
 def clip_vision() -> torch.nn.Module:
     torch.manual_seed(0)
-    return _jitter_norms(
+    return jitter_norms(
         CLIPVisionModel(CLIPVisionConfig(image_size=32, patch_size=4, attn_implementation="sdpa", **HID))
     )
 
@@ -79,7 +79,7 @@ def clip_full() -> torch.nn.Module:
         vision_config=dict(image_size=32, patch_size=4, **HID),
         projection_dim=16,
     )
-    return _jitter_norms(CLIPModel(cfg))
+    return jitter_norms(CLIPModel(cfg))
 
 
 def text_batch(seed: int = 0, lengths: tuple[int, ...] = (20, 14, 9, 20)) -> dict[str, torch.Tensor]:

@@ -10,6 +10,8 @@ import torch
 
 timm = pytest.importorskip("timm")
 
+from models import jitter_norms  # noqa: E402
+
 import tokenreduce as tr  # noqa: E402
 from tokenreduce.adapters.patching import resolve_family  # noqa: E402
 from tokenreduce.bench.flops import encoder_cost, layer_widths, measured_flops, total_macs  # noqa: E402
@@ -19,17 +21,11 @@ PATCHES = (32 // 4) ** 2
 
 
 def _jitter(model: torch.nn.Module, eager: bool = False) -> torch.nn.Module:
-    """Random LayerNorm gains and biases (as tests/models.py), so no ranking score is degenerate."""
-    g = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, torch.nn.LayerNorm) and m.weight is not None:
-                m.weight.copy_(1 + 0.3 * torch.randn(m.weight.shape, generator=g))
-                m.bias.copy_(0.1 * torch.randn(m.bias.shape, generator=g))
+    """Random LayerNorm gains and biases, so no ranking score is degenerate; optionally eager attention."""
     if eager:
         for blk in model.blocks:
             blk.attn.fused_attn = False
-    return model.eval()
+    return jitter_norms(model)
 
 
 def make(name: str = "vit_tiny_patch16_224", eager: bool = False, **kwargs):
