@@ -96,3 +96,16 @@ def write_results(result: dict[str, Any], out: str | Path) -> tuple[Path, Path]:
         for r in rows:
             w.writerow({k: (json.dumps(v) if isinstance(v, (dict, list)) else v) for k, v in r.items()})
     return json_path, csv_path
+
+
+def markdown_table(rows: Sequence[dict[str, Any]], columns: Sequence[str], headers: Sequence[str] | None = None) -> str:
+    """The same rows as a Markdown table (for BENCHMARKS.md)."""
+
+    def cell(v: Any) -> str:
+        if isinstance(v, bool):
+            return "yes" if v else ""
+        return _fmt(v)
+
+    lines = ["| " + " | ".join(headers or columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(cell(r.get(c)) for c in columns) + " |" for r in rows]
+    return "\n".join(lines)

@@ -9,6 +9,7 @@ each layer's real token count (MACs; FLOPs = 2 × MACs). Retrieval tasks reduce 
 from __future__ import annotations
 
 import random
+import statistics
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -177,6 +178,8 @@ def run_text_bench(
         if on_row is not None:
             on_row(row)
     bar.close()
+    if rows:  # the baseline's throughput: median over its interleaved timings
+        base_row["throughput"] = statistics.median(r["base_throughput"] for r in rows)
     all_rows = [base_row, *rows]
     qkey = _primary_quality_key(tasks[0])
     for r, flag in zip(all_rows, pareto_front(all_rows, "speedup", qkey)):
