@@ -24,31 +24,26 @@ def bipartite_soft_matching(metric: Tensor, r: Tensor, valid: Tensor, protected:
     Output keeps the original order: kept tokens first, then padding.
     """
     b, n, _ = metric.shape
-    pos = torch.arange(n, device=metric.device)
-    unprot = pos >= protected
-    is_a = unprot & ((pos - protected) % 2 == 0)
-    is_b = unprot & ((pos - protected) % 2 == 1)
-    a_idx, b_idx = pos[is_a], pos[is_b]
-    n_unprot = (valid & unprot).sum(1)
+    a, bb = slice(protected, None, 2), slice(protected + 1, None, 2)  # alternate split (views, no copies)
+    n_unprot = valid[:, protected:].sum(1)
     r = torch.minimum(r.to(n_unprot.dtype), n_unprot // 2)
-    if len(b_idx) == 0:  # fewer than two unprotected tokens: nothing can merge
+    if n - protected < 2:  # fewer than two unprotected tokens: nothing can merge
         return compact(valid, valid)
 
     m = metric / metric.norm(dim=-1, keepdim=True).clamp(min=1e-12)
-    scores = m[:, a_idx] @ m[:, b_idx].transpose(1, 2)  # (B, |A|, |B|)
+    scores = m[:, a] @ m[:, bb].transpose(1, 2)  # (B, |A|, |B|)
     neg = torch.finfo(scores.dtype).min
-    scores = scores.masked_fill(~valid[:, b_idx][:, None, :], neg)
+    scores = scores.masked_fill(~valid[:, bb][:, None, :], neg)
     best, best_b = scores.max(-1)  # each A token's best B partner
-    best = best.masked_fill(~valid[:, a_idx], neg)
+    best = best.masked_fill(~valid[:, a], neg)
 
     order = torch.sort(best, dim=1, descending=True, stable=True).indices
-    rank = torch.empty_like(order).scatter_(1, order, torch.arange(len(a_idx), device=metric.device).expand(b, -1))
+    rank = torch.empty_like(order).scatter_(1, order, torch.arange(order.shape[1], device=metric.device).expand(b, -1))
     merged_a = rank < r[:, None]  # (B, |A|)
 
     keep = valid.clone()
-    keep[:, a_idx] = valid[:, a_idx] & ~merged_a
+    keep[:, a] &= ~merged_a
     slot, n_out = compact(keep, valid)
-    target = b_idx[best_b]  # (B, |A|) position of each A token's partner
-    merged_slot = slot.gather(1, target)
-    slot[:, a_idx] = torch.where(merged_a, merged_slot, slot[:, a_idx])
+    merged_slot = slot.gather(1, protected + 1 + 2 * best_b)  # slot of each A token's partner
+    slot[:, a] = torch.where(merged_a, merged_slot, slot[:, a])
     return slot, n_out
