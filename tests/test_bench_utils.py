@@ -22,15 +22,17 @@ def test_time_pair_orders_fast_and_slow():
         time_fn(lambda: None, repeats=0)
 
 
-def test_peak_memory_sees_a_large_allocation():
-    def alloc():
-        x = torch.ones(64 * 1024 * 1024 // 4)  # 64 MiB
-        time.sleep(0.02)
-        return x.sum()
+def test_peak_memory_is_exact_for_tensors():
+    def work():
+        a = torch.ones(1024 * 1024)  # 4 MiB
+        b = torch.ones(2 * 1024 * 1024)  # 8 MiB
+        del a
+        c = torch.ones(1024 * 1024)  # reuses a's 4 MiB
+        return float(b.sum() + c.sum())
 
-    out = peak_memory(alloc)
-    assert out["method"] == "rss-sampled"
-    assert out["peak_bytes"] > 32 * 1024 * 1024
+    out = peak_memory(work)
+    assert out["method"] == "cpu-allocator-events"
+    assert 12 * 2**20 <= out["peak_bytes"] < 12 * 2**20 + 4096
 
 
 def test_pareto_front():

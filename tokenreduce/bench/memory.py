@@ -1,35 +1,22 @@
-"""Peak memory of a piece of work.
+"""Peak memory of a piece of work, from the allocator, not the process size.
 
-On CUDA: the allocator's peak (``torch.cuda.max_memory_allocated``), exact. On CPU PyTorch keeps
-no allocator statistics, so we sample the process's resident set size (RSS) from
-``/proc/self/statm`` in a background thread every millisecond and report the peak above the
-level at the start: an approximation that can miss spikes shorter than the sampling period.
+On CUDA: ``torch.cuda.max_memory_allocated`` above the level at the start. On CPU PyTorch keeps no
+allocator statistics, so we run the work once under ``torch.profiler`` with ``profile_memory``
+and replay its allocation/free events in time order: the peak of the running sum is the peak of
+tensor memory allocated by the work (exact for tensors; the Python heap is not included). RSS was
+tried first and rejected: the allocator reuses freed pages, so RSS deltas depend on what ran
+before.
 """
 
 from __future__ import annotations
 
-import os
-import threading
-import time
 from collections.abc import Callable
 
 import torch
 
-_PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 
-
-def _rss() -> int:
-    try:
-        with open("/proc/self/statm") as f:
-            return int(f.read().split()[1]) * _PAGE
-    except OSError:  # not Linux
-        import resource
-
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-
-
-def peak_memory(fn: Callable[[], object], device: str = "cpu", interval_s: float = 0.001) -> dict[str, float | str]:
-    """Run ``fn`` once; return ``{"peak_bytes": ..., "method": "cuda-allocator" | "rss-sampled"}``."""
+def peak_memory(fn: Callable[[], object], device: str = "cpu") -> dict[str, float | str]:
+    """Run ``fn`` once; return ``{"peak_bytes": ..., "method": "cuda-allocator" | "cpu-allocator-events"}``."""
     if device.startswith("cuda"):
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
@@ -37,21 +24,11 @@ def peak_memory(fn: Callable[[], object], device: str = "cpu", interval_s: float
         fn()
         torch.cuda.synchronize()
         return {"peak_bytes": float(torch.cuda.max_memory_allocated() - start), "method": "cuda-allocator"}
-    start = _rss()
-    peak = [start]
-    done = threading.Event()
-
-    def sample() -> None:
-        while not done.is_set():
-            peak[0] = max(peak[0], _rss())
-            time.sleep(interval_s)
-
-    t = threading.Thread(target=sample, daemon=True)
-    t.start()
-    try:
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], profile_memory=True) as prof:
         fn()
-    finally:
-        peak[0] = max(peak[0], _rss())
-        done.set()
-        t.join()
-    return {"peak_bytes": float(peak[0] - start), "method": "rss-sampled"}
+    events = sorted((e.time_range.start, e.self_cpu_memory_usage) for e in prof.events() if e.self_cpu_memory_usage)
+    cur = peak = 0
+    for _, delta in events:
+        cur += delta
+        peak = max(peak, cur)
+    return {"peak_bytes": float(peak), "method": "cpu-allocator-events"}

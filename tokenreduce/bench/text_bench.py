@@ -196,7 +196,7 @@ def run_text_bench(
         "primary_quality": qkey,
         "flops_unit": "MACs (FLOPs = 2 x MACs)",
         "timing": "median of interleaved runs vs the unreduced model in the same process",
-        "memory": "peak RSS above start for one batch (sampled; CPU)",
+        "memory": "peak tensor memory of one batch (allocator events)",
         "base_mem_bytes": base_mem,
     }
     return {"meta": meta, "rows": all_rows}
