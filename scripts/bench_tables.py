@@ -23,8 +23,18 @@ def main(path: str) -> None:
     else:
         metrics = [k for k in rows[0] if k.count(":") == 1]
         fid = [f"{t}:fidelity_cos" for t in meta["tasks"]]
-        cols = ["config", "flops_ratio", "speedup", "throughput", *metrics, *fid, "pareto"]
-        heads = ["config", "MAC ratio", "speedup", "texts/s", *metrics, *(f"{t} cos" for t in meta["tasks"]), "Pareto"]
+        mem = ["mem_ratio"] if "allocator" in meta.get("memory", "") else []  # older runs sampled RSS: unreliable
+        cols = ["config", "flops_ratio", "speedup", "throughput", *mem, *metrics, *fid, "pareto"]
+        heads = [
+            "config",
+            "MAC ratio",
+            "speedup",
+            "texts/s",
+            *(["peak mem ratio"] if mem else []),
+            *metrics,
+            *(f"{t} cos" for t in meta["tasks"]),
+            "Pareto",
+        ]
     print(markdown_table(rows, cols, heads))
     m = meta["machine"]
     print(

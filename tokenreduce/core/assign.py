@@ -42,13 +42,13 @@ def apply_assignment(
     """
     b, n, c = x.shape
     w = sizes if weights is None else weights
-    width = n_out + 1
-    flat = (torch.where(dst < 0, n_out, dst) + torch.arange(b, device=x.device)[:, None] * width).reshape(-1)
-    acc = x.new_zeros(b * width, c).index_add_(0, flat, (x * w[..., None].to(x.dtype)).reshape(-1, c))
-    wsum = w.new_zeros(b * width).index_add_(0, flat, w.reshape(-1))
-    ssum = sizes.new_zeros(b * width).index_add_(0, flat, sizes.reshape(-1))
-    out = acc / torch.where(wsum > 0, wsum, torch.ones_like(wsum))[:, None].to(x.dtype)
-    return out.view(b, width, c)[:, :n_out], ssum.view(b, width)[:, :n_out]
+    trash = b * n_out  # one shared slot after all rows, so the kept part stays contiguous
+    flat = torch.where(dst < 0, trash, dst + torch.arange(b, device=x.device)[:, None] * n_out).reshape(-1)
+    acc = x.new_zeros(trash + 1, c).index_add_(0, flat, (x * w[..., None].to(x.dtype)).reshape(-1, c))
+    wsum = w.new_zeros(trash + 1).index_add_(0, flat, w.reshape(-1))
+    ssum = sizes.new_zeros(trash + 1).index_add_(0, flat, sizes.reshape(-1))
+    out = acc[:trash] / torch.where(wsum[:trash] > 0, wsum[:trash], 1.0)[:, None].to(x.dtype)
+    return out.view(b, n_out, c), ssum[:trash].view(b, n_out)
 
 
 def gather_assignment(x: Tensor, dst: Tensor, n_out: int) -> Tensor:
