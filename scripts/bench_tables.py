@@ -22,6 +22,7 @@ def main(path: str) -> None:
         heads = ["config", "MAC ratio", "GMACs/image", "speedup", "images/s", "tokens after last layer"]
     else:
         metrics = [k for k in rows[0] if k.count(":") == 1]
+        metrics += sorted({k for r in rows for k in r if k.endswith(":flops_ratio")})
         fid = [f"{t}:fidelity_cos" for t in meta["tasks"]]
         mem = ["mem_ratio"] if "allocator" in meta.get("memory", "") else []  # older runs sampled RSS: unreliable
         cols = ["config", "flops_ratio", "speedup", "throughput", *mem, *metrics, *fid, "pareto"]

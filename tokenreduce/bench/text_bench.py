@@ -62,6 +62,11 @@ def _texts(task: RetrievalTask | STSTask) -> list[str]:
     return list(task.passages) if isinstance(task, RetrievalTask) else list(task.sentences1)
 
 
+def _reduced_texts(task: RetrievalTask | STSTask) -> list[str]:
+    """Every text the task encodes with reduction (STS: both sides; retrieval: the passages)."""
+    return _texts(task) + (list(task.sentences2) if isinstance(task, STSTask) else [])
+
+
 def _quality(
     enc: TextEncoder, task: RetrievalTask | STSTask, qemb: dict[str, torch.Tensor], batch_size: int, bar: tqdm | None
 ) -> tuple[dict[str, float], torch.Tensor]:
@@ -100,16 +105,18 @@ def run_text_bench(
     rng = random.Random(seed)
     sample = rng.sample(primary, min(len(primary), batch_size * timing_batches))
     tbatches = [b for _, b in enc.batches(sample, batch_size)]
-    corpus_lengths = [b["attention_mask"].sum(1) for _, b in enc.batches(primary, batch_size)]
+    lengths = {
+        t.name: [b["attention_mask"].sum(1) for _, b in enc.batches(_reduced_texts(t), batch_size)] for t in tasks
+    }
 
     def run_timing() -> None:
         for b in tbatches:
             enc.embed_batch(b)
 
-    def macs(method: Any) -> int:
-        return sum(total_macs(encoder_cost(dims, ln, method, protected)) for ln in corpus_lengths)
+    def macs(method: Any, task: str = tasks[0].name) -> int:
+        return sum(total_macs(encoder_cost(dims, ln, method, protected)) for ln in lengths[task])
 
-    total_texts = sum(len(_texts(t)) * (2 if isinstance(t, STSTask) else 1) for t in tasks)
+    total_texts = sum(len(_reduced_texts(t)) for t in tasks)
     bar = tqdm(total=total_texts * (len(configs) + 1), desc="encoding", disable=not progress, unit="text")
     qemb = {t.name: enc.embed(t.queries, batch_size) for t in tasks if isinstance(t, RetrievalTask)}
     base_quality, base_emb = {}, {}
@@ -160,6 +167,8 @@ def run_text_bench(
 
         tb, tr = time_pair(run_timing, run_reduced, repeats=repeats)
         mac = macs(m)
+        for t in tasks[1:]:  # how much each other task was actually reduced
+            row[f"{t.name}:flops_ratio"] = macs(m, t.name) / macs(None, t.name)
         row.update(
             {
                 "flops_ratio": mac / base_macs,
