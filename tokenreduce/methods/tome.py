@@ -30,8 +30,11 @@ class ToMe(Method):
         if self.metric not in ("keys", "hidden"):
             raise ValueError(f"tome: metric must be 'keys' or 'hidden', got {self.metric!r}")
 
-    needs: ClassVar[frozenset[str]] = frozenset({"keys"})
     cap: ClassVar[float] = 0.5
+
+    @property
+    def needs(self) -> frozenset[str]:  # type: ignore[override]
+        return frozenset({"keys"}) if self.metric == "keys" else frozenset()
 
     @property
     def proportional_attention(self) -> bool:  # type: ignore[override]
