@@ -98,29 +98,35 @@ def reduced_forward(
     bias = mask if st.pristine else attention_bias(st.sizes, m.proportional_attention, x.dtype)
     x, q, k, scaling = h.family.attention(layer, x, bias)
     if bool((r > 0).any()):
-        t = LayerTensors(
-            x=x,
-            sizes=st.sizes,
-            layer=index,
-            protected=h.protected,
-            keys=k.mean(1) if "keys" in m.needs else None,
-            cls_attn=_cls_attention(q, k, scaling, st.sizes, m.proportional_attention)
-            if "cls_attn" in m.needs
-            else None,
-        )
-        plan = m.plan(t, r)
-        new_src = update_sources(st.src, plan.dst)
-        if plan.one_to_one:
-            x = gather_assignment(x, plan.dst, plan.n_out)
-            st.sizes = gather_assignment(st.sizes, plan.dst, plan.n_out)
-        else:
-            x, st.sizes = apply_assignment(x, st.sizes, plan.dst, plan.n_out, plan.weights)
-        st.src, st.pristine = new_src, False
+        x = _reduce(h, st, x, q, k, scaling, r, index)
+    del q, k  # free before the MLP: this is where peak memory is reached
     x = h.family.mlp(layer, x)
     if last:
         _finish(h)
         if h.restore_length:
             x = restore(x, st.src, _survivor_mean(x, st.sizes) if m.drops else None)
+    return x
+
+
+def _reduce(
+    h: PatchHandle, st: TokenState, x: Tensor, q: Tensor, k: Tensor, scaling: float, r: Tensor, index: int
+) -> Tensor:
+    """Plan and apply this layer's reduction; updates ``st`` (sizes, sources) and returns new x."""
+    m = h.method
+    t = LayerTensors(
+        x=x,
+        sizes=st.sizes,
+        layer=index,
+        protected=h.protected,
+        keys=k.mean(1) if "keys" in m.needs else None,
+        cls_attn=_cls_attention(q, k, scaling, st.sizes, m.proportional_attention) if "cls_attn" in m.needs else None,
+    )
+    plan = m.plan(t, r)
+    st.src, st.pristine = update_sources(st.src, plan.dst), False
+    if plan.one_to_one:
+        st.sizes = gather_assignment(st.sizes, plan.dst, plan.n_out)
+        return gather_assignment(x, plan.dst, plan.n_out)
+    x, st.sizes = apply_assignment(x, st.sizes, plan.dst, plan.n_out, plan.weights)
     return x
 
 
