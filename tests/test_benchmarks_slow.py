@@ -6,7 +6,6 @@ They time things, so run them on a quiet machine; each takes minutes on 2 CPU co
 from __future__ import annotations
 
 import pytest
-import torch
 
 from tokenreduce.bench.tasks import default_data_dir, nq_retrieval, stsb
 from tokenreduce.bench.text_bench import RunConfig, run_text_bench
@@ -35,7 +34,6 @@ def test_minilm_nq_and_stsb_targets():
 def test_vit_b16_tome_speed():
     from tokenreduce.bench.vision_bench import run_vision_bench, vit_b16
 
-    torch.set_num_threads(torch.get_num_threads())
     res = run_vision_bench(vit_b16(), [RunConfig("tome", {"r": 8}), RunConfig("tome", {"r": 13})], progress=False)
     r8, r13 = res["rows"][1:]
     assert r8["final_tokens"] == 197 - 8 * 12 and r13["final_tokens"] == 197 - 13 * 12
