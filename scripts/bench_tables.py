@@ -6,7 +6,6 @@ python scripts/bench_tables.py results/nq_stsb.json
 from __future__ import annotations
 
 import json
-import statistics
 import sys
 
 from tokenreduce.bench.report import markdown_table
@@ -15,8 +14,6 @@ from tokenreduce.bench.report import markdown_table
 def main(path: str) -> None:
     res = json.load(open(path))
     rows, meta = res["rows"], res["meta"]
-    if rows[0].get("throughput") is None and len(rows) > 1:
-        rows[0]["throughput"] = statistics.median(r["base_throughput"] for r in rows[1:])
     if "image_size" in meta:
         cols = ["config", "flops_ratio", "gmacs_per_image", "speedup", "throughput", "final_tokens"]
         heads = ["config", "MAC ratio", "GMACs/image", "speedup", "images/s", "tokens after last layer"]

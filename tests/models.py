@@ -95,3 +95,14 @@ def text_batch(seed: int = 0, lengths: tuple[int, ...] = (20, 14, 9, 20)) -> dic
 
 def pixels(batch: int = 3, seed: int = 0) -> torch.Tensor:
     return torch.randn(batch, 3, 32, 32, generator=torch.Generator().manual_seed(seed))
+
+
+def block_inputs(layer: torch.nn.Module, run) -> tuple[tuple, dict]:
+    """The (args, kwargs) a block receives when ``run()`` runs its model once."""
+    seen = []
+    hook = layer.register_forward_pre_hook(lambda m, a, k: seen.append((a, k)), with_kwargs=True)
+    try:
+        run()
+    finally:
+        hook.remove()
+    return seen[0]

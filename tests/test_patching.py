@@ -6,7 +6,7 @@ import threading
 
 import pytest
 import torch
-from models import bert, clip_full, clip_vision, deit, pixels, roberta, text_batch, vit, xlmr
+from models import bert, block_inputs, clip_full, clip_vision, deit, pixels, roberta, text_batch, vit, xlmr
 from transformers import ViTForImageClassification
 
 import tokenreduce as tr
@@ -65,11 +65,7 @@ def test_split_block_equals_block(name):
     """Our attention half + MLP half of each block reproduce the block's own forward bit for bit."""
     model, x = ALL[name](), inputs_for(name)
     fam, layers = resolve_family(model)
-    seen = []
-    hook = layers[1].register_forward_pre_hook(lambda m, a, k: seen.append((a, k)), with_kwargs=True)
-    run(model, x)
-    hook.remove()
-    (args, kwargs) = seen[0]
+    args, kwargs = block_inputs(layers[1], lambda: run(model, x))
     h = args[0]
     mask = args[1] if len(args) > 1 else kwargs.get("attention_mask")
     with torch.inference_mode():

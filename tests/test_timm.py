@@ -10,7 +10,7 @@ import torch
 
 timm = pytest.importorskip("timm")
 
-from models import jitter_norms  # noqa: E402
+from models import block_inputs, jitter_norms  # noqa: E402
 
 import tokenreduce as tr  # noqa: E402
 from tokenreduce.adapters.patching import resolve_family  # noqa: E402
@@ -97,11 +97,7 @@ def test_split_block_equals_block(name):
     """Our attention half + MLP half reproduce the timm block's own forward bit for bit."""
     model, x = MODELS[name](), pixels()
     fam, layers = resolve_family(model)
-    seen = []
-    hook = layers[1].register_forward_pre_hook(lambda m, a, k: seen.append((a, k)), with_kwargs=True)
-    features(model, x)
-    hook.remove()
-    (args, kwargs) = seen[0]
+    args, kwargs = block_inputs(layers[1], lambda: features(model, x))
     with torch.inference_mode():
         ref = layers[1](*args, **kwargs)
         mid, q, k, scale = fam.attention(layers[1], args[0], None)

@@ -47,9 +47,7 @@ def apply_assignment(
     acc = x.new_zeros(trash + 1, c).index_add_(0, flat, (x * w[..., None].to(x.dtype)).reshape(-1, c))
     wsum = w.new_zeros(trash + 1).index_add_(0, flat, w.reshape(-1))
     ssum = sizes.new_zeros(trash + 1).index_add_(0, flat, sizes.reshape(-1))
-    out = acc[:trash].div_(
-        torch.where(wsum[:trash] > 0, wsum[:trash], 1.0)[:, None].to(x.dtype)
-    )  # in place: peak memory
+    out = acc[:trash].div_(torch.where(wsum[:trash] > 0, wsum[:trash], 1.0)[:, None].to(x.dtype))
     return out.view(b, n_out, c), ssum[:trash].view(b, n_out)
 
 
