@@ -100,7 +100,7 @@ def test_split_block_equals_block(name):
     args, kwargs = block_inputs(layers[1], lambda: features(model, x))
     with torch.inference_mode():
         ref = layers[1](*args, **kwargs)
-        mid, q, k, scale = fam.attention(layers[1], args[0], None)
+        mid, q, k, _, scale = fam.attention(layers[1], args[0], None)
         assert torch.equal(fam.mlp(layers[1], mid), ref)
     assert q.shape == k.shape == (3, 4, PATCHES + PREFIX.get(name, 1), 8) and scale == 8**-0.5
 

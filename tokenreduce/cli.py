@@ -4,6 +4,9 @@ tokenreduce bench                 # all encoder methods × keep rates on all-Min
 tokenreduce bench --data nq,stsb  # the NaturalQuestions retrieval and STS-B sets (../shared/data)
 tokenreduce bench vit             # ViT-B/16 speed: ToMe r=8 / r=13 vs unreduced
 tokenreduce methods               # registered methods and their parameters
+
+Larger command groups live next to their code and are dispatched by name (see ``COMMANDS``);
+each such module exposes ``main(argv) -> int`` with its own parser.
 """
 
 from __future__ import annotations
@@ -18,6 +21,28 @@ import torch
 
 from . import methods as list_methods
 from .methods.base import _REGISTRY
+
+# (words on the command line) -> module with ``main(argv: list[str] | None) -> int``
+COMMANDS: dict[tuple[str, ...], tuple[str, str]] = {
+    ("bench", "kv"): ("tokenreduce.kv.cli", "KV-cache presses on a causal LM (SmolLM2 by default)"),
+    ("bench", "vision"): ("tokenreduce.bench.vision_cli", "vision methods: FLOPs, speed, accuracy table"),
+    ("visualize",): ("tokenreduce.viz.cli", "PNG of merged / pruned patches for an image"),
+    ("sweep",): ("tokenreduce.sweep.cli", "run a resumable sweep from a YAML config"),
+    ("results",): ("tokenreduce.sweep.results_cli", "list, filter and export stored sweep results"),
+    ("report",): ("tokenreduce.sweep.report_cli", "HTML + PNG report of a sweep's results"),
+    ("compress",): ("tokenreduce.prompt.cli", "compress a prompt / context file"),
+    ("tokenizers",): ("tokenreduce.tokstats.cli", "tokenizer efficiency: fertility, parity, vocabulary audit"),
+}
+
+
+def _dispatch(argv: list[str]) -> int | None:
+    """Run an external command group if ``argv`` starts with one; None otherwise."""
+    import importlib
+
+    for words, (module, _) in sorted(COMMANDS.items(), key=lambda kv: -len(kv[0])):
+        if tuple(argv[: len(words)]) == words:
+            return importlib.import_module(module).main(argv[len(words) :])
+    return None
 
 
 def _floats(text: str) -> list[float]:
@@ -51,7 +76,13 @@ def _names(text: str) -> list[str]:
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="tokenreduce", description="Training-free token reduction, measured.")
+    more = "\n".join(f"  {' '.join(w):16s} {h}" for w, (_, h) in COMMANDS.items())
+    p = argparse.ArgumentParser(
+        prog="tokenreduce",
+        description="Training-free token reduction, measured.",
+        epilog=f"more commands (each has --help):\n{more}",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     sub = p.add_subparsers(dest="command", required=True)
     b = sub.add_parser("bench", help="accuracy-vs-cost table for encoder methods")
     b.add_argument(
@@ -198,6 +229,10 @@ def _cmd_bench(a: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    code = _dispatch(argv)
+    if code is not None:
+        return code
     a = _parser().parse_args(argv)
     try:
         if a.command == "methods":

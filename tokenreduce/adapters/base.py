@@ -6,12 +6,22 @@ generic: budgets, state between layers, applying assignments, restoring the orig
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 import torch
 from torch import Tensor, nn
 
 from ..core.dims import ModelDims
+
+
+class AttnOut(NamedTuple):
+    """A block's attention half: the residual stream after attention, plus what scorers may use."""
+
+    x: Tensor  # (B, N, C)
+    q: Tensor  # (B, H, N, d) queries, after any q-norm / RoPE the block applies
+    k: Tensor  # (B, H, N, d)
+    v: Tensor  # (B, H, N, d)
+    scaling: float
 
 
 class Family(Protocol):
@@ -25,7 +35,7 @@ class Family(Protocol):
 
     def dims(self, model: nn.Module) -> ModelDims: ...
 
-    def attention(self, layer: nn.Module, x: Tensor, mask: Tensor | None) -> tuple[Tensor, Tensor, Tensor, float]: ...
+    def attention(self, layer: nn.Module, x: Tensor, mask: Tensor | None) -> AttnOut: ...
 
     def mlp(self, layer: nn.Module, x: Tensor) -> Tensor: ...
 

@@ -35,11 +35,11 @@ def run_attention(
     head_dim: int,
     scaling: float,
     dropout: float,
-) -> tuple[Tensor, Tensor, Tensor]:
-    """Multi-head self-attention context (B, N, H*d), plus queries and keys (B, H, N, d)."""
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Multi-head self-attention context (B, N, H*d), plus queries, keys and values (B, H, N, d)."""
     shape = (*x.shape[:-1], -1, head_dim)
     q = q_proj(x).view(shape).transpose(1, 2)
     k = k_proj(x).view(shape).transpose(1, 2)
     v = v_proj(x).view(shape).transpose(1, 2)
     ctx, _ = attention_fn(module)(module, q, k, v, mask, dropout=dropout if module.training else 0.0, scaling=scaling)
-    return ctx.reshape(*x.shape[:-1], -1).contiguous(), q, k
+    return ctx.reshape(*x.shape[:-1], -1).contiguous(), q, k, v

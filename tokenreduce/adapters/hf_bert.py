@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from .base import ModelDims, module_list_of
+from .base import AttnOut, ModelDims, module_list_of
 from .hf_attention import run_attention
 
 LAYER_CLASSES = {"BertLayer", "RobertaLayer", "XLMRobertaLayer", "CamembertLayer", "ElectraLayer"}
@@ -34,14 +34,14 @@ class HFBert:
             layers=len(self.find_layers(model)),
         )
 
-    def attention(self, layer: nn.Module, x: Tensor, mask: Tensor | None) -> tuple[Tensor, Tensor, Tensor, float]:
+    def attention(self, layer: nn.Module, x: Tensor, mask: Tensor | None) -> AttnOut:
         if getattr(layer, "is_decoder", False):
             raise TypeError("token reduction supports BERT-family encoders, not decoder configurations")
         sa = layer.attention.self
-        ctx, q, k = run_attention(
+        ctx, q, k, v = run_attention(
             sa, sa.query, sa.key, sa.value, x, mask, sa.attention_head_size, sa.scaling, sa.dropout.p
         )
-        return layer.attention.output(ctx, x), q, k, sa.scaling
+        return AttnOut(layer.attention.output(ctx, x), q, k, v, sa.scaling)
 
     def mlp(self, layer: nn.Module, x: Tensor) -> Tensor:
         return layer.feed_forward_chunk(x)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from .base import ModelDims, module_list_of
+from .base import AttnOut, ModelDims, module_list_of
 from .hf_attention import run_attention
 
 VIT_LAYERS = {"ViTLayer", "DeiTLayer"}
@@ -42,9 +42,9 @@ class HFViT:
             layers=len(layers),
         )
 
-    def attention(self, layer: nn.Module, x: Tensor, mask: Tensor | None) -> tuple[Tensor, Tensor, Tensor, float]:
+    def attention(self, layer: nn.Module, x: Tensor, mask: Tensor | None) -> AttnOut:
         att = layer.attention
-        ctx, q, k = run_attention(
+        ctx, q, k, v = run_attention(
             att,
             att.q_proj,
             att.k_proj,
@@ -55,7 +55,7 @@ class HFViT:
             att.scaling,
             att.attention_dropout,
         )
-        return layer.dropout(att.o_proj(ctx)) + x, q, k, att.scaling
+        return AttnOut(layer.dropout(att.o_proj(ctx)) + x, q, k, v, att.scaling)
 
     def mlp(self, layer: nn.Module, x: Tensor) -> Tensor:
         return layer.dropout(layer.mlp(layer.layernorm_after(x))) + x
@@ -85,12 +85,12 @@ class HFCLIPVision:
             layers=len(layers),
         )
 
-    def attention(self, layer: nn.Module, x: Tensor, mask: Tensor | None) -> tuple[Tensor, Tensor, Tensor, float]:
+    def attention(self, layer: nn.Module, x: Tensor, mask: Tensor | None) -> AttnOut:
         att = layer.self_attn
-        ctx, q, k = run_attention(
+        ctx, q, k, v = run_attention(
             att, att.q_proj, att.k_proj, att.v_proj, layer.layer_norm1(x), mask, att.head_dim, att.scale, att.dropout
         )
-        return x + att.out_proj(ctx), q, k, att.scale
+        return AttnOut(x + att.out_proj(ctx), q, k, v, att.scale)
 
     def mlp(self, layer: nn.Module, x: Tensor) -> Tensor:
         return x + layer.mlp(layer.layer_norm2(x))

@@ -18,7 +18,7 @@ from torch import Tensor, nn
 
 from ..core.assign import apply_assignment, attention_bias, gather_assignment, restore, update_sources
 from ..methods.base import LayerTensors, Method
-from .base import Family, valid_from_mask
+from .base import AttnOut, Family, valid_from_mask
 
 _STATE: ContextVar[dict[int, TokenState] | None] = ContextVar("tokenreduce_state", default=None)
 
@@ -96,10 +96,11 @@ def reduced_forward(
         return out
 
     bias = mask if st.pristine else attention_bias(st.sizes, m.proportional_attention, x.dtype)
-    x, q, k, scaling = h.family.attention(layer, x, bias)
+    att = h.family.attention(layer, x, bias)
+    x = att.x
     if bool((r > 0).any()):
-        x = _reduce(h, st, x, q, k, scaling, r, index)
-    del q, k  # free before the MLP: this is where peak memory is reached
+        x = _reduce(h, st, att, r, index)
+    del att  # free queries/keys/values before the MLP: this is where peak memory is reached
     x = h.family.mlp(layer, x)
     if last:
         _finish(h)
@@ -108,11 +109,10 @@ def reduced_forward(
     return x
 
 
-def _reduce(
-    h: PatchHandle, st: TokenState, x: Tensor, q: Tensor, k: Tensor, scaling: float, r: Tensor, index: int
-) -> Tensor:
+def _reduce(h: PatchHandle, st: TokenState, att: AttnOut, r: Tensor, index: int) -> Tensor:
     """Plan and apply this layer's reduction; updates ``st`` (sizes, sources) and returns new x."""
     m = h.method
+    x, q, k, scaling = att.x, att.q, att.k, att.scaling
     t = LayerTensors(
         x=x,
         sizes=st.sizes,

@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .base import ModelDims
+from .base import AttnOut, ModelDims
 
 _VIT_MODULE = "timm.models.vision_transformer"
 _UNSUPPORTED_MSG = "tokenreduce supports timm VisionTransformer blocks of class Block with timm's standard Attention"
@@ -99,7 +99,7 @@ class TimmViT:
             ffn_matrices=3 if gated else 2,
         )
 
-    def attention(self, layer: nn.Module, x: Tensor, mask: Tensor | None) -> tuple[Tensor, Tensor, Tensor, float]:
+    def attention(self, layer: nn.Module, x: Tensor, mask: Tensor | None) -> AttnOut:
         """``x + drop_path1(ls1(attn(norm1(x))))`` with timm ``Attention.forward``'s op order, plus q, k."""
         att = layer.attn
         h = layer.norm1(x)
@@ -127,7 +127,7 @@ class TimmViT:
         if gate is not None:
             o = o * gate
         o = att.proj_drop(att.proj(o))
-        return x + layer.drop_path1(layer.ls1(o)), q, k, att.scale
+        return AttnOut(x + layer.drop_path1(layer.ls1(o)), q, k, v, att.scale)
 
     def mlp(self, layer: nn.Module, x: Tensor) -> Tensor:
         return x + layer.drop_path2(layer.ls2(layer.mlp(layer.norm2(x))))
