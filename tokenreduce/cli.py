@@ -30,6 +30,7 @@ COMMANDS: dict[tuple[str, ...], tuple[str, str]] = {
     ("sweep",): ("tokenreduce.sweep.cli", "run a resumable sweep from a YAML config"),
     ("results",): ("tokenreduce.sweep.results_cli", "list, filter and export stored sweep results"),
     ("report",): ("tokenreduce.sweep.report_cli", "HTML + PNG report of a sweep's results"),
+    ("bench", "prompt"): ("tokenreduce.prompt.bench_cli", "prompt compression: rate adherence, speed, retention"),
     ("compress",): ("tokenreduce.prompt.cli", "compress a prompt / context file"),
     ("tokenizers",): ("tokenreduce.tokstats.cli", "tokenizer efficiency: fertility, parity, vocabulary audit"),
 }
