@@ -7,6 +7,7 @@ import torch
 
 import tokenreduce as tr
 from tokenreduce.bench.encoder import load_text_encoder
+from tokenreduce.methods.base import _REGISTRY
 
 SENTENCES = [
     "The first Nobel Prize in Physics was awarded in 1901 to Wilhelm Conrad Röntgen for his discovery of X-rays.",
@@ -47,9 +48,12 @@ def test_mild_reduction_keeps_embeddings_close(enc):
     batch = enc.tokenizer(SENTENCES, padding=True, return_tensors="pt")
     ref = enc.embed_batch(batch)
     cos = {}
-    for method in tr.methods():
+    # pool needs an image grid; ATS keeps *at most* the schedule's tokens (adaptive: on these
+    # peaked attention maps far fewer), so "keep=0.9" does not bound its reduction
+    text_methods = [m for m in tr.methods() if not getattr(_REGISTRY[m], "requires_grid", False) and m != "ats"]
+    for method in text_methods:
         for keep in (0.9, 0.3):
             with tr.patched(enc.model, method, keep=keep):
                 cos[method, keep] = (enc.embed_batch(batch) * ref).sum(-1).min().item()
-    assert all(cos[m, 0.9] > 0.9 for m in tr.methods()), cos
+    assert all(cos[m, 0.9] > 0.9 for m in text_methods), cos
     assert cos["tome", 0.3] > cos["random", 0.3] and cos["evit", 0.3] > cos["random", 0.3], cos

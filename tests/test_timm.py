@@ -215,3 +215,31 @@ def test_other_timm_models_are_not_claimed():
     )
     with pytest.raises(TypeError, match="unsupported model Cait"):
         tr.patch(model, "tome", r=1)
+
+
+@pytest.mark.parametrize("name,why", [("eva02_tiny_patch14_224", "RoPE"), ("eva_giant_patch14_224", "EvaBlock")])
+def test_eva_is_refused_with_the_reason(name, why):
+    """EVA-02 rotates queries and keys by per-patch RoPE inside each block; reducing tokens without
+    moving the rotary table along would silently mis-position them, so patch refuses it up front."""
+    model = timm.create_model(name, **{**TINY, "depth": 2})
+    calls = []
+    model.patch_embed.register_forward_pre_hook(lambda *a: calls.append(1))
+    with pytest.raises(TypeError, match=rf"unsupported timm model Eva: .*{why}"):
+        tr.patch(model, "tome", r=1)
+    assert tr.patch_info(model) is None and not calls
+
+
+@pytest.mark.parametrize("name,prefix", [("vit", 1), ("vit-reg4", 5)])
+def test_visualize_timm(name, prefix):
+    """The patch-group picture works for timm ViTs: geometry and prefix tokens come from the model."""
+    from tokenreduce.viz import trace
+
+    model = MODELS[name]()
+    image = (torch.rand(40, 40, 3, generator=torch.Generator().manual_seed(0)) * 255).to(torch.uint8).numpy()
+    t = trace(model, image, "tome", r=5, stages=2)
+    assert t.spec[:3] == (32, 4, prefix) and t.spec.kind == "timm"
+    assert (
+        t.stages[-1].tokens
+        == layer_widths(torch.tensor([64 + prefix]), 4, tr.make_method("tome", r=5), prefix)[-1][1] - prefix
+    )
+    assert tr.patch_info(model) is None

@@ -6,7 +6,16 @@ Public API::
     tokenreduce.unpatch(model)
     with tokenreduce.patched(model, "evit", keep=0.7): ...
     tokenreduce.methods()                          # registered method names
+    tokenreduce.compress_prompt(context, question, rate=0.25)   # prompt / context compression
+    tokenreduce.generate(model, tok, context, question, press="snapkv", keep=0.25)  # KV-cache presses
+    tokenreduce.visualize(vit, "photo.jpg", "tome", r=8, out="tome.png")
+    tokenreduce.export_onnx(patched_vit, pixel_values, "vit.onnx")  # returns max |ONNX - PyTorch|
+
+The last four load their subpackages on first use, so ``import tokenreduce`` stays light.
 """
+
+from importlib import import_module
+from typing import Any
 
 from .adapters import families, patch, patched, unpatch
 from .adapters.patching import patch_info
@@ -14,9 +23,29 @@ from .methods import Method, make_method, methods, register
 
 __version__ = "0.1.0"
 
+_LAZY = {
+    "compress_prompt": "tokenreduce.prompt",
+    "PromptCompressor": "tokenreduce.prompt",
+    "generate": "tokenreduce.kv",
+    "visualize": "tokenreduce.viz",
+    "export_onnx": "tokenreduce.deploy",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'tokenreduce' has no attribute {name!r}")
+
+
 __all__ = [
     "Method",
+    "PromptCompressor",
     "__version__",
+    "compress_prompt",
+    "export_onnx",
+    "generate",
+    "visualize",
     "families",
     "make_method",
     "methods",

@@ -25,6 +25,7 @@ from .methods.base import _REGISTRY
 # (words on the command line) -> module with ``main(argv: list[str] | None) -> int``
 COMMANDS: dict[tuple[str, ...], tuple[str, str]] = {
     ("bench", "kv"): ("tokenreduce.kv.cli", "KV-cache presses on a causal LM (SmolLM2 by default)"),
+    ("bench", "deploy"): ("tokenreduce.bench.deploy_bench", "ViT under eager, torch.compile and ONNX Runtime"),
     ("bench", "vision"): ("tokenreduce.bench.vision_cli", "vision methods: FLOPs, speed, accuracy table"),
     ("visualize",): ("tokenreduce.viz.cli", "PNG of merged / pruned patches for an image"),
     ("sweep",): ("tokenreduce.sweep.cli", "run a resumable sweep from a YAML config"),
@@ -201,7 +202,7 @@ def _cmd_bench(a: argparse.Namespace) -> int:
         from .bench.text_bench import run_text_bench
         from .methods import make_method
 
-        names = a.methods or list_methods()
+        names = a.methods or [m for m in list_methods() if not getattr(_REGISTRY[m], "requires_grid", False)]
         keeps = a.keep if a.keep is not None else ([] if a.config and not a.methods else DEFAULT_KEEPS)
         extra = {"min_tokens": a.min_tokens} if a.min_tokens else None
         configs = grid(names, keeps, a.schedule, extra)  # validates before loading anything

@@ -28,6 +28,7 @@ class Family(Protocol):
     """A model family: locate its blocks and run a block as attention half + MLP half."""
 
     name: str
+    padded: bool  # inputs may carry padding (text); False for images, whose masks are all-true
 
     def find_layers(self, model: nn.Module) -> nn.ModuleList | None: ...
 

@@ -16,6 +16,7 @@ LAYER_CLASSES = {"BertLayer", "RobertaLayer", "XLMRobertaLayer", "CamembertLayer
 
 class HFBert:
     name = "hf-bert"
+    padded = True
 
     def find_layers(self, model: nn.Module) -> nn.ModuleList | None:
         return module_list_of(model, LAYER_CLASSES)

@@ -24,6 +24,7 @@ def _is_deit(model: nn.Module) -> bool:
 
 class HFViT:
     name = "hf-vit"
+    padded = False
 
     def find_layers(self, model: nn.Module) -> nn.ModuleList | None:
         return module_list_of(model, VIT_LAYERS)
@@ -63,6 +64,7 @@ class HFViT:
 
 class HFCLIPVision:
     name = "hf-clip-vision"
+    padded = False
 
     def find_layers(self, model: nn.Module) -> nn.ModuleList | None:
         layers = module_list_of(model, CLIP_LAYERS, prefer="vision")

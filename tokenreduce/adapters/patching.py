@@ -19,6 +19,8 @@ from ..methods import make_method
 from ..methods.base import Method
 from .base import Family
 from .hf_bert import HFBert
+from .hf_dinov2 import HFDinov2
+from .hf_siglip import HFSiglipVision
 from .hf_vit import HFCLIPVision, HFViT
 from .runner import PatchHandle, reduced_forward
 
@@ -27,7 +29,7 @@ _ATTR = "_tokenreduce_patch"
 
 def families() -> list[Family]:
     """Supported model families, most specific first (timm only when the extra is installed)."""
-    fams: list[Family] = [HFBert(), HFViT(), HFCLIPVision()]
+    fams: list[Family] = [HFBert(), HFViT(), HFCLIPVision(), HFDinov2(), HFSiglipVision()]
     if importlib.util.find_spec("timm") is None:
         return fams
     from .timm_vit import TimmViT
@@ -62,7 +64,7 @@ def patch(model: nn.Module, method: str | Method, *, restore_length: bool = True
     fam, layers = resolve_family(model)
     m.budget().check(len(layers))
     protected = fam.default_protected(model) if m.protected is None else m.protected
-    if "cls_attn" in m.needs and protected < 1:
+    if m.needs & {"cls_attn", "cls_attn_heads"} and protected < 1:
         raise ValueError(f"{m.name} scores tokens by [CLS] attention, but this model has no protected [CLS] token")
     handle = PatchHandle(family=fam, method=m, layers=layers, protected=protected, restore_length=restore_length)
     for i, layer in enumerate(layers):

@@ -5,10 +5,18 @@ the class method bit for bit). State that must flow from block to block within o
 (token sizes, the source map) lives in a ``ContextVar`` keyed by the patch: it is created by the
 first block and discarded by the last, so concurrent threads and different patched models never
 see each other's state, and nothing is stored on the modules.
+
+Under ``torch.compile`` the state goes through a dict on the patch handle instead (dynamo cannot
+trace ``ContextVar.set``; in a compiled graph it is only a tracing-time carrier, created and
+emptied within the same graph). Without padding, every row has the same budget, which is then
+computed in Python from the input's shape: no tensor value is read, shapes are static, and the
+model compiles to one graph and exports to ONNX.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any
@@ -21,6 +29,32 @@ from ..methods.base import LayerTensors, Method
 from .base import AttnOut, Family, valid_from_mask
 
 _STATE: ContextVar[dict[int, TokenState] | None] = ContextVar("tokenreduce_state", default=None)
+_RECORD: ContextVar[list[SourceRecord] | None] = ContextVar("tokenreduce_record", default=None)
+
+
+@dataclass(frozen=True)
+class SourceRecord:
+    """The source map after one reducing layer (see :func:`record_sources`)."""
+
+    layer: int
+    src: Tensor  # (B, N0) original token -> slot after this layer, -1 = dropped
+    sizes: Tensor  # (B, n) original tokens per slot, 0 = padding
+
+
+@contextmanager
+def record_sources() -> Iterator[list[SourceRecord]]:
+    """Collect the source map after every reducing layer of patched forwards run inside the block.
+
+    ``with record_sources() as recs: model(x)`` leaves one :class:`SourceRecord` per reducing layer,
+    in call order (for visualization). The list lives in a ContextVar, so nothing is stored on
+    modules and other threads record nothing.
+    """
+    records: list[SourceRecord] = []
+    token = _RECORD.set(records)
+    try:
+        yield records
+    finally:
+        _RECORD.reset(token)
 
 
 @dataclass
@@ -29,7 +63,8 @@ class TokenState:
 
     sizes: Tensor  # (B, N) float, 0 = padding
     src: Tensor  # (B, N0) original token -> current slot, -1 = dropped
-    removals: Tensor  # (L, B) tokens each layer removes from each row
+    removals: Tensor | list[int]  # (L, B) tokens each layer removes from each row, or per layer for all rows
+    n0: Tensor | None = None  # (B,) unprotected real tokens at the start (nominal targets for adaptive methods)
     pristine: bool = True  # no reduction yet: the model's own mask is still right
 
 
@@ -43,6 +78,7 @@ class PatchHandle:
     protected: int
     restore_length: bool
     saved_forwards: list[Any] = field(default_factory=list)
+    traced: dict[int, TokenState] = field(default_factory=dict)  # state carrier while dynamo traces
 
     @property
     def key(self) -> int:
@@ -50,13 +86,31 @@ class PatchHandle:
 
 
 def _start(h: PatchHandle, x: Tensor, mask: Tensor | None) -> TokenState:
-    valid = valid_from_mask(mask, x)
+    unpadded = mask is None or not getattr(h.family, "padded", True)
+    valid = valid_from_mask(None if unpadded else mask, x)
     b, n = valid.shape
     pos = torch.arange(n, device=x.device)
+    budget, cap = h.method.budget(), h.method.cap
     n0 = (valid & (pos >= h.protected)).sum(1)
-    removals = h.method.budget().removals(n0, len(h.layers), cap=h.method.cap)
+    if unpadded and hasattr(budget, "removals_static"):  # one budget for all rows, from the shape alone
+        removals: Tensor | list[int] = budget.removals_static(max(n - h.protected, 0), len(h.layers), cap=cap)
+    else:
+        removals = budget.removals(n0, len(h.layers), cap=cap)
     src = torch.where(valid, pos.expand(b, n), -1)
-    return TokenState(sizes=valid.to(x.dtype), src=src, removals=removals)
+    return TokenState(sizes=valid.to(x.dtype), src=src, removals=removals, n0=n0)
+
+
+def _states(h: PatchHandle) -> dict[int, TokenState]:
+    return h.traced if torch.compiler.is_compiling() else dict(_STATE.get() or {})
+
+
+def _save(h: PatchHandle, states: dict[int, TokenState]) -> None:
+    if not torch.compiler.is_compiling():
+        _STATE.set(states)
+
+
+def _reduces(r: Tensor | int) -> bool:
+    return r > 0 if isinstance(r, int) else bool((r > 0).any())
 
 
 def _cls_attention(q: Tensor, k: Tensor, scaling: float, sizes: Tensor, prop: bool) -> Tensor:
@@ -64,6 +118,22 @@ def _cls_attention(q: Tensor, k: Tensor, scaling: float, sizes: Tensor, prop: bo
     logits = (q[:, :, :1].float() @ k.float().transpose(-1, -2)).squeeze(2) * scaling  # (B, H, N)
     logits = logits + attention_bias(sizes, prop, torch.float32)[:, :, 0, :]
     return logits.softmax(-1).mean(1)
+
+
+NEEDS = frozenset({"keys", "cls_attn", "cls_attn_heads", "values", "attn", "target"})
+
+
+def _cls_attention_heads(q: Tensor, k: Tensor, scaling: float, sizes: Tensor, prop: bool) -> Tensor:
+    """Attention row of the first token per head (B, H, N): O(N·d), no N×N matrix."""
+    logits = (q[:, :, :1].float() @ k.float().transpose(-1, -2)).squeeze(2) * scaling
+    return (logits + attention_bias(sizes, prop, torch.float32)[:, :, 0, :]).softmax(-1)
+
+
+def _full_attention(q: Tensor, k: Tensor, scaling: float, sizes: Tensor, prop: bool) -> Tensor:
+    """Explicit attention probabilities (B, H, N, N), recomputed next to the fused kernel for methods
+    that need every row (attention received, PageRank); costs one extra Q·Kᵀ, counted in FLOPs."""
+    logits = (q.float() @ k.float().transpose(-1, -2)) * scaling
+    return (logits + attention_bias(sizes, prop, torch.float32)).softmax(-1)
 
 
 def reduced_forward(
@@ -74,18 +144,17 @@ def reduced_forward(
         mask = kwargs.pop("attn_mask")
     if kwargs.get("is_causal"):
         raise ValueError("tokenreduce: causal attention cannot be reduced by encoder methods")
-    states = _STATE.get()
+    states = _states(h)
     if index == 0:
-        states = dict(states or {})
         states[h.key] = _start(h, x, mask)
-        _STATE.set(states)
-    if not states or h.key not in states:
+        _save(h, states)
+    if h.key not in states:
         raise RuntimeError("tokenreduce: blocks ran out of order (block 0 must run first in each forward)")
     st = states[h.key]
     last = index == len(h.layers) - 1
     r = st.removals[index]
     m = h.method
-    if st.pristine and not bool((r > 0).any()):
+    if st.pristine and not _reduces(r):
         out = (
             h.saved_forwards[index](x, mask, *args, **kwargs)
             if h.saved_forwards[index]
@@ -98,8 +167,11 @@ def reduced_forward(
     bias = mask if st.pristine else attention_bias(st.sizes, m.proportional_attention, x.dtype)
     att = h.family.attention(layer, x, bias)
     x = att.x
-    if bool((r > 0).any()):
+    if _reduces(r):
         x = _reduce(h, st, att, r, index)
+        recording = None if torch.compiler.is_compiling() else _RECORD.get()
+        if recording is not None:
+            recording.append(SourceRecord(index, st.src.clone(), st.sizes.clone()))
     del att  # free queries/keys/values before the MLP: this is where peak memory is reached
     x = h.family.mlp(layer, x)
     if last:
@@ -109,10 +181,14 @@ def reduced_forward(
     return x
 
 
-def _reduce(h: PatchHandle, st: TokenState, att: AttnOut, r: Tensor, index: int) -> Tensor:
+def _reduce(h: PatchHandle, st: TokenState, att: AttnOut, r: Tensor | int, index: int) -> Tensor:
     """Plan and apply this layer's reduction; updates ``st`` (sizes, sources) and returns new x."""
     m = h.method
     x, q, k, scaling = att.x, att.q, att.k, att.scaling
+    n_out = None
+    if isinstance(r, int):  # static budget: every row removes exactly r
+        n_out = x.shape[1] - r
+        r = torch.full((x.shape[0],), r, dtype=torch.int64, device=x.device)
     t = LayerTensors(
         x=x,
         sizes=st.sizes,
@@ -120,6 +196,8 @@ def _reduce(h: PatchHandle, st: TokenState, att: AttnOut, r: Tensor, index: int)
         protected=h.protected,
         keys=k.mean(1) if "keys" in m.needs else None,
         cls_attn=_cls_attention(q, k, scaling, st.sizes, m.proportional_attention) if "cls_attn" in m.needs else None,
+        n_out=n_out,
+        **_extras(h, st, att, index),
     )
     plan = m.plan(t, r)
     st.src, st.pristine = update_sources(st.src, plan.dst), False
@@ -128,6 +206,22 @@ def _reduce(h: PatchHandle, st: TokenState, att: AttnOut, r: Tensor, index: int)
         return gather_assignment(x, plan.dst, plan.n_out)
     x, st.sizes = apply_assignment(x, st.sizes, plan.dst, plan.n_out, plan.weights)
     return x
+
+
+def _extras(h: PatchHandle, st: TokenState, att: AttnOut, index: int) -> dict[str, Any]:
+    """The optional LayerTensors fields a method's ``needs`` ask for (nothing is computed otherwise)."""
+    m, prop = h.method, h.method.proportional_attention
+    out: dict[str, Any] = {"num_layers": len(h.layers)}
+    if "cls_attn_heads" in m.needs:
+        out["cls_attn_heads"] = _cls_attention_heads(att.q, att.k, att.scaling, st.sizes, prop)
+    if "values" in m.needs:
+        out["values"] = att.v
+    if "attn" in m.needs:
+        out["attn"] = _full_attention(att.q, att.k, att.scaling, st.sizes, prop)
+    if "target" in m.needs:
+        done = st.removals[: index + 1]
+        out["target"] = st.n0 - (sum(done) if isinstance(done, list) else done.sum(0))
+    return out
 
 
 def _survivor_mean(x: Tensor, sizes: Tensor) -> Tensor:
@@ -141,6 +235,6 @@ def _survivor_mean(x: Tensor, sizes: Tensor) -> Tensor:
 
 
 def _finish(h: PatchHandle) -> None:
-    states = dict(_STATE.get() or {})
+    states = _states(h)
     states.pop(h.key, None)
-    _STATE.set(states)
+    _save(h, states)

@@ -16,10 +16,11 @@ block's forward bit for bit. Protected tokens are ``num_prefix_tokens`` ([CLS] +
 register tokens, whichever the model has); ``no_embed_class`` only changes position embeddings, not
 the sequence, so it needs nothing.
 
-Not supported (``TypeError`` naming the class): other blocks inside a VisionTransformer
+Not supported (``TypeError`` naming the class): EVA / EVA-02 (``timm.models.eva.Eva``: RoPE positions
+would have to follow merged tokens), other blocks inside a VisionTransformer
 (``ResPostBlock``, ``ParallelScalingBlock``, ``ParallelThingsBlock``, ``DiffParallelScalingBlock``,
 custom ``block_fn``) and other attentions (``DiffAttention``, ``AttentionRope``). Models that are not
-VisionTransformers (EVA with rotary embeddings, BEiT's relative position bias, CaiT's talking heads,
+VisionTransformers (BEiT's relative position bias, CaiT's talking heads,
 NaFlexViT's padding masks, PiT, CrossViT, MobileViT) are not found at all (``find_layers`` returns None).
 
 Caveat: the FLOP model (``bench.flops``) does not count the ``gate`` projection of gated attention.
@@ -67,12 +68,29 @@ def _check_block(block: nn.Module) -> None:
         )
 
 
+def _refuse_eva(model: nn.Module) -> None:
+    """EVA / EVA-02 apply rotary position embeddings inside every block: say why they are unsupported."""
+    for mod in model.modules():
+        if _from_timm(mod, "Eva", "timm.models.eva"):
+            rope = "rotary position embeddings (RoPE)" if getattr(mod, "rope", None) is not None else "EvaBlock"
+            raise TypeError(
+                f"unsupported timm model {type(mod).__name__}: its blocks take {rope} per patch position; "
+                "tokenreduce does not carry positions through reduction for EVA yet (a merged token has no single "
+                "position), so EVA is refused rather than silently mis-positioned. Supported timm models: "
+                "VisionTransformer blocks (vit_*, deit*, deit3_*, register and qk-norm ViTs)"
+            )
+
+
 class TimmViT:
     name = "timm-vit"
+    padded = False
 
     def find_layers(self, model: nn.Module) -> nn.ModuleList | None:
         owner = _owner(model)
-        if owner is None or len(owner.blocks) == 0:
+        if owner is None:
+            _refuse_eva(model)
+            return None
+        if len(owner.blocks) == 0:
             return None
         for block in owner.blocks:
             _check_block(block)

@@ -15,21 +15,35 @@ import torch
 from torch import Tensor
 
 
-def compact(keep: Tensor, valid: Tensor) -> tuple[Tensor, int]:
+def compact(keep: Tensor, valid: Tensor, n_out: int | None = None) -> tuple[Tensor, int]:
     """Output slots for kept tokens in original order, then padding; returns (slot, n_out).
 
     ``keep`` (B, N) marks real tokens that get their own slot; ``valid`` marks real tokens.
     Rows are rectangular: ``n_out`` is the largest kept count and shorter rows are padded by
-    reusing their padding tokens (size 0). Tokens without a slot get -1.
+    reusing their padding tokens (size 0). Tokens without a slot get -1. A caller that knows
+    ``n_out`` (every row keeps exactly that many) passes it, so no tensor value is read: the
+    static-shape path used under ``torch.compile`` and ONNX export.
     """
     keep = keep & valid
     n_kept = keep.sum(1, keepdim=True)
-    n_out = int(n_kept.max()) if keep.numel() else 0
+    if n_out is None:
+        n_out = int(n_kept.max()) if keep.numel() else 0
     slot = torch.cumsum(keep, 1) - 1
     pad = ~valid
     pad_slot = n_kept + torch.cumsum(pad, 1) - 1
     out = torch.where(keep, slot, torch.where(pad & (pad_slot < n_out), pad_slot, -1))
     return out, n_out
+
+
+def stable_order(x: Tensor, descending: bool) -> Tensor:
+    """Indices sorting each row of ``x`` (B, N); ties keep their original order.
+
+    While exporting to ONNX, a full-length TopK replaces ``sort(stable=True)`` (which has no ONNX
+    form); ONNX TopK also puts the lower index first among equals, so the order is the same.
+    """
+    if torch.onnx.is_in_onnx_export():
+        return torch.topk(x, x.shape[1], dim=1, largest=descending, sorted=True).indices
+    return torch.sort(x, dim=1, descending=descending, stable=True).indices
 
 
 def apply_assignment(
@@ -42,6 +56,8 @@ def apply_assignment(
     """
     b, n, c = x.shape
     w = sizes if weights is None else weights
+    if torch.onnx.is_in_onnx_export():
+        return _apply_one_hot(x, sizes, w, dst, n_out)
     trash = b * n_out  # one shared slot after all rows, so the kept part stays contiguous
     flat = torch.where(dst < 0, trash, dst + torch.arange(b, device=x.device)[:, None] * n_out).reshape(-1)
     acc = x.new_zeros(trash + 1, c).index_add_(0, flat, (x * w[..., None].to(x.dtype)).reshape(-1, c))
@@ -49,6 +65,17 @@ def apply_assignment(
     ssum = sizes.new_zeros(trash + 1).index_add_(0, flat, sizes.reshape(-1))
     out = acc[:trash].div_(torch.where(wsum[:trash] > 0, wsum[:trash], 1.0)[:, None].to(x.dtype))
     return out.view(b, n_out, c), ssum[:trash].view(b, n_out)
+
+
+def _apply_one_hot(x: Tensor, sizes: Tensor, w: Tensor, dst: Tensor, n_out: int) -> tuple[Tensor, Tensor]:
+    """:func:`apply_assignment` as one-hot matmuls (ONNX has no scatter-mean; index_add exports
+    poorly). Costs B·N·n_out·C extra MACs, so it is used only while exporting."""
+    onehot = (dst[..., None] == torch.arange(n_out, device=dst.device)).to(x.dtype)  # (B, N, n_out); -1 matches none
+    wx = w.to(x.dtype)
+    acc = onehot.transpose(1, 2) @ (x * wx[..., None])
+    wsum = (onehot * wx[..., None]).sum(1)
+    ssum = (onehot * sizes.to(x.dtype)[..., None]).sum(1).to(sizes.dtype)
+    return acc / torch.where(wsum > 0, wsum, 1.0)[..., None], ssum
 
 
 def gather_assignment(x: Tensor, dst: Tensor, n_out: int) -> Tensor:

@@ -7,6 +7,7 @@ composition and padding.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -92,6 +93,26 @@ class Schedule:
                 want = torch.full_like(n0, self.r if isinstance(self.r, int) else self.r[layer])
             limit = torch.minimum(torch.floor(cur.double() * cap).to(torch.int64), cur - floor)
             r = torch.clamp(torch.minimum(want, limit), min=0)
+            out[layer] = r
+            cur, removed = cur - r, removed + r
+        return out
+
+    def removals_static(self, n0: int, num_layers: int, cap: float = 0.5) -> list[int]:
+        """:meth:`removals` for one row length known in Python (no tensors): the same numbers,
+        computed without reading tensor values, so a compiled or exported graph has static shapes."""
+        active = self._active(num_layers)
+        out = [0] * num_layers
+        w = [1.0] * len(active) if self.shape == "constant" else [float(len(active) - i) for i in range(len(active))]
+        total = n0 - round(n0 * float(self.keep)) if self.keep is not None else 0
+        floor = min(n0, self.min_tokens)
+        cur, removed, acc = n0, 0, 0.0
+        for j, layer in enumerate(active):
+            if self.keep is not None:
+                acc += w[j]
+                want = round(total * (acc / sum(w))) - removed
+            else:
+                want = self.r if isinstance(self.r, int) else self.r[layer]
+            r = max(0, min(want, math.floor(cur * cap), cur - floor))
             out[layer] = r
             cur, removed = cur - r, removed + r
         return out

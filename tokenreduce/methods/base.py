@@ -28,6 +28,14 @@ class LayerTensors(NamedTuple):
     cls_attn: Tensor | None  # (B, N) attention of the first token, averaged over heads, if asked for
     layer: int
     protected: int  # leading tokens that must be kept
+    # optional extras, filled only for methods whose ``needs`` name them
+    cls_attn_heads: Tensor | None = None  # (B, H, N) attention row of the first token, per head
+    values: Tensor | None = None  # (B, H, N, d) attention values
+    attn: Tensor | None = None  # (B, H, N, N) full attention probabilities (costs an extra Q·Kᵀ)
+    target: Tensor | None = None  # (B,) unprotected tokens the schedule leaves after this layer
+    num_layers: int = 0  # depth of the patched stack
+    n_out: int | None = None  # when known in Python (no padding, same budget per row): the required
+    # output length; pass it to the core so no tensor value is read (torch.compile / ONNX export)
 
 
 class Plan(NamedTuple):
@@ -51,7 +59,7 @@ class Method:
     min_tokens: int = 0  # never reduce a row below this many unprotected tokens
 
     name: ClassVar[str] = ""
-    needs: ClassVar[frozenset[str]] = frozenset()  # subset of {"keys", "cls_attn"}
+    needs: ClassVar[frozenset[str]] = frozenset()  # subset of NEEDS (runner.py)
     cap: ClassVar[float] = 0.5  # most of a layer's tokens one step may remove
     proportional_attention: ClassVar[bool] = False
     drops: ClassVar[bool] = False  # some tokens leave without being merged anywhere

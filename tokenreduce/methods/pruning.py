@@ -38,7 +38,7 @@ class ScorePruner(Method):
         scores = self.score(t)
         # the fused token takes one slot, so fusing drops one extra token to remove n_remove net
         n_drop = torch.where(n_remove > 0, n_remove + 1, 0) if self.fuse else n_remove
-        dst, n_out, fused = topk_assignment(scores, n_drop, t.sizes > 0, t.protected, self.fuse)
+        dst, n_out, fused = topk_assignment(scores, n_drop, t.sizes > 0, t.protected, self.fuse, t.n_out)
         if not self.fuse:
             return Plan(dst, n_out, one_to_one=True)
         weights = torch.where(fused, self.fuse_weights(t, scores) * t.sizes, t.sizes)

@@ -42,7 +42,7 @@ class ToMe(Method):
 
     def plan(self, t: LayerTensors, n_remove: Tensor) -> Plan:
         feats = t.keys if self.metric == "keys" else t.x
-        dst, n_out = bipartite_soft_matching(feats, n_remove, t.sizes > 0, t.protected)
+        dst, n_out = bipartite_soft_matching(feats, n_remove, t.sizes > 0, t.protected, t.n_out)
         return Plan(dst, n_out)
 
     def cost_macs(self, n: int, dims: ModelDims, protected: int) -> int:

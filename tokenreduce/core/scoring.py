@@ -1,0 +1,89 @@
+"""Token importance and redundancy scores: pure functions on tensors, padding-aware.
+
+Every function takes ``cand`` (B, N), the real tokens that may be reduced, and scores only those;
+a row's scores depend on that row alone, so results never depend on the rest of the batch.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+
+def cosine_matrix(a: Tensor, b: Tensor) -> Tensor:
+    """Cosine similarity of every token of ``a`` (B, Na, D) with every token of ``b`` (B, Nb, D)."""
+    a = a / a.norm(dim=-1, keepdim=True).clamp(min=1e-12)
+    b = b / b.norm(dim=-1, keepdim=True).clamp(min=1e-12)
+    return a @ b.transpose(-1, -2)
+
+
+def ats_significance(cls_attn_heads: Tensor, values: Tensor) -> Tensor:
+    """ATS significance (B, N): [CLS] attention times value norm, summed over heads.
+
+    Fayyaz et al., ECCV 2022, eq. 3 (the normalization is left to the sampler).
+    """
+    return (cls_attn_heads.float() * values.float().norm(dim=-1)).sum(1)
+
+
+def inverse_cdf_sample(scores: Tensor, cand: Tensor, k: Tensor) -> Tensor:
+    """Deterministic inverse-transform sampling (ATS at inference): keep-mask (B, N).
+
+    Candidates are sorted by score (ascending, ties by position) and their normalized cumulative
+    sum forms a CDF; ``k[b]`` evenly spaced points ``(2i + 1) / 2k`` each pick the first token whose
+    CDF reaches them. Repeated picks collapse, so a row keeps between 1 and ``min(k, candidates)``
+    tokens (none when ``k == 0``); a row of equal scores keeps exactly ``min(k, candidates)``.
+    """
+    b, n = scores.shape
+    key = torch.where(cand, scores.double(), float("inf"))
+    order = torch.sort(key, dim=1, stable=True).indices
+    vals = torch.where(cand, scores.double().clamp(min=0), 0.0).gather(1, order)
+    count = cand.sum(1)
+    total = vals.sum(1, keepdim=True)
+    ranks = torch.arange(n, device=scores.device).expand(b, n)
+    uniform = (ranks + 1).double() / count.clamp(min=1)[:, None]
+    cdf = torch.where(total > 0, vals.cumsum(1) / total.clamp(min=1e-300), uniform)
+    cdf = torch.where(ranks < count[:, None], cdf, 2.0)  # non-candidates sit after the end
+    kmax = int(k.max()) if k.numel() else 0
+    if kmax == 0:
+        return torch.zeros_like(cand)
+    i = torch.arange(kmax, device=scores.device, dtype=torch.float64)
+    pts = (2 * i[None] + 1) / (2 * k.clamp(min=1)[:, None].double())  # (B, kmax)
+    picked = torch.searchsorted(cdf.contiguous(), pts.contiguous(), side="left")
+    picked = torch.minimum(picked, (count - 1).clamp(min=0)[:, None])
+    live = (i[None] < k[:, None]) & (count[:, None] > 0)
+    hit = torch.zeros(b, n + 1, dtype=torch.bool, device=scores.device)
+    hit.scatter_(1, torch.where(live, picked, n), True)
+    keep = torch.zeros_like(cand)
+    keep.scatter_(1, order, hit[:, :n])
+    return keep & cand
+
+
+def weighted_pagerank(attn: Tensor, valid: Tensor, iters: int) -> Tensor:
+    """Zero-TPrune's weighted PageRank per head (B, H, N): s ← s·A, from the uniform distribution.
+
+    ``attn`` (B, H, N, N) holds row-stochastic attention probabilities (query rows, key columns).
+    A token is important when important tokens attend to it. Padding starts with no mass and, being
+    masked as a key, never receives any.
+    """
+    s = (valid.float() / valid.sum(1, keepdim=True).clamp(min=1))[:, None, None, :]
+    s = s.expand(-1, attn.shape[1], -1, -1)
+    for _ in range(iters):
+        s = s @ attn  # (B, H, 1, N) @ (B, H, N, N): one matrix-vector product per head
+    return s.squeeze(2)
+
+
+def attention_received(attn: Tensor, valid: Tensor) -> Tensor:
+    """Mean attention each key receives from the real queries, averaged over heads (B, N)."""
+    w = valid.float()[:, None, :, None]
+    return (attn * w).sum(2).mean(1) / valid.sum(1, keepdim=True).clamp(min=1)
+
+
+def pitome_energy(sim: Tensor, cand: Tensor, margin: float, alpha: float = 1.0) -> Tensor:
+    """PiToMe energy (B, N): mean over real tokens j of ELU(cos(i, j) − margin), −inf off ``cand``.
+
+    Tran et al., NeurIPS 2024, eq. 4: a token with many close neighbours (high energy) is redundant
+    and safe to merge; an isolated one (low energy) is protected. ``sim`` is (B, N, N).
+    """
+    e = torch.nn.functional.elu(sim.float() - margin, alpha=alpha)
+    e = (e * cand[:, None, :]).sum(-1) / cand.sum(1, keepdim=True).clamp(min=1)
+    return torch.where(cand, e, float("-inf"))

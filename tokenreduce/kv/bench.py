@@ -1,0 +1,194 @@
+"""KV-press quality on a real model: KL to the full cache, continuation perplexity, passkey retrieval.
+
+One full prefill per sample is captured (per-layer attention inputs + the full cache); every press then
+compresses a copy of that cache with the same code path the hooks use, so presses are compared on
+identical prefills and the benchmark costs one prefill per sample, not one per press.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from . import cache as kvc
+from .data import Sample
+from .generate import Session, greedy
+from .hooks import attention_modules, compress_layer
+from .presses.base import Press
+from .ragged import ragged_attention_for
+
+
+@dataclass
+class Prefill:
+    cache: object
+    inputs: dict[int, tuple[Tensor, Tensor, Tensor]]  # layer -> (hidden, cos, sin) of the prefill
+    logits: Tensor  # (1, N, V) logits of the prefill (only the last row is used)
+    n: int
+
+
+@torch.no_grad()
+def capture_prefill(model: nn.Module, ids: Tensor) -> Prefill:
+    """Full prefill of ``ids`` (1, N), keeping each attention layer's inputs for offline pressing."""
+    inputs: dict[int, tuple[Tensor, Tensor, Tensor]] = {}
+
+    def hook(mod, args, kwargs, out):
+        cos, sin = kwargs["position_embeddings"]
+        inputs[mod.layer_idx] = (kwargs.get("hidden_states", args[0] if args else None), cos, sin)
+
+    handles = [m.register_forward_hook(hook, with_kwargs=True) for m in attention_modules(model)]
+    try:
+        session = Session(model, kvc.new_cache(model), ids[:, :0])
+        logits = session.feed(ids, last_only=True)
+    finally:
+        for h in handles:
+            h.remove()
+    return Prefill(session.cache, inputs, logits[:, -1:], ids.shape[1])
+
+
+@torch.no_grad()
+def press_cache(model: nn.Module, pre: Prefill, press: Press | None):
+    """A compressed copy of the prefill's cache (the uncompressed copy for ``press=None``)."""
+    cache = kvc.clone(pre.cache)
+    if press is None:
+        return cache
+    mods = attention_modules(model)
+    valid = torch.ones(1, pre.n, dtype=torch.bool)
+    prefix = None
+    for m in mods:
+        hidden, cos, sin = pre.inputs[m.layer_idx]
+        prefix = compress_layer(press, cache, m, len(mods), hidden, cos, sin, valid)
+    kvc.set_state(cache, kvc.KVState(prefix, pre.n))
+    return cache
+
+
+def kl_rows(p_logits: Tensor, q_logits: Tensor) -> Tensor:
+    """KL(P || Q) per position (natural log), from logits (..., V)."""
+    lp, lq = torch.log_softmax(p_logits.double(), -1), torch.log_softmax(q_logits.double(), -1)
+    return (lp.exp() * (lp - lq)).sum(-1)
+
+
+@torch.no_grad()
+def continuation_logits(model, cache, n: int, cont: Tensor) -> Tensor:
+    return Session(model, cache, torch.ones(1, n, dtype=torch.long)).feed(cont)
+
+
+def nll(logits: Tensor, targets: Tensor) -> float:
+    """Mean negative log-likelihood of ``targets`` (1, T) under ``logits`` (1, T, V)."""
+    return float(torch.nn.functional.cross_entropy(logits[0].double(), targets[0]))
+
+
+@torch.no_grad()
+def answer(model, cache, n: int, first_logits: Tensor, question: Tensor | None, tokenizer, new_tokens: int = 8) -> str:
+    session = Session(model, cache, torch.ones(1, n, dtype=torch.long))
+    logits = session.feed(question, last_only=True) if question is not None else first_logits
+    ids = greedy(session, logits, new_tokens, None)
+    return tokenizer.decode(ids[0], skip_special_tokens=True)
+
+
+def quality_rows(model, tokenizer, samples: list[Sample], needles: list[Sample], presses: list[Press], progress=None):
+    """Per press: mean KL / ppl on continuations (query-agnostic), passkey accuracy (agnostic and aware)."""
+    acc: dict[tuple[str, float], dict[str, list[float]]] = {}
+
+    def add(press, key, value):
+        name, keep = ("full", 1.0) if press is None else (press.name, float(press.keep))
+        acc.setdefault((name, keep), {}).setdefault(key, []).append(value)
+
+    everyone = [None, *presses]
+    for s in samples:
+        pre = capture_prefill(model, s.context)
+        full_cache = press_cache(model, pre, None)
+        ref = continuation_logits(model, full_cache, pre.n, s.continuation)
+        bytes_full = kvc.kv_bytes(pre.cache)
+        for p in everyone:
+            cache = press_cache(model, pre, p)
+            add(p, "kv_ratio", kvc.kv_bytes(cache) / bytes_full)  # before the continuation is appended
+            with ragged_attention_for(model, p):
+                got = ref if p is None else continuation_logits(model, cache, pre.n, s.continuation)
+            add(p, "kl", float(kl_rows(ref, got).mean()))
+            add(p, "nll", nll(got[:, :-1], s.continuation[:, 1:]))
+        if progress:
+            progress.update(1)
+    for s in needles:
+        pre = capture_prefill(model, s.context)
+        aware = capture_prefill(model, torch.cat([s.context, s.question], dim=1))
+        for p in everyone:
+            with ragged_attention_for(model, p):
+                text = answer(model, press_cache(model, pre, p), pre.n, pre.logits, s.question, tokenizer)
+                add(p, "passkey_agnostic", float(s.answer in text))
+                text = answer(model, press_cache(model, aware, p), aware.n, aware.logits, None, tokenizer)
+                add(p, "passkey_aware", float(s.answer in text))
+        if progress:
+            progress.update(1)
+    rows = []
+    for (name, keep), d in acc.items():
+        row = {"press": name, "keep": keep}
+        if "kl" in d:
+            row["kl_mean"] = sum(d["kl"]) / len(d["kl"])
+            row["ppl"] = math.exp(sum(d["nll"]) / len(d["nll"]))
+            row["kv_bytes_ratio"] = sum(d["kv_ratio"]) / len(d["kv_ratio"])
+        for k in ("passkey_agnostic", "passkey_aware"):
+            if k in d:
+                row[k] = sum(d[k]) / len(d[k])
+        rows.append(row)
+    return rows
+
+
+def _decoder(model, pre: Prefill, cache, steps: int):
+    """A closure decoding ``steps`` greedy tokens from a fresh copy of ``cache`` (timing / memory)."""
+
+    def run():
+        session = Session(model, kvc.clone(cache), torch.ones(1, pre.n, dtype=torch.long))
+        greedy(session, pre.logits, steps, None)
+
+    return run
+
+
+def speed_rows(model, ids: Tensor, presses: list[Press], steps: int = 16, repeats: int = 3) -> list[dict]:
+    """Per press vs the full cache, same process: KV bytes, decode time per token (interleaved A/B
+    medians), peak allocator memory of prefill+compression (hook path) and of decoding."""
+    from ..bench.memory import peak_memory
+    from ..bench.timing import time_pair
+    from .generate import generate_ids
+
+    pre = capture_prefill(model, ids)
+    full = press_cache(model, pre, None)
+    base_prefill = peak_memory(lambda: generate_ids(model, ids, max_new_tokens=1))["peak_bytes"]
+    base_decode = peak_memory(_decoder(model, pre, full, steps))["peak_bytes"]
+    rows = []
+    for p in presses:
+        cache = press_cache(model, pre, p)
+        with ragged_attention_for(model, p):
+            tb, tp = time_pair(_decoder(model, pre, full, steps), _decoder(model, pre, cache, steps), repeats=repeats)
+            dec = peak_memory(_decoder(model, pre, cache, steps))["peak_bytes"]
+        pf = peak_memory(lambda p=p: generate_ids(model, ids, press=p, max_new_tokens=1))["peak_bytes"]
+        rows.append({
+            "press": p.name, "keep": float(p.keep), "tokens": ids.shape[1],
+            "kv_bytes_ratio": kvc.kv_bytes(cache) / kvc.kv_bytes(full),
+            "decode_ms_per_token_full": 1e3 * tb.median_s / steps, "decode_ms_per_token": 1e3 * tp.median_s / steps,
+            "decode_time_ratio": tp.median_s / tb.median_s,
+            "decode_peak_ratio": dec / base_decode, "prefill_peak_ratio": pf / base_prefill,
+        })
+    return rows
+
+
+def gemfilter_row(model, ids: Tensor, keep: float, layer: int | None = None, repeats: int = 3) -> dict:
+    """GemFilter (filter pass + prefill of the kept tokens) vs a full prefill of ``ids``, same process:
+    interleaved median wall time and peak allocator memory."""
+    from ..bench.memory import peak_memory
+    from ..bench.timing import time_pair
+    from .gemfilter import gemfilter_ids
+
+    def full():
+        Session(model, kvc.new_cache(model), ids[:, :0]).feed(ids, last_only=True)
+
+    def gem():
+        kept = gemfilter_ids(model, ids, keep, layer)
+        Session(model, kvc.new_cache(model), kept[:, :0]).feed(kept, last_only=True)
+
+    tf, tg = time_pair(full, gem, repeats=repeats)
+    mf, mg = peak_memory(full)["peak_bytes"], peak_memory(gem)["peak_bytes"]
+    return {"press": "gemfilter", "keep": keep, "tokens": ids.shape[1], "prefill_s_full": tf.median_s,
+            "prefill_s": tg.median_s, "prefill_time_ratio": tg.median_s / tf.median_s, "prefill_peak_ratio": mg / mf}

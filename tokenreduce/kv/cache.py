@@ -1,0 +1,99 @@
+"""The one place that knows the transformers cache API (written against transformers 5.x).
+
+Everything else in :mod:`tokenreduce.kv` reads and replaces a layer's keys/values through these
+functions. A compressed cache holds fewer entries than tokens seen, so we also keep, on the cache
+object, the bookkeeping the model's 2D attention mask needs: ``KVState.prefix_mask`` (B, L) marks
+which of the L stored prefix entries are real (rows of a padded batch keep different counts and
+are left-aligned with masked filler entries), and ``seen`` is how many tokens that prefix stood for.
+Later 2D masks (one column per token seen) are rewritten to ``prefix_mask + new columns``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+from transformers.cache_utils import Cache, DynamicCache, DynamicLayer
+
+_STATE_ATTR = "_tokenreduce_kv_state"
+
+
+@dataclass
+class KVState:
+    prefix_mask: Tensor  # (B, L) bool: stored prefix entries that are real tokens
+    seen: int  # tokens (mask columns) the stored prefix replaces
+
+
+def new_cache(model) -> DynamicCache:
+    return DynamicCache(config=model.config)
+
+
+def clone(cache: Cache) -> Cache:
+    """A cache sharing the stored tensors (copy-on-write: updates and presses make new tensors)."""
+    import copy
+
+    out = copy.copy(cache)
+    out.layers = [copy.copy(layer) for layer in cache.layers]
+    return out
+
+
+def n_layers(cache: Cache) -> int:
+    return len(cache.layers)
+
+
+def layer_kv(cache: Cache, idx: int) -> tuple[Tensor, Tensor]:
+    """Keys and values (B, Hkv, N, D) stored for layer ``idx``."""
+    layer = cache.layers[idx]
+    if not isinstance(layer, DynamicLayer) or type(layer).update is not DynamicLayer.update:
+        if hasattr(layer, "dense_kv"):
+            return layer.dense_kv()
+        raise TypeError(f"layer {idx}: unsupported cache layer {type(layer).__name__} (sliding/static/quantized)")
+    return layer.keys, layer.values
+
+
+def set_layer_kv(cache: Cache, idx: int, keys: Tensor, values: Tensor) -> None:
+    """Replace layer ``idx``'s stored keys/values (new tensors, so the old storage is freed)."""
+    layer = cache.layers[idx]
+    if type(layer) is not DynamicLayer:
+        raise TypeError(f"layer {idx}: cannot replace entries of a {type(layer).__name__}")
+    layer.keys, layer.values = keys.contiguous(), values.contiguous()
+
+
+def replace_layer(cache: Cache, idx: int, layer) -> None:
+    """Swap in a custom storage layer (ragged per-head, mixed precision) for layer ``idx``."""
+    cache.layers[idx] = layer
+
+
+def seq_length(cache: Cache, idx: int = 0) -> int:
+    return cache.layers[idx].get_seq_length() if idx < len(cache.layers) else 0
+
+
+def kv_bytes(cache: Cache) -> int:
+    """Bytes of key/value storage actually held by the cache (all layers)."""
+    total = 0
+    for layer in cache.layers:
+        if hasattr(layer, "nbytes"):
+            total += layer.nbytes()
+        elif getattr(layer, "keys", None) is not None:
+            total += layer.keys.numel() * layer.keys.element_size() + layer.values.numel() * layer.values.element_size()
+    return total
+
+
+def get_state(cache: Cache) -> KVState | None:
+    return getattr(cache, _STATE_ATTR, None)
+
+
+def set_state(cache: Cache, state: KVState) -> None:
+    setattr(cache, _STATE_ATTR, state)
+
+
+def rewrite_mask(cache: Cache | None, attention_mask: Tensor | None) -> Tensor | None:
+    """Map a 2D mask over all tokens seen onto the compressed cache's entries + the new tokens."""
+    state = get_state(cache) if cache is not None else None
+    if state is None or attention_mask is None or attention_mask.ndim != 2:
+        return attention_mask
+    if attention_mask.shape[1] < state.seen:
+        raise ValueError("attention mask is shorter than the tokens already in the compressed cache")
+    tail = attention_mask[:, state.seen :]
+    return torch.cat([state.prefix_mask.to(attention_mask.dtype), tail], dim=1)

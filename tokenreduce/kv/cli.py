@@ -1,0 +1,104 @@
+"""``tokenreduce bench kv``: presses x keep fractions on a causal LM (SmolLM2-135M-Instruct by default)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from ..bench.report import format_table, machine_info
+from .presses.base import make_press, presses
+
+DEFAULT_PRESSES = "streaming_llm,snapkv,tova,h2o,key_norm,keyformer,adakv,pyramidkv"
+QUALITY_COLS = ["press", "keep", "kv_bytes_ratio", "kl_mean", "ppl", "passkey_agnostic", "passkey_aware"]
+SPEED_COLS = ["press", "keep", "tokens", "kv_bytes_ratio", "decode_ms_per_token_full", "decode_ms_per_token",
+              "decode_time_ratio", "decode_peak_ratio", "prefill_peak_ratio"]
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="tokenreduce bench kv", description=__doc__)
+    p.add_argument("--model", help="local HF model folder or .gguf file (default: SmolLM2-135M-Instruct)")
+    p.add_argument("--data-dir", help="shared data dir with needle_haystack_paul_graham/ (default: auto, else "
+                                      "Python's own docs)")
+    p.add_argument("--no-data", action="store_true", help="use Python's docs even if the shared data is found")
+    p.add_argument("--presses", default=DEFAULT_PRESSES, help=f"comma list (random is always added); "
+                                                              f"available: {','.join(presses())}")
+    p.add_argument("--keep", default="0.25", help="comma list of kept fractions in (0, 1]")
+    p.add_argument("--samples", type=int, default=8, help="continuation (KL/ppl) samples")
+    p.add_argument("--passkey-samples", type=int, default=8)
+    p.add_argument("--length", type=int, default=2000, help="context tokens")
+    p.add_argument("--cont", type=int, default=64, help="teacher-forced continuation tokens")
+    p.add_argument("--timing", action="store_true", help="also decode time / peak memory vs the full cache")
+    p.add_argument("--gemfilter", action="store_true", help="also GemFilter prefill time/memory vs full prefill")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", help="write rows + machine info to this file")
+    p.add_argument("--no-progress", action="store_true")
+    return p
+
+
+def _error(msg: str) -> int:
+    print(f"tokenreduce: error: {msg}", file=sys.stderr)
+    return 2
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        keeps = [float(k) for k in args.keep.split(",") if k]
+        names = ["random", *[n for n in args.presses.split(",") if n and n != "random"]]
+        plist = [make_press(n, keep=k) for k in keeps for n in names]
+    except (ValueError, TypeError) as e:
+        return _error(str(e))
+    if args.length < 128 or args.cont < 2 or args.samples < 0 or args.passkey_samples < 0:
+        return _error("need --length >= 128, --cont >= 2 and non-negative sample counts")
+    data_dir = args.data_dir
+    if data_dir is None and not args.no_data:
+        from ..bench.tasks import default_data_dir
+
+        found = default_data_dir()
+        if found is not None and (found / "needle_haystack_paul_graham").is_dir():
+            data_dir = found
+    if args.model and not Path(args.model).exists():
+        return _error(f"model path does not exist: {args.model}")
+
+    import torch
+    from tqdm import tqdm
+
+    from ..llm import load_causal_lm
+    from .bench import quality_rows, speed_rows
+    from .data import haystack, passkeys, windows
+
+    try:
+        text, source = haystack(data_dir)
+        model, tok = load_causal_lm(args.model)
+        samples = windows(tok, text, args.samples, args.length, args.cont, seed=args.seed)
+        needles = passkeys(tok, text, args.passkey_samples, args.length, seed=args.seed + 1)
+    except (OSError, ValueError, ModuleNotFoundError) as e:
+        return _error(str(e))
+    bar = tqdm(total=len(samples) + len(needles), desc="kv quality", disable=args.no_progress)
+    with torch.no_grad():
+        rows = quality_rows(model, tok, samples, needles, plist, progress=bar)
+    bar.close()
+    print(f"\nquality ({source}, {args.length}-token contexts, {args.samples} continuation samples of "
+          f"{args.cont} tokens, {args.passkey_samples} passkey samples)")
+    print(format_table(rows, QUALITY_COLS))
+    out = {"quality": rows, "source": source, "args": vars(args), "machine": machine_info()}
+    if args.timing:
+        ids = (samples or needles)[0].context
+        speed = speed_rows(model, ids, [p for p in plist if p.keep == keeps[0]])
+        print(f"\nspeed/memory vs full cache, same process ({ids.shape[1]} tokens, decode 16 tokens, interleaved)")
+        print(format_table(speed, SPEED_COLS))
+        out["speed"] = speed
+    if args.gemfilter:
+        from .bench import gemfilter_row
+
+        ids = (samples or needles)[0].context
+        gem = [gemfilter_row(model, ids, k) for k in keeps]
+        print(f"\nGemFilter vs full prefill, same process ({ids.shape[1]} tokens, interleaved medians)")
+        print(format_table(gem, ["press", "keep", "tokens", "prefill_s_full", "prefill_s", "prefill_time_ratio",
+                                 "prefill_peak_ratio"]))
+        out["gemfilter"] = gem
+    if args.json:
+        Path(args.json).write_text(json.dumps(out, indent=1, default=str))
+    return 0

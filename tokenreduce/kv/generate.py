@@ -1,0 +1,172 @@
+"""Greedy generation and teacher forcing with a compressed KV cache (batch > 1 with left padding).
+
+The loop is explicit so that positions, masks and chunked prefill are under our control:
+positions come from the 2D mask over all tokens seen (so compressed caches keep the original
+positions), and the mask is mapped onto the compressed cache by the press hooks.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from . import cache as kvc
+from .hooks import PressRunner, apply_press
+from .presses.base import Press, make_press
+
+
+@dataclass
+class Session:
+    """A cache plus the full 2D mask of every token fed so far (columns = tokens seen)."""
+
+    model: nn.Module
+    cache: object
+    mask: Tensor  # (B, seen) long
+
+    @torch.no_grad()
+    def feed(
+        self, ids: Tensor, mask: Tensor | None = None, runner: PressRunner | None = None, compress: bool = False,
+        last_only: bool = False,
+    ) -> Tensor:
+        """Run ``ids`` (B, q) through the model after what was fed before; returns logits (B, q, V)
+        (``last_only``: (B, 1, V), skipping the vocabulary projection of the other positions)."""
+        mask = torch.ones_like(ids) if mask is None else mask
+        full = torch.cat([self.mask, mask.to(self.mask.dtype)], dim=1)
+        pos = (full.cumsum(-1) - 1).clamp(min=0)[:, -ids.shape[1] :]
+        if runner is not None:
+            runner.force_next = compress
+        mapped = kvc.rewrite_mask(self.cache, full)  # onto the compressed cache's entries
+        out = self.model(input_ids=ids, attention_mask=mapped, position_ids=pos, cache=self.cache, use_cache=True,
+                         logits_to_keep=1 if last_only else 0)
+        self.mask = full
+        return out.logits
+
+
+def left_pad(tokenizer, texts: list[str], add_special_tokens: bool = True) -> tuple[Tensor, Tensor]:
+    """Token ids and mask (B, N), padded on the left."""
+    side = tokenizer.padding_side
+    tokenizer.padding_side = "left"
+    try:
+        enc = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=add_special_tokens)
+    finally:
+        tokenizer.padding_side = side
+    return enc.input_ids, enc.attention_mask
+
+
+def prefill(
+    session: Session, ids: Tensor, mask: Tensor, runner: PressRunner | None, chunk_size: int | None = None
+) -> Tensor:
+    """Feed the prompt (in chunks of ``chunk_size`` tokens if given); compress once, after the last chunk.
+
+    Returns the logits of the last chunk. The scoring window of window-based presses lies in the last chunk.
+    """
+    n = ids.shape[1]
+    step = n if not chunk_size else chunk_size
+    if step < 1:
+        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+    logits = None
+    for s in range(0, n, step):
+        e = min(n, s + step)
+        logits = session.feed(ids[:, s:e], mask[:, s:e], runner, compress=runner is not None and e == n, last_only=True)
+    return logits
+
+
+def greedy(session: Session, logits: Tensor, max_new_tokens: int, eos: int | None, runner=None) -> Tensor:
+    """Greedy continuation from the last logits; returns new ids (B, T) (rows stop after ``eos``)."""
+    out = []
+    done = torch.zeros(logits.shape[0], dtype=torch.bool)
+    nxt = logits[:, -1].argmax(-1)
+    for t in range(max_new_tokens):
+        out.append(nxt)
+        if eos is not None:
+            done |= nxt == eos
+            if bool(done.all()):
+                break
+        if t + 1 < max_new_tokens:
+            nxt = session.feed(nxt[:, None], runner=runner)[:, -1].argmax(-1)
+    return torch.stack(out, dim=1)
+
+
+@torch.no_grad()
+def generate_ids(
+    model: nn.Module,
+    context_ids: Tensor,
+    context_mask: Tensor | None = None,
+    question_ids: Tensor | None = None,
+    press: Press | None = None,
+    *,
+    question_mask: Tensor | None = None,
+    query_aware: bool = False,
+    max_new_tokens: int = 32,
+    eos: int | None = None,
+    chunk_size: int | None = None,
+) -> Tensor:
+    """Greedy new token ids (B, T) for ``context + question`` with the context's cache compressed.
+
+    ``query_aware=False``: only the context is compressed, the question is fed afterwards (one cache
+    serves any question). ``query_aware=True``: the question is part of the compressed prefill, so it
+    lies in the scoring window of window-based presses.
+    """
+    context_mask = torch.ones_like(context_ids) if context_mask is None else context_mask
+    if question_ids is not None and question_mask is None:
+        question_mask = torch.ones_like(question_ids)
+    if query_aware and question_ids is not None:
+        context_ids = torch.cat([context_ids, question_ids], dim=1)
+        context_mask = torch.cat([context_mask, question_mask], dim=1)
+        question_ids = None
+    session = Session(model, kvc.new_cache(model), context_mask[:, :0])
+    if press is None:
+        logits = prefill(session, context_ids, context_mask, None, chunk_size)
+        if question_ids is not None:
+            logits = session.feed(question_ids, question_mask)
+        return greedy(session, logits, max_new_tokens, eos)
+    with apply_press(model, press) as runner:
+        runner.auto = False
+        logits = prefill(session, context_ids, context_mask, runner, chunk_size)
+        if question_ids is not None:
+            logits = session.feed(question_ids, question_mask, runner)
+        return greedy(session, logits, max_new_tokens, eos, runner)
+
+
+def generate(
+    model: nn.Module,
+    tokenizer,
+    context: str | list[str],
+    question: str | list[str] = "",
+    press: Press | str | None = None,
+    *,
+    query_aware: bool = False,
+    max_new_tokens: int = 32,
+    chunk_size: int | None = None,
+    **press_params,
+) -> str | list[str]:
+    """Answer ``question`` about ``context`` with a compressed KV cache; greedy decoding.
+
+    ``press`` is a :class:`Press` or a registered name (``press_params`` go to it, e.g. ``keep=0.25``).
+    Lists of contexts/questions run as one left-padded batch.
+    """
+    if isinstance(press, str):
+        press = make_press(press, **press_params)
+    elif press_params:
+        raise TypeError("press parameters need a press name")
+    single = isinstance(context, str)
+    contexts = [context] if single else list(context)
+    questions = [question] * len(contexts) if isinstance(question, str) else list(question)
+    if len(questions) != len(contexts):
+        raise ValueError(f"got {len(contexts)} contexts but {len(questions)} questions")
+    ids, mask = left_pad(tokenizer, contexts)
+    q_ids = q_mask = None
+    if any(questions):
+        q_ids, q_mask = left_pad(tokenizer, questions, add_special_tokens=False)
+    new = generate_ids(
+        model, ids, mask, q_ids, press, question_mask=q_mask, query_aware=query_aware, max_new_tokens=max_new_tokens,
+        eos=tokenizer.eos_token_id, chunk_size=chunk_size,
+    )
+    texts = []
+    for row in new.tolist():
+        if tokenizer.eos_token_id in row:
+            row = row[: row.index(tokenizer.eos_token_id)]
+        texts.append(tokenizer.decode(row, skip_special_tokens=True))
+    return texts[0] if single else texts

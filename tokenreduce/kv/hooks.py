@@ -1,0 +1,124 @@
+"""Attach a press to a Hugging Face causal LM (kvpress-style forward hooks; no forward is copied).
+
+``with apply_press(model, press): model.generate(...)`` compresses the cache right after the prefill
+(the first forward whose cache held nothing before it). Each attention module gets a forward hook
+that scores the layer's freshly cached keys and replaces them with the kept entries; a pre-hook on
+the model maps later 2D attention masks onto the compressed cache (see :mod:`tokenreduce.kv.cache`).
+New tokens keep their original positions (``generate`` derives position ids from the full mask),
+so kept keys need no re-rotation.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+
+import torch
+from torch import nn
+
+from . import cache as kvc
+from .presses.base import LayerView, Press
+from .ragged import build_ragged, ragged_attention_for, select_ragged
+from .select import gather, protect, select
+
+
+def compress_layer(press: Press, cache, module: nn.Module, n_layers: int, hidden, cos, sin, valid) -> torch.Tensor:
+    """Score layer ``module.layer_idx``'s cached entries with ``press`` and keep the best; returns the prefix mask.
+
+    ``hidden``/``cos``/``sin`` are the inputs of the last forward (its queries are the scoring window);
+    ``valid`` (B, N) marks the real cached entries.
+    """
+    idx = module.layer_idx
+    keys, values = kvc.layer_kv(cache, idx)
+    view = LayerView(module, idx, n_layers, hidden, cos, sin, keys, values, valid)
+    scores = protect(press.score(view), valid, press.sinks, press.recent)
+    keep = press.layer_keep(idx, n_layers)
+    if press.ragged:
+        kvc.replace_layer(cache, idx, build_ragged(keys, values, select_ragged(scores, valid, keep, press.min_share)))
+        return torch.ones(keys.shape[0], kvc.seq_length(cache, 0), dtype=torch.bool, device=keys.device)
+    kept, prefix_mask = select(scores, valid, keep)
+    kvc.set_layer_kv(cache, idx, gather(keys, kept), gather(values, kept))
+    return prefix_mask
+
+
+def attention_modules(model: nn.Module) -> list[nn.Module]:
+    """The self-attention modules of a Llama/Qwen2/Mistral/Gemma-style decoder, in layer order."""
+    mods = [m for m in model.modules() if all(hasattr(m, a) for a in ("q_proj", "k_proj", "v_proj", "layer_idx"))]
+    if not mods:
+        raise ValueError(
+            f"{type(model).__name__}: no decoder self-attention with q_proj/k_proj/v_proj found; supported: "
+            "Hugging Face Llama, Qwen2/Qwen3, Mistral, Gemma-family causal LMs"
+        )
+    return sorted(mods, key=lambda m: m.layer_idx)
+
+
+class PressRunner:
+    """Hook state for one ``apply_press`` context: the press, and the mask of the forward in flight."""
+
+    def __init__(self, model: nn.Module, press: Press):
+        self.press, self.modules = press, attention_modules(model)
+        self.n_layers = len(self.modules)
+        self.mask: torch.Tensor | None = None  # 2D mask of the current forward, mapped onto the cache
+        self.armed = False  # compress in the current forward
+        self.auto = True  # compress the first multi-token forward on an empty cache (model.generate)
+        self.force_next = False  # set by tokenreduce.kv.generate for the last prefill chunk
+        self.active: Press | None = press  # the press applied in the current forward
+
+    def pre_forward(self, module, args, kwargs):
+        cache = kwargs.get("cache", kwargs.get("past_key_values"))
+        ids = kwargs.get("input_ids", args[0] if args else None)
+        q_len = (ids if ids is not None else kwargs["inputs_embeds"]).shape[1]
+        empty = cache is None or kvc.n_layers(cache) == 0 or kvc.seq_length(cache) == 0
+        self.armed = cache is not None and (self.force_next or (self.auto and empty and q_len > 1))
+        self.force_next = False
+        self.active = self.press
+        if hasattr(self.press, "at_length") and cache is not None:  # decode-time compression
+            if self.armed and self.press.keep >= 1.0:
+                self.armed = False
+            elif not self.armed and not empty and q_len == 1:
+                self.active = self.press.at_length(kvc.seq_length(cache) + 1)
+                self.armed = self.active is not None
+        mask = kwargs.get("attention_mask")
+        state = kvc.get_state(cache) if cache is not None else None
+        if state is not None and mask is not None and mask.ndim == 2 and mask.shape[1] != kvc.seq_length(cache) + q_len:
+            kwargs["attention_mask"] = kvc.rewrite_mask(cache, mask)  # one column per token seen -> per cache entry
+        self.mask = kwargs.get("attention_mask")
+        return args, kwargs
+
+    def after_attention(self, module, args, kwargs, output):
+        if not self.armed:
+            return output
+        cache = kwargs.get("cache", kwargs.get("past_key_values"))
+        hidden = kwargs.get("hidden_states", args[0] if args else None)
+        cos, sin = kwargs["position_embeddings"]
+        idx = module.layer_idx
+        n = kvc.seq_length(cache, idx)
+        valid = self._valid(hidden.shape[0], n, hidden.device)
+        prefix_mask = compress_layer(self.active, cache, module, self.n_layers, hidden, cos, sin, valid)
+        if idx == self.modules[-1].layer_idx:  # the cache now stands for everything seen so far
+            state = kvc.get_state(cache)
+            seen = state.seen + n - state.prefix_mask.shape[1] if state else n  # tokens the n entries stood for
+            kvc.set_state(cache, kvc.KVState(prefix_mask, seen))
+        return output
+
+    def _valid(self, b: int, n: int, device) -> torch.Tensor:
+        if self.mask is None or self.mask.ndim != 2:
+            return torch.ones(b, n, dtype=torch.bool, device=device)
+        return self.mask[:, -n:].bool() if self.mask.shape[1] >= n else self.mask.bool()
+
+
+@contextmanager
+def apply_press(model: nn.Module, press: Press):
+    """Compress the KV cache after prefill inside the ``with`` block; yields the :class:`PressRunner`."""
+    if not isinstance(press, Press):
+        raise TypeError(f"press must be a Press (see tokenreduce.kv.make_press), got {type(press).__name__}")
+    if press.needs_eager and model.config._attn_implementation != "eager":
+        raise ValueError(f"{press.name} needs eager attention: load the model with attn_implementation='eager'")
+    runner = PressRunner(model, press)
+    handles = [model.register_forward_pre_hook(runner.pre_forward, with_kwargs=True)]
+    handles += [m.register_forward_hook(runner.after_attention, with_kwargs=True) for m in runner.modules]
+    try:
+        with ragged_attention_for(model, press):
+            yield runner
+    finally:
+        for h in handles:
+            h.remove()

@@ -1,0 +1,119 @@
+"""Press base class, the per-layer view a press scores, and the registry of presses by name.
+
+A press is a small frozen dataclass: a ``score`` for every cached key of one layer (higher = keep)
+plus budget parameters. It holds no runtime state, so one press object serves many models and
+threads. Selection, storage and masking are shared (:mod:`tokenreduce.kv.select`,
+:mod:`tokenreduce.kv.hooks`), so a press is only its scoring rule (kvpress's design).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, fields
+from functools import cached_property
+from typing import Any, ClassVar
+
+from torch import Tensor, nn
+
+from .. import scoring
+
+_REGISTRY: dict[str, type[Press]] = {}
+
+
+@dataclass
+class LayerView:
+    """What a press may look at in one attention layer right after prefill."""
+
+    module: nn.Module  # the attention module (q_proj, head_dim, scaling, ...)
+    layer: int
+    n_layers: int
+    hidden: Tensor  # (B, q, C) inputs of this forward's queries (the last q of the N cached tokens)
+    cos: Tensor  # (B, q, D) RoPE of those positions, exactly as the model computed it
+    sin: Tensor
+    keys: Tensor  # (B, Hkv, N, D) cached keys (RoPE applied)
+    values: Tensor
+    valid: Tensor  # (B, N) bool: real tokens (False = padding / filler)
+
+    @property
+    def n_kv_heads(self) -> int:
+        return self.keys.shape[1]
+
+    def window_attention(self, window: int) -> Tensor:
+        """Attention (B, H, w, N) of the last ``window`` queries, recomputed (no eager attention needed)."""
+        w = min(window, self.hidden.shape[1])
+        q = scoring.window_queries(self.module, self.hidden[:, -w:], self.cos[:, -w:], self.sin[:, -w:])
+        return scoring.window_attention(q, self.keys, self.module.scaling, self.valid)
+
+    @cached_property
+    def column_mass(self) -> Tensor:
+        """Attention each key received from all queries of this forward (B, H, N), chunked."""
+        return scoring.column_mass(self.module, self.hidden, self.cos, self.sin, self.keys, self.valid)
+
+
+@dataclass(frozen=True)
+class Press:
+    """``keep``: fraction of the prompt's KV entries kept in every layer and head (1.0 = no compression).
+
+    ``sinks``/``recent``: first/last real tokens that are always kept (attention sinks, local window).
+    """
+
+    keep: float = 1.0
+    sinks: int = 0
+    recent: int = 0
+
+    name: ClassVar[str] = ""
+    query_aware: ClassVar[bool] = False  # scores depend on the last queries (put the question in the window)
+    needs_eager: ClassVar[bool] = False  # True if the press needs materialized attention weights
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.keep, (int, float)) or not 0.0 < float(self.keep) <= 1.0:
+            raise ValueError(f"{self.name}: keep must be in (0, 1] (fraction of KV entries kept), got {self.keep!r}")
+        for f in ("sinks", "recent"):
+            v = getattr(self, f)
+            if not isinstance(v, int) or v < 0:
+                raise ValueError(f"{self.name}: {f} must be a non-negative int, got {v!r}")
+
+    def score(self, view: LayerView) -> Tensor:  # pragma: no cover - abstract
+        """Importance of each cached entry, (B, Hkv, N); higher is kept."""
+        raise NotImplementedError
+
+    def layer_keep(self, layer: int, n_layers: int) -> float:
+        """Fraction kept in ``layer`` (constant; PyramidKV overrides)."""
+        return float(self.keep)
+
+    @property
+    def ragged(self) -> bool:
+        """True if budgets differ between layers or heads (needs ragged storage)."""
+        return False
+
+
+def register(name: str) -> Callable[[type[Press]], type[Press]]:
+    def wrap(cls: type[Press]) -> type[Press]:
+        if name in _REGISTRY:
+            raise ValueError(f"press {name!r} is already registered")
+        cls.name = name
+        _REGISTRY[name] = cls
+        return cls
+
+    return wrap
+
+
+def presses() -> list[str]:
+    """Names of all registered presses."""
+    return sorted(_REGISTRY)
+
+
+def make_press(press: str | Press, **params: Any) -> Press:
+    """A press from a name and keyword parameters, validated before any compute."""
+    if isinstance(press, Press):
+        if params:
+            raise TypeError("pass parameters either in the Press object or as keywords, not both")
+        return press
+    if press not in _REGISTRY:
+        raise ValueError(f"unknown press {press!r}; available: {', '.join(presses())}")
+    cls = _REGISTRY[press]
+    allowed = {f.name for f in fields(cls)}
+    unknown = set(params) - allowed
+    if unknown:
+        raise TypeError(f"{press}: unknown parameter(s) {sorted(unknown)}; valid: {sorted(allowed)}")
+    return cls(**params)

@@ -1,0 +1,70 @@
+"""Turn per-entry scores into a compressed, left-aligned dense KV layout (pure tensor functions).
+
+Each row b of a batch keeps ``k_b = ceil(keep * n_b)`` of its ``n_b`` real entries per KV head.
+Rows are stored with a common length ``L = max_b k_b``: row b gets ``L - k_b`` masked filler entries
+first, then its kept entries in their original order -- the same layout as left padding, and the
+same for every head and layer, so a single 2D attention mask stays valid for the whole model.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+
+def row_budgets(valid: Tensor, keep: float) -> Tensor:
+    """Entries kept per row (B,): ceil(keep * real tokens), at least 1 where a row has any."""
+    n = valid.sum(dim=-1)
+    k = torch.ceil(n.double() * keep - 1e-9).long()
+    return torch.minimum(k.clamp(min=1), n)
+
+
+def protect(scores: Tensor, valid: Tensor, sinks: int, recent: int) -> Tensor:
+    """Scores with padding at -inf and the first ``sinks`` / last ``recent`` real tokens at +inf."""
+    s = scores.float().masked_fill(~valid[:, None, :], float("-inf"))
+    if sinks or recent:
+        rank = valid.long().cumsum(-1) - 1  # index among the row's real tokens
+        n_real = valid.sum(-1, keepdim=True)
+        kept = valid & ((rank < sinks) | (rank >= n_real - recent))
+        s = s.masked_fill(kept[:, None, :], float("inf"))
+    return s
+
+
+def select(scores: Tensor, valid: Tensor, keep: float) -> tuple[Tensor, Tensor]:
+    """Indices (B, Hkv, L) into the N cached entries and the new prefix mask (B, L)."""
+    k = row_budgets(valid, keep)
+    length = int(k.max())
+    # stable sort: ties (e.g. several protected tokens) break by position, independent of the batch
+    top = scores.sort(dim=-1, descending=True, stable=True).indices[..., :length]  # best first
+    rank = torch.arange(length, device=scores.device)
+    filler = rank[None, None, :] >= k[:, None, None]  # lowest-ranked slots beyond the row's budget
+    order = torch.where(filler, -1, top).sort(dim=-1).indices  # fillers first, then by position
+    idx = top.gather(-1, order)
+    prefix_mask = rank[None, :] >= (length - k)[:, None]
+    return idx, prefix_mask
+
+
+def gather(x: Tensor, idx: Tensor) -> Tensor:
+    """x (B, Hkv, N, D) at idx (B, Hkv, L) -> (B, Hkv, L, D)."""
+    return x.gather(2, idx[..., None].expand(*idx.shape, x.shape[-1]))
+
+
+def keep_count(n: int, keep: float) -> int:
+    return max(1, math.ceil(n * keep - 1e-9))
+
+
+def real_rank(valid: Tensor) -> Tensor:
+    """Index of each entry among its row's real tokens (B, N); padding gets 0."""
+    return (valid.long().cumsum(-1) - 1).clamp(min=0)
+
+
+def row_noise(valid: Tensor, shape: tuple[int, ...], seed: int) -> Tensor:
+    """Uniform noise (B, *shape, N) indexed by each token's rank among real tokens, so a row's noise
+    does not depend on how much padding the batch gave it."""
+    n = valid.shape[-1]
+    g = torch.Generator(device="cpu").manual_seed(seed)
+    u = torch.rand((n, *shape), generator=g).movedim(0, -1).to(valid.device)  # token-major: prefixes agree
+    idx = real_rank(valid).view(valid.shape[0], *([1] * len(shape)), n).expand(valid.shape[0], *shape, n)
+    return u.expand(valid.shape[0], *shape, n).gather(-1, idx)

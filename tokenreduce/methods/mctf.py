@@ -1,0 +1,100 @@
+"""MCTF (training-free): token fusion by similarity × informativeness × size, matched both ways.
+
+Lee, Choi and Kim, "Multi-criteria Token Fusion with One-step-ahead Attention for Efficient Vision
+Transformers", CVPR 2024 (arXiv:2403.10030). Edge weight between an A and a B token (alternating
+split, as in ToMe) is ``((cos + 1) / 2)^(1/τ_sim) · (ĩ_a ĩ_b)^(1/τ_info) · (s̃_a s̃_b)^(1/τ_size)``,
+where ĩ is the inverse of the attention a token receives and s̃ the inverse of its size, each
+divided by its row maximum: similar, uninformative, small tokens fuse first. Bidirectional
+matching: ``r // 2`` A→B merges, then ``r − r // 2`` B→A merges against the A tokens left.
+Fused tokens are averaged with weights attention-received × size.
+
+Training-free variant: the paper's one-step-ahead attention (the next layer's attention) and its
+consistency loss need fine-tuning; here informativeness is the current layer's attention. With
+``info="attn"`` (the paper's) that is the column mean of the full attention, recomputed explicitly
+(an extra Q·Kᵀ per reducing layer, counted in FLOPs); ``info="cls"`` uses the [CLS] row instead
+(O(N·d), SDPA-friendly); ``info="none"`` drops the criterion.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from ..core.dims import ModelDims
+from ..core.matching import NEG, bidirectional_merge, merge_into
+from ..core.scoring import attention_received, cosine_matrix
+from .base import LayerTensors, Method, Plan, register
+
+INFO = ("attn", "cls", "none")
+
+
+def _inverse_normalized(v: Tensor, cand: Tensor) -> Tensor:
+    inv = torch.where(cand, 1.0 / v.float().clamp(min=1e-12), 0.0)
+    return inv / inv.amax(1, keepdim=True).clamp(min=1e-12)
+
+
+@register("mctf")
+@dataclass(frozen=True)
+class MCTF(Method):
+    """Multi-criteria token fusion: similarity × informativeness × size, bidirectional matching."""
+
+    tau_sim: float = 1.0
+    tau_info: float = 20.0
+    tau_size: float = 40.0
+    info: str = "attn"
+    metric: str = "hidden"  # the paper matches on the tokens themselves; "keys" as in ToMe
+    prop_attn: bool = True
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.info not in INFO:
+            raise ValueError(f"mctf: info must be one of {INFO}, got {self.info!r}")
+        if self.metric not in ("hidden", "keys"):
+            raise ValueError(f"mctf: metric must be 'hidden' or 'keys', got {self.metric!r}")
+        if min(float(self.tau_sim), float(self.tau_info), float(self.tau_size)) <= 0:
+            raise ValueError("mctf: temperatures tau_sim, tau_info, tau_size must be > 0")
+
+    cap = 0.5
+
+    @property
+    def needs(self) -> frozenset[str]:  # type: ignore[override]
+        extra = {"attn": {"attn"}, "cls": {"cls_attn"}, "none": set()}[self.info]
+        return frozenset(extra | ({"keys"} if self.metric == "keys" else set()))
+
+    @property
+    def proportional_attention(self) -> bool:  # type: ignore[override]
+        return self.prop_attn
+
+    def informativeness(self, t: LayerTensors) -> Tensor | None:
+        if self.info == "attn":
+            return attention_received(t.attn, t.sizes > 0)
+        return t.cls_attn if self.info == "cls" else None
+
+    def plan(self, t: LayerTensors, n_remove: Tensor) -> Plan:
+        b, n = t.sizes.shape
+        p, dev = t.protected, t.sizes.device
+        valid = t.sizes > 0
+        cand = valid & (torch.arange(n, device=dev) >= p)
+        a_idx, b_idx = torch.arange(p, n, 2, device=dev), torch.arange(p + 1, n, 2, device=dev)
+        r = torch.minimum(n_remove, cand.sum(1) // 2)
+        feats = t.keys if self.metric == "keys" else t.x
+        w = ((cosine_matrix(feats[:, a_idx], feats[:, b_idx]).float() + 1) / 2) ** (1 / self.tau_sim)
+        a = self.informativeness(t)
+        if a is not None:
+            ia = _inverse_normalized(a, cand)
+            w = w * (ia[:, a_idx, None] * ia[:, None, b_idx]) ** (1 / self.tau_info)
+        s = _inverse_normalized(t.sizes, cand)
+        w = w * (s[:, a_idx, None] * s[:, None, b_idx]) ** (1 / self.tau_size)
+        w = w.masked_fill(~cand[:, a_idx, None] | ~cand[:, None, b_idx], NEG)
+        merged, partner = bidirectional_merge(w, a_idx, b_idx, valid, r, n)
+        dst, n_out = merge_into(valid, merged, partner, hops=2)
+        weights = t.sizes if a is None else torch.where(cand, a.to(t.sizes.dtype), 1.0) * t.sizes
+        return Plan(dst, n_out, weights)
+
+    def cost_macs(self, n: int, dims: ModelDims, protected: int) -> int:
+        u = n - protected
+        sim = (u - u // 2) * (u // 2) * (dims.head_dim if self.metric == "keys" else dims.hidden)
+        info = {"attn": dims.heads * n * n * dims.head_dim, "cls": dims.heads * n * dims.head_dim, "none": 0}
+        return sim + info[self.info]

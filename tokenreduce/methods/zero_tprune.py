@@ -1,0 +1,73 @@
+"""Zero-TPrune: importance by weighted PageRank on the attention graph, then similarity pruning.
+
+Wang, Dedhia and Jha, "Zero-TPrune: Zero-Shot Token Pruning through Leveraging of the Attention
+Graph in Pre-Trained Transformers", CVPR 2024 (arXiv:2305.17328).
+
+I-stage: the attention matrix of each head is a graph (queries distribute their importance over
+the keys they attend to); ``iters`` steps of weighted PageRank from the uniform distribution give
+each token's importance, averaged over heads. S-stage: the remaining tokens are split by importance
+into a less and a more important half; the less important tokens most similar (cosine of
+head-averaged keys) to some more important token are pruned as duplicates. Of a layer's budget
+``r``, ``round(similarity_share · r)`` go by the S-stage (at most what the halves allow) and the
+rest, the least important tokens, by the I-stage. Simplifications: heads are averaged uniformly
+(no head filtering / informative-region emphasis) and the S-stage uses a fixed importance split.
+
+This method needs every row of the attention matrix: it recomputes it explicitly (B, H, N, N) next
+to the fused kernel, and counts that Q·Kᵀ, the PageRank products and the similarity in its cost.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+from torch import Tensor
+
+from ..core.assign import compact
+from ..core.dims import ModelDims
+from ..core.matching import prune_duplicates, rank_of
+from ..core.scoring import cosine_matrix, weighted_pagerank
+from .base import LayerTensors, Method, Plan, register
+
+
+@register("zero-tprune")
+@dataclass(frozen=True)
+class ZeroTPrune(Method):
+    """Prune by attention-graph PageRank importance, then prune unimportant near-duplicates."""
+
+    iters: int = 10
+    similarity_share: float = 0.5
+
+    needs: ClassVar[frozenset[str]] = frozenset({"attn", "keys"})
+    cap: ClassVar[float] = 0.9
+    drops: ClassVar[bool] = True
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if isinstance(self.iters, bool) or not isinstance(self.iters, int) or self.iters < 1:
+            raise ValueError(f"zero-tprune: iters must be a positive int, got {self.iters!r}")
+        if not 0.0 <= float(self.similarity_share) <= 1.0:
+            raise ValueError(f"zero-tprune: similarity_share must be in [0, 1], got {self.similarity_share}")
+
+    def plan(self, t: LayerTensors, n_remove: Tensor) -> Plan:
+        p = t.protected
+        valid = t.sizes > 0
+        importance = weighted_pagerank(t.attn, valid, self.iters).mean(1)[:, p:]
+        cand = valid[:, p:]
+        u = cand.sum(1)
+        r = torch.minimum(n_remove, u)
+        r_sim = torch.minimum(torch.round(r.double() * float(self.similarity_share)).long(), u - r)
+        r_imp = r - r_sim
+        first = cand & (rank_of(torch.where(cand, importance, float("inf")), descending=False) < r_imp[:, None])
+        rest = cand & ~first
+        sim = cosine_matrix(t.keys[:, p:], t.keys[:, p:])
+        second = prune_duplicates(sim, importance, rest, r_sim)
+        keep = torch.cat([valid[:, :p], rest & ~second], 1)
+        dst, n_out = compact(keep, valid)
+        return Plan(dst, n_out, one_to_one=True)
+
+    def cost_macs(self, n: int, dims: ModelDims, protected: int) -> int:
+        qk = dims.heads * n * n * dims.head_dim  # explicit attention logits
+        pagerank = self.iters * dims.heads * n * n  # one matrix-vector product per head and step
+        return qk + pagerank + (n - protected) ** 2 * dims.head_dim

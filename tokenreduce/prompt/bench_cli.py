@@ -1,0 +1,165 @@
+"""``tokenreduce bench prompt``: answer retention, rate adherence and speed of prompt compression.
+
+tokenreduce bench prompt retention --data nq20:150,hotpotqa --methods first,random,extractive,extractive-emb
+tokenreduce bench prompt adherence --rates 0.5,0.25,0.125
+tokenreduce bench prompt speed --tokens 10000 --repeats 5
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+from ..bench.report import format_table, machine_info, write_results
+
+# name on the command line -> (registered method, parameters)
+VARIANTS: dict[str, tuple[str, dict]] = {
+    "first": ("first", {}),
+    "random": ("random", {}),
+    "extractive": ("extractive", {}),
+    "extractive-emb": ("extractive", {"w_bm25": 0.0}),
+    "perplexity": ("perplexity", {}),
+    "longllmlingua": ("longllmlingua", {}),
+}
+
+
+def _names(text: str) -> list[str]:
+    return [v.strip() for v in text.split(",") if v.strip()]
+
+
+def _floats(text: str) -> list[float]:
+    try:
+        return [float(v) for v in _names(text)]
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from e
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="tokenreduce bench prompt", description=__doc__.split("\n")[0])
+    p.add_argument("what", choices=["retention", "adherence", "speed"])
+    p.add_argument(
+        "--data", type=_names, default=["nq20:150", "hotpotqa"], help="retention: nq20[:N][@OFFSET], hotpotqa[:N]"
+    )
+    p.add_argument(
+        "--methods",
+        type=_names,
+        default=["first", "random", "extractive", "extractive-emb"],
+        help=f"variants: {', '.join(VARIANTS)}",
+    )
+    p.add_argument("--rates", type=_floats, default=[0.5, 0.25, 0.125], help="fractions of tokens kept")
+    p.add_argument("--tokenizer", default="cl100k_base", help="target tokenizer for budgets (tiktoken name or folder)")
+    p.add_argument("--tokens", type=int, default=10000, help="speed: context length in target tokens")
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument("--data-dir", default=None)
+    p.add_argument("--out", default=None, help="write OUT.json / OUT.csv")
+    p.add_argument("--no-progress", action="store_true")
+    return p
+
+
+def check_variants(names: list[str]) -> None:
+    bad = [n for n in names if n not in VARIANTS]
+    if bad:
+        raise ValueError(f"unknown method variant(s) {bad}; available: {', '.join(VARIANTS)}")
+
+
+def _compressors(names: list[str], tokenizer: str):
+    from . import PromptCompressor
+    from .bench import MemoEncoder
+
+    check_variants(names)
+    out, shared = {}, {}
+    for n in names:
+        method, params = VARIANTS[n]
+        comp = PromptCompressor(method, tokenizer=tokenizer, **params)
+        if method == "extractive":  # share one memoized encoder across extractive variants
+            enc = shared.setdefault("enc", MemoEncoder(comp.scorer.encoder))
+            comp.scorer.encoder = enc
+        out[n] = comp
+    return out, shared.get("enc")
+
+
+def _datasets(specs: list[str], data_dir):
+    from ..bench.tasks import default_data_dir
+    from .bench_data import hotpotqa, nq20
+
+    data = Path(data_dir) if data_dir else default_data_dir()
+    if data is None:
+        raise FileNotFoundError("retention needs the shared data folder: pass --data-dir")
+    sets = {}
+    for spec in specs:
+        name, _, rest = spec.partition(":")
+        count, _, off = rest.partition("@")
+        n = int(count) if count else None
+        if name == "nq20":
+            sets[spec] = nq20(data, n=n or 150, offset=int(off or 0))
+        elif name == "hotpotqa":
+            sets[spec] = hotpotqa(data, n=n)
+        else:
+            raise ValueError(f"unknown data set {spec!r}; use nq20[:N][@OFFSET] or hotpotqa[:N]")
+    return sets
+
+
+def _retention(a) -> dict:
+    from tqdm import tqdm
+
+    from .bench import retention
+
+    comps, memo = _compressors(a.methods, a.tokenizer)
+    sets = _datasets(a.data, a.data_dir)
+    rows = []
+    for spec, examples in sets.items():
+        for name, comp in comps.items():
+            bar = tqdm(total=len(examples), desc=f"{spec} {name}", disable=a.no_progress, file=sys.stderr)
+            t = time.perf_counter()
+            res = retention(examples, comp, a.rates, on_example=bar.update)
+            bar.close()
+            for rate, r in res.items():
+                rows.append(
+                    {
+                        "data": spec,
+                        "method": name,
+                        "rate": rate,
+                        "x": round(1 / rate, 2),
+                        **r,
+                        "wall_s": time.perf_counter() - t,
+                    }
+                )
+            print(f"[done] {spec} {name}", file=sys.stderr, flush=True)
+        if memo is not None:
+            memo.clear()
+    cols = ["data", "method", "x", "answer", "support", "gold_docs", "ratio", "n_answerable"]
+    print(format_table(rows, cols))
+    return {"rows": rows}
+
+
+def main(argv: list[str] | None = None) -> int:
+    a = parser().parse_args(argv)
+    if a.threads:
+        import torch
+
+        torch.set_num_threads(a.threads)
+    try:
+        if any(not (0 < r <= 1) for r in a.rates):
+            raise ValueError("--rates must be in (0, 1]")
+        check_variants(a.methods)
+        if a.what == "retention":
+            result = _retention(a)
+        elif a.what == "adherence":
+            from .bench_inputs import run_adherence
+
+            result = run_adherence(a)
+        else:
+            from .bench_inputs import run_speed
+
+            result = run_speed(a)
+    except (ValueError, FileNotFoundError) as e:
+        print(f"tokenreduce: error: {e}", file=sys.stderr)
+        return 2
+    result["meta"] = {"machine": machine_info(), "args": vars(a)}
+    if a.out:
+        j, c = write_results(result, a.out)
+        print(f"wrote {j} and {c}")
+    return 0

@@ -1,0 +1,186 @@
+"""``compress_prompt``: one call from context (+ question) to a compressed, budget-exact context."""
+
+from __future__ import annotations
+
+import re
+import warnings
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from .budget import fit_budget
+from .counting import TokenCounter, resolve_counter
+from .methods import Plan, make_prompt_method
+from .protect import find_protected, user_spans, validate_kinds
+from .result import CompressionResult
+from .segment import Segmentation, segment
+
+DEFAULT_PROTECT = ("json", "code", "url", "number", "speaker")
+DOC_SEPARATOR = "\n\n"
+
+
+def target_budget(original_tokens: int, rate: float | None, target_tokens: int | None) -> int:
+    """Token budget from exactly one of ``rate`` (fraction kept, in (0, 1]) or ``target_tokens`` (>= 1)."""
+    if (rate is None) == (target_tokens is None):
+        raise ValueError("give exactly one of rate (fraction of tokens kept, 0 < rate <= 1) or target_tokens")
+    if rate is not None:
+        if not (isinstance(rate, (int, float)) and 0 < rate <= 1):
+            raise ValueError(f"rate must be in (0, 1] (fraction of tokens kept; 0.25 = 4x), got {rate!r}")
+        return max(1, round(rate * original_tokens))
+    if not isinstance(target_tokens, (int, np.integer)) or isinstance(target_tokens, bool) or target_tokens < 1:
+        raise ValueError(f"target_tokens must be a positive int, got {target_tokens!r}")
+    return int(target_tokens)
+
+
+def _join_documents(context: str | Sequence[str]) -> tuple[str, list[int] | None]:
+    if isinstance(context, str):
+        return context, None
+    docs = list(context)
+    if not all(isinstance(d, str) for d in docs):
+        raise TypeError("context must be a string or a sequence of strings (documents)")
+    starts, pos = [], 0
+    for d in docs:
+        starts.append(pos)
+        pos += len(d) + len(DOC_SEPARATOR)
+    return DOC_SEPARATOR.join(docs), starts
+
+
+def _speaker_requires(seg, speaker: list[tuple[int, int]]) -> np.ndarray | None:
+    """requires[i] = index of the speaker-label piece that opens piece i's turn (or -1)."""
+    if not speaker:
+        return None
+    label_pieces = np.unique(np.searchsorted(seg.starts, [s for s, _ in speaker], side="right") - 1)
+    owner = np.full(len(seg), -1, dtype=np.int64)
+    idx = np.searchsorted(label_pieces, np.arange(len(seg)), side="right") - 1
+    ok = idx >= 0
+    owner[ok] = label_pieces[idx[ok]]
+    owner[label_pieces] = -1
+    return owner
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A segmented, scored context, ready for budgets."""
+
+    seg: Segmentation
+    forced: np.ndarray
+    requires: np.ndarray | None
+    plan: Plan | None
+    original_tokens: int
+
+
+class PromptCompressor:
+    """A method with its models loaded and a target tokenizer; call it like :func:`compress_prompt`."""
+
+    def __init__(self, method: str | Any = "extractive", tokenizer: Any = None, **params: Any) -> None:
+        cfg = make_prompt_method(method, **params) if isinstance(method, str) else method
+        if params and not isinstance(method, str):
+            raise ValueError("method parameters go with a method name, not with a method object")
+        counter = resolve_counter(tokenizer) if tokenizer is not None else None  # bad input fails before loading
+        self.scorer = cfg.load() if hasattr(cfg, "load") else cfg
+        self.counter: TokenCounter = counter or resolve_counter(None, getattr(self.scorer, "own_tokenizer", None))
+
+    def __call__(
+        self,
+        context: str | Sequence[str],
+        question: str | None = None,
+        *,
+        rate: float | None = None,
+        target_tokens: int | None = None,
+        protect: Sequence[str] = DEFAULT_PROTECT,
+        force: Sequence[str] = (),
+        keep: Iterable[str | re.Pattern | tuple[int, int]] | None = None,
+    ) -> CompressionResult:
+        prep = self.prepare(context, question, protect=protect, force=force, keep=keep)
+        return self.fit(prep, rate=rate, target_tokens=target_tokens)
+
+    def prepare(
+        self,
+        context: str | Sequence[str],
+        question: str | None = None,
+        *,
+        protect: Sequence[str] = DEFAULT_PROTECT,
+        force: Sequence[str] = (),
+        keep: Iterable[str | re.Pattern | tuple[int, int]] | None = None,
+    ) -> Prepared:
+        """Segment, protect and score once; :meth:`fit` then applies any number of budgets."""
+        text, doc_starts = _join_documents(context)
+        validate_kinds(protect, "protect")
+        validate_kinds(force, "force")
+        kinds = tuple(dict.fromkeys([*protect, *force]))
+        found = find_protected(text, kinds)
+        declared = user_spans(text, keep)
+        spans = [s for v in found.values() for s in v] + declared
+        seg = segment(text, spans, doc_starts)
+        forced = np.zeros(len(seg), dtype=bool)
+        for s, e in declared + [s for k in force for s in found[k]]:
+            a = np.searchsorted(seg.ends, s, side="right")
+            b = np.searchsorted(seg.starts, max(e, s + 1), side="left")
+            forced[a:b] = True
+        requires = _speaker_requires(seg, found.get("speaker", []) if "speaker" in protect else [])
+        plan = self.scorer.plan(seg, question) if len(seg) else None
+        return Prepared(seg, forced, requires, plan, self.counter.count(text))
+
+    def fit(self, prep: Prepared, *, rate: float | None = None, target_tokens: int | None = None) -> CompressionResult:
+        seg, text = prep.seg, prep.seg.text
+        target = target_budget(prep.original_tokens, rate, target_tokens)
+        if target >= prep.original_tokens or prep.plan is None:
+            keep_all = np.ones(len(seg), dtype=bool)
+            return self._result(seg, keep_all, text, prep.original_tokens, prep.original_tokens, target, False, False)
+        plan = prep.plan
+        priority = plan.priority
+        if prep.requires is not None:  # speaker labels enter only with their turn, never alone
+            labels = np.zeros(len(seg), dtype=bool)
+            labels[prep.requires[prep.requires >= 0]] = True
+            priority = priority[~labels[priority]]
+        fit = fit_budget(seg, priority, target, self.counter.count, prep.forced, prep.requires, plan.order)
+        if fit.over_budget:
+            warnings.warn(
+                f"forced/protected spans alone need {fit.tokens} tokens > target {target}; returning only them",
+                stacklevel=3,
+            )
+        out = seg.join(fit.keep, plan.order)
+        reordered = plan.order is not None
+        return self._result(seg, fit.keep, out, prep.original_tokens, fit.tokens, target, fit.over_budget, reordered)
+
+    def _result(self, seg, keep, out, orig, comp, target, over, reordered) -> CompressionResult:
+        return CompressionResult(
+            text=out,
+            original=seg.text,
+            keep=keep,
+            offsets=np.stack([seg.starts, seg.ends], axis=1),
+            original_tokens=orig,
+            compressed_tokens=comp,
+            target_tokens=target,
+            tokenizer=self.counter.name,
+            method=self.scorer.name,
+            over_budget=over,
+            reordered=reordered,
+        )
+
+
+def compress_prompt(
+    context: str | Sequence[str],
+    question: str | None = None,
+    *,
+    rate: float | None = None,
+    target_tokens: int | None = None,
+    method: str | Any = "extractive",
+    tokenizer: Any = None,
+    protect: Sequence[str] = DEFAULT_PROTECT,
+    force: Sequence[str] = (),
+    keep: Iterable[str | re.Pattern | tuple[int, int]] | None = None,
+    **params: Any,
+) -> CompressionResult:
+    """Compress ``context`` (a string, or a list of documents joined by blank lines) to ``rate`` of its
+    tokens or to ``target_tokens``, counted in ``tokenizer`` (default cl100k_base when its file is available
+    locally, else the method's own tokenizer; ``result.tokenizer`` names the one used).
+
+    The output is an order-preserving subsequence of the input (unless a method reorders); ``protect``
+    kinds are never cut (kept whole or dropped whole), ``force`` kinds and ``keep`` spans are always kept.
+    Loads the method's models on each call; use :class:`PromptCompressor` to reuse them.
+    """
+    comp = PromptCompressor(method, tokenizer, **params)
+    return comp(context, question, rate=rate, target_tokens=target_tokens, protect=protect, force=force, keep=keep)

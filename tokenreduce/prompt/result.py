@@ -1,0 +1,65 @@
+"""The result of one compression: text, keep-mask with character offsets, token counts."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class CompressionResult:
+    """``text`` is the compressed context; ``keep[i]`` says whether piece i (characters
+    ``offsets[i, 0]:offsets[i, 1]`` of ``original``) was kept. Token counts are in ``tokenizer``."""
+
+    text: str
+    original: str
+    keep: np.ndarray
+    offsets: np.ndarray
+    original_tokens: int
+    compressed_tokens: int
+    target_tokens: int
+    tokenizer: str
+    method: str
+    over_budget: bool = False
+    reordered: bool = False
+
+    @property
+    def ratio(self) -> float:
+        """Compression ratio original / compressed tokens (4.0 means 4x)."""
+        return self.original_tokens / max(self.compressed_tokens, 1)
+
+    @property
+    def rate(self) -> float:
+        """Fraction of tokens kept."""
+        return self.compressed_tokens / max(self.original_tokens, 1)
+
+    def kept_spans(self) -> list[tuple[int, int]]:
+        """Kept character ranges of ``original``, merged, in original order."""
+        out: list[tuple[int, int]] = []
+        for (s, e), k in zip(self.offsets.tolist(), self.keep.tolist()):
+            if not k:
+                continue
+            if out and out[-1][1] == s:
+                out[-1] = (out[-1][0], e)
+            else:
+                out.append((s, e))
+        return out
+
+    def char_mask(self) -> np.ndarray:
+        """(len(original),) bool: which characters of the original were kept."""
+        m = np.zeros(len(self.original), dtype=bool)
+        for s, e in self.kept_spans():
+            m[s:e] = True
+        return m
+
+    def stats(self) -> dict[str, object]:
+        return {
+            "method": self.method,
+            "tokenizer": self.tokenizer,
+            "original_tokens": self.original_tokens,
+            "target_tokens": self.target_tokens,
+            "compressed_tokens": self.compressed_tokens,
+            "ratio": round(self.ratio, 3),
+            "over_budget": self.over_budget,
+        }

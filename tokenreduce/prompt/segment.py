@@ -1,0 +1,102 @@
+"""Split a text into pieces (words or atomic protected blocks), sentences and documents, with offsets.
+
+Pieces partition the text: piece i covers ``text[starts[i]:ends[i]]``, a word with its trailing
+whitespace (the first piece also holds any leading whitespace), so any subset of pieces joined in
+order is an order-preserving subsequence of the input with words still separated.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import numpy as np
+
+_WORD = re.compile(r"\S+")
+_SENT_END = re.compile(r"[.!?。！？][\"')\]»”’]*$")
+
+
+_LIST_ITEM = re.compile(r"[-*•#>|]|\d+[.)]\s")
+SHORT_LINE = 50
+
+
+def _line_break(text: str, gap_start: int, next_start: int) -> bool:
+    """A newline ends a sentence unless it looks like hard-wrapped prose: the line before is long
+    (>= SHORT_LINE characters) and the next line does not start a list item, heading or table row."""
+    nl = text.find("\n", gap_start, next_start)
+    if nl < 0:
+        return False
+    line_start = text.rfind("\n", 0, gap_start) + 1
+    if gap_start - line_start < SHORT_LINE:
+        return True
+    return bool(_LIST_ITEM.match(text, next_start))
+
+
+@dataclass(frozen=True)
+class Segmentation:
+    text: str
+    starts: np.ndarray  # (P,) int64
+    ends: np.ndarray  # (P,) int64
+    sent: np.ndarray  # (P,) sentence id, non-decreasing
+    doc: np.ndarray  # (P,) document id, non-decreasing
+    atomic: np.ndarray  # (P,) bool: piece is a merged protected block
+
+    def __len__(self) -> int:
+        return len(self.starts)
+
+    def piece(self, i: int) -> str:
+        return self.text[self.starts[i] : self.ends[i]]
+
+    def join(self, keep: np.ndarray, order: np.ndarray | None = None) -> str:
+        idx = np.flatnonzero(keep) if order is None else order[keep[order]]
+        t, s, e = self.text, self.starts, self.ends
+        return "".join(t[s[i] : e[i]] for i in idx)
+
+    def sentence_texts(self) -> list[str]:
+        bounds = np.flatnonzero(np.r_[True, self.sent[1:] != self.sent[:-1]])
+        stops = np.r_[bounds[1:], len(self)]
+        return [self.text[self.starts[a] : self.ends[b - 1]].strip() for a, b in zip(bounds, stops)]
+
+
+def segment(text: str, protected: list[tuple[int, int]], doc_starts: list[int] | None = None) -> Segmentation:
+    """Pieces, sentence and document ids. Words overlapping a protected span merge into one atomic piece;
+    sentences never end inside one. Documents start at ``doc_starts`` (character offsets) or at blank lines."""
+    words = [m.span() for m in _WORD.finditer(text)] or ([(0, len(text))] if text else [])
+    if not words:
+        z = np.zeros(0, dtype=np.int64)
+        return Segmentation(text, z, z, z, z, np.zeros(0, dtype=bool))
+    ws = np.array([w[0] for w in words], dtype=np.int64)
+    we = np.array([w[1] for w in words], dtype=np.int64)
+    # group words: a word joins the previous group when a protected span covers the gap between them
+    join = np.zeros(len(words), dtype=bool)
+    touched = np.zeros(len(words), dtype=bool)
+    for s, e in protected:
+        if e <= s:
+            continue
+        a = np.searchsorted(we, s, side="right")  # first word ending after s
+        b = np.searchsorted(ws, e, side="left")  # words starting before e
+        if b > a:
+            touched[a:b] = True
+            join[a + 1 : b] = True
+    first = np.flatnonzero(~join)
+    last = np.r_[first[1:], len(words)] - 1
+    starts = ws[first].copy()
+    starts[0] = 0
+    ends = np.r_[ws[first[1:]], len(text)]
+    atomic = np.logical_or.reduceat(touched, first)
+    # sentence / document boundaries before each piece, from the previous piece's last word and the gap
+    wfirst = ws[first]
+    if doc_starts is not None:
+        k = np.searchsorted(np.array(sorted(doc_starts), dtype=np.int64), wfirst, side="right")
+        doc_b = np.r_[False, k[1:] != k[:-1]]
+    else:
+        doc_b = np.array([False] + [text.count("\n", we[last[p - 1]], wfirst[p]) >= 2 for p in range(1, len(first))])
+    sent_b = doc_b | np.array(
+        [False]
+        + [
+            _line_break(text, int(we[last[p - 1]]), int(wfirst[p]))
+            or bool(_SENT_END.search(text[ws[last[p - 1]] : we[last[p - 1]]]))
+            for p in range(1, len(first))
+        ]
+    )
+    return Segmentation(text, starts, ends, np.cumsum(sent_b), np.cumsum(doc_b), atomic)

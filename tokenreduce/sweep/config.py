@@ -1,0 +1,201 @@
+"""Sweep configuration: a YAML file → a validated, ordered list of :class:`Point`.
+
+A point is one measurement: a model, a set of tasks, a method with its parameters, and the run
+settings. Its ``key`` hashes all of that plus the library version, so a stored result is reused
+only for exactly the same measurement by the same code release. Everything is validated here,
+before any model is loaded: unknown keys, unknown methods and bad parameters are errors.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+BASELINE = "none"  # method name of the unreduced model (quality and cost of the baseline only)
+DEFAULT_STORE = "tokenreduce-sweep.sqlite"
+SETTINGS_DEFAULTS: dict[str, Any] = {
+    "batch_size": 32,
+    "timing_batches": 2,
+    "repeats": 5,
+    "seed": 0,
+    "threads": None,  # torch CPU threads per point (None: torch's choice); fix it for reproducible numbers
+    "max_length": 256,
+    "pooling": "mean",
+}
+_TOP_KEYS = {"name", "store", "models", "tasks", "methods", "params", "points", "settings", "data_dir"}
+
+
+def _canonical(obj: Any) -> str:
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"))
+
+
+@dataclass(frozen=True)
+class Point:
+    """One measurement of a sweep (``method == "none"``: the unreduced baseline alone)."""
+
+    model: str
+    tasks: tuple[str, ...]
+    method: str
+    params: dict[str, Any] = field(default_factory=dict)
+    settings: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def label(self) -> str:
+        if self.method == BASELINE:
+            return BASELINE
+        return self.method + "(" + ", ".join(f"{k}={v}" for k, v in sorted(self.params.items())) + ")"
+
+    def identity(self) -> dict[str, Any]:
+        """Everything that determines the result, the library version included."""
+        from .. import __version__
+
+        return {**asdict(self), "tasks": list(self.tasks), "version": __version__}
+
+    @property
+    def key(self) -> str:
+        return hashlib.sha256(_canonical(self.identity()).encode()).hexdigest()
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "tasks": list(self.tasks)}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> Point:
+        return cls(d["model"], tuple(d["tasks"]), d["method"], dict(d["params"]), dict(d["settings"]))
+
+
+@dataclass(frozen=True)
+class Sweep:
+    name: str
+    points: tuple[Point, ...]
+    store: str | None = None
+    data_dir: str | None = None
+
+
+def _as_list(v: Any) -> list[Any]:
+    return list(v) if isinstance(v, (list, tuple)) else [v]
+
+
+def _param_grid(params: Mapping[str, Any], where: str) -> list[dict[str, Any]]:
+    """Cartesian product over list-valued parameters (a list meant as one value: wrap it, ``[[1, 2]]``)."""
+    if not isinstance(params, Mapping):
+        raise ValueError(f"{where}: parameters must be a mapping, got {type(params).__name__}")
+    names = sorted(params)
+    values = [_as_list(params[n]) for n in names]
+    if any(not v for v in values):
+        raise ValueError(f"{where}: empty value list for {[n for n, v in zip(names, values) if not v]}")
+    return [dict(zip(names, combo)) for combo in itertools.product(*values)]
+
+
+def _validate(method: str, params: dict[str, Any], where: str) -> dict[str, Any]:
+    from ..methods import make_method
+
+    if method == BASELINE:
+        if params:
+            raise ValueError(f"{where}: the baseline {BASELINE!r} takes no parameters, got {sorted(params)}")
+        return params
+    try:
+        make_method(method, **params)
+    except TypeError as e:  # unknown parameter names
+        raise ValueError(f"{where}: {method}: {e}") from e
+    except (ValueError, KeyError) as e:
+        raise ValueError(f"{where}: {e}") from e
+    return {k: (list(v) if isinstance(v, tuple) else v) for k, v in params.items()}
+
+
+def _method_specs(cfg: Mapping[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    """(method, params) pairs from ``methods`` (list or mapping), shared ``params`` and explicit ``points``."""
+    out: list[tuple[str, dict[str, Any]]] = []
+    methods = cfg.get("methods") or []
+    shared = cfg.get("params") or {}
+    if isinstance(methods, Mapping):  # the baseline takes no parameters, shared ones included
+        items = [(m, dict(p or {}) if m == BASELINE else {**shared, **(p or {})}) for m, p in methods.items()]
+    elif isinstance(methods, (list, tuple)):
+        items = [(m, {} if m == BASELINE else dict(shared)) for m in methods]
+    else:
+        raise ValueError(f"methods: expected a list of names or a mapping name -> params, got {methods!r}")
+    for m, p in items:
+        if not isinstance(m, str):
+            raise ValueError(f"methods: method names must be strings, got {m!r}")
+        where = f"methods.{m}"
+        grid = [p] if m == BASELINE else _param_grid(p, where)
+        out += [(m, _validate(m, g, where)) for g in grid]
+    for i, pt in enumerate(cfg.get("points") or []):
+        if not isinstance(pt, Mapping) or "method" not in pt or set(pt) - {"method", "params"}:
+            raise ValueError(f"points[{i}]: expected {{method: NAME, params: {{...}}}}, got {pt!r}")
+        out.append((pt["method"], _validate(pt["method"], dict(pt.get("params") or {}), f"points[{i}]")))
+    if not out:
+        raise ValueError("the sweep has no methods: give `methods` and/or `points`")
+    return out
+
+
+def _settings(raw: Any) -> dict[str, Any]:
+    raw = raw or {}
+    if not isinstance(raw, Mapping):
+        raise ValueError(f"settings: expected a mapping, got {raw!r}")
+    unknown = set(raw) - set(SETTINGS_DEFAULTS)
+    if unknown:
+        raise ValueError(f"settings: unknown keys {sorted(unknown)}; valid: {sorted(SETTINGS_DEFAULTS)}")
+    s = {**SETTINGS_DEFAULTS, **raw}
+    for k in ("batch_size", "timing_batches", "repeats", "max_length"):
+        if not isinstance(s[k], int) or isinstance(s[k], bool) or s[k] < 1:
+            raise ValueError(f"settings.{k} must be a positive int, got {s[k]!r}")
+    if s["threads"] is not None and (not isinstance(s["threads"], int) or s["threads"] < 1):
+        raise ValueError(f"settings.threads must be a positive int or null, got {s['threads']!r}")
+    if s["pooling"] not in ("mean", "cls"):
+        raise ValueError(f"settings.pooling must be 'mean' or 'cls', got {s['pooling']!r}")
+    return s
+
+
+def _task_sets(raw: Any) -> list[tuple[str, ...]]:
+    """``tasks: [a, b]`` → two sets; ``tasks: [[a, b]]`` → one set measured together."""
+    from ..bench.tasks import TASK_SPECS
+
+    sets = [tuple(_as_list(t)) for t in _as_list(raw)] if raw else []
+    if not sets:
+        raise ValueError(f"tasks: give at least one task spec ({', '.join(TASK_SPECS)})")
+    for s in sets:
+        if not s or not all(isinstance(t, str) and t.strip() for t in s):
+            raise ValueError(f"tasks: each task set must be non-empty task spec strings, got {list(s)!r}")
+    return sets
+
+
+def parse_sweep(cfg: Mapping[str, Any], default_name: str = "sweep") -> Sweep:
+    """Validate a parsed YAML mapping and expand it: models × task sets × methods × parameter grid."""
+    if not isinstance(cfg, Mapping):
+        raise ValueError(f"a sweep config must be a mapping, got {type(cfg).__name__}")
+    unknown = set(cfg) - _TOP_KEYS
+    if unknown:
+        raise ValueError(f"unknown config keys {sorted(unknown)}; valid: {sorted(_TOP_KEYS)}")
+    models = [str(m) for m in _as_list(cfg.get("models") or ["all-MiniLM-L6-v2"])]
+    task_sets = _task_sets(cfg.get("tasks"))
+    specs = _method_specs(cfg)
+    settings = _settings(cfg.get("settings"))
+    points, seen = [], set()
+    for model, tasks, (method, params) in itertools.product(models, task_sets, specs):
+        p = Point(model, tasks, method, params, settings)
+        if p.key not in seen:  # a grid may list the same point twice; it runs once
+            seen.add(p.key)
+            points.append(p)
+    store = cfg.get("store")
+    return Sweep(
+        str(cfg.get("name") or default_name), tuple(points), None if store is None else str(store), cfg.get("data_dir")
+    )
+
+
+def load_sweep(path: str | Path) -> Sweep:
+    """Read and expand a sweep YAML file (relative ``store``/``data_dir`` resolve against the cwd)."""
+    import yaml
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"sweep config {path} not found")
+    try:
+        cfg = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise ValueError(f"{path}: not valid YAML: {e}") from e
+    return parse_sweep(cfg, default_name=path.stem)
