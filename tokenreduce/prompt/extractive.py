@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from .lexical import bm25_scores
+from .linking import link_scores
 from .methods import Plan, register_prompt_method, sentence_priority
 from .segment import Segmentation
 
@@ -32,6 +33,8 @@ class Extractive:
     w_bm25: float = 0.3
     w_hop: float = 0.0
     hop_k: int = 2
+    w_link: float = 0.6
+    link_k: int = 2
     reorder: bool = False
     batch_size: int = 64
     max_length: int = 128
@@ -81,6 +84,9 @@ class ExtractiveScorer:
             bm = bm25_scores(question, sents)
             if bm.max() > 0:
                 score += c.w_bm25 * bm / bm.max()
+        if c.w_link:
+            doc_score = _doc_reduce(score, doc_of, n_docs)
+            score = score + c.w_link * link_scores(sents, doc_of, doc_score, question, c.link_k)[doc_of]
         if c.w_hop and question and len(sents) > c.hop_k:
             score = score + c.w_hop * self._hop(score, sents, s_emb, question)
         return score
