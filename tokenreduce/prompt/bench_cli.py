@@ -20,6 +20,7 @@ VARIANTS: dict[str, tuple[str, dict]] = {
     "random": ("random", {}),
     "extractive": ("extractive", {}),
     "extractive-emb": ("extractive", {"w_bm25": 0.0}),
+    "extractive-nolink": ("extractive", {"w_link": 0.0}),
     "perplexity": ("perplexity", {}),
     "longllmlingua": ("longllmlingua", {}),
 }

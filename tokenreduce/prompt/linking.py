@@ -20,6 +20,7 @@ from .lexical import STOPWORDS
 _LABEL = re.compile(r"^\s*(?:#+\s*|(?:title|heading|document|doc)\s*[:\-]\s*)", re.IGNORECASE)
 _PAREN = re.compile(r"\s*\([^)]*\)\s*$")
 _NONWORD = re.compile(r"[^\w]+", re.UNICODE)
+_SENT_END = re.compile(r"[.!?。！？][\"')\]»”’]*$")  # a heading line does not end like a sentence
 MAX_TITLE_WORDS = 12
 
 
@@ -43,22 +44,29 @@ def title_variants(first_line: str) -> list[str]:
 
 
 def doc_titles(sents: list[str], doc_of: np.ndarray) -> list[list[str]]:
-    """Title variants per document: from the document's first sentence when it is a separate heading."""
+    """Title variants per document: from its first sentence when that is a heading (no sentence-final
+    punctuation, followed by more text of the same document)."""
     n_docs = int(doc_of.max()) + 1 if len(doc_of) else 0
     out: list[list[str]] = [[] for _ in range(n_docs)]
     first = np.r_[0, np.flatnonzero(doc_of[1:] != doc_of[:-1]) + 1] if len(doc_of) else np.zeros(0, int)
     for i in first:
         d = int(doc_of[i])
         has_body = i + 1 < len(doc_of) and doc_of[i + 1] == d
-        if has_body:
+        if has_body and not _SENT_END.search(sents[i]):
             out[d] = title_variants(sents[i])
     return out
 
 
 def link_scores(
-    sents: list[str], doc_of: np.ndarray, doc_score: np.ndarray, question: str | None, k: int
+    sents: list[str],
+    doc_of: np.ndarray,
+    doc_score: np.ndarray,
+    question: str | None,
+    k: int,
+    from_question: bool = True,
 ) -> np.ndarray:
-    """Per-document link strength in [0, 1]: 1 when the question names the document's title, else the
+    """Per-document link strength in [0, 1]: 1 when the question names the document's title (if
+    ``from_question``), else the
     largest ``doc_score`` rank weight (1 for the best document, 1/2 for the second, ...) among the ``k``
     best other documents whose text names it."""
     titles = doc_titles(sents, doc_of)
@@ -67,7 +75,7 @@ def link_scores(
     for s, d in zip(sents, doc_of):
         texts[int(d)] += " " + s
     norm_text = [_norm(t) for t in texts]
-    q = _norm(question) if question else None
+    q = _norm(question) if question and from_question else None
     seeds = np.argsort(-doc_score, kind="stable")[:k]
     out = np.zeros(n_docs)
     for d, variants in enumerate(titles):
