@@ -29,6 +29,7 @@ def _registers(model: nn.Module) -> int:
 
 class HFDinov2:
     name = "hf-dinov2"
+    padded = True  # the model accepts a token attention mask (masked patches are padding)
 
     def find_layers(self, model: nn.Module) -> nn.ModuleList | None:
         layers = module_list_of(model, LAYERS)

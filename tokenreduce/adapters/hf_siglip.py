@@ -15,17 +15,20 @@ masked by the head at the original length.
 
 from __future__ import annotations
 
-from torch import Tensor, nn
+from torch import nn
 
-from .base import AttnOut, ModelDims, module_list_of
-from .hf_attention import run_attention
+from .base import module_list_of
+from .hf_vit import HFCLIPVision
 
 LAYERS = {"SiglipEncoderLayer", "Siglip2EncoderLayer"}
 EMBEDDINGS = {"SiglipVisionEmbeddings", "Siglip2VisionEmbeddings"}
 
 
-class HFSiglipVision:
+class HFSiglipVision(HFCLIPVision):
+    """Same block layout and attention module as CLIP's; only discovery and protection differ."""
+
     name = "hf-siglip-vision"
+    padded = True  # SigLIP 2 pads patch sequences (pixel_attention_mask)
 
     def find_layers(self, model: nn.Module) -> nn.ModuleList | None:
         layers = module_list_of(model, LAYERS, prefer="vision")
@@ -35,24 +38,3 @@ class HFSiglipVision:
 
     def default_protected(self, model: nn.Module) -> int:
         return 0  # no [CLS]: every patch token may be reduced
-
-    def dims(self, model: nn.Module) -> ModelDims:
-        layers = self.find_layers(model)
-        att = layers[0].self_attn
-        return ModelDims(
-            hidden=att.embed_dim,
-            heads=att.num_heads,
-            head_dim=att.head_dim,
-            ffn=layers[0].mlp.fc1.out_features,
-            layers=len(layers),
-        )
-
-    def attention(self, layer: nn.Module, x: Tensor, mask: Tensor | None) -> AttnOut:
-        att = layer.self_attn
-        ctx, q, k, v = run_attention(
-            att, att.q_proj, att.k_proj, att.v_proj, layer.layer_norm1(x), mask, att.head_dim, att.scale, att.dropout
-        )
-        return AttnOut(x + att.out_proj(ctx), q, k, v, att.scale)
-
-    def mlp(self, layer: nn.Module, x: Tensor) -> Tensor:
-        return x + layer.mlp(layer.layer_norm2(x))
