@@ -14,6 +14,10 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+PASSKEY_INTRO = (
+    "There is an important piece of information hidden inside a lot of irrelevant text. "
+    "Find it and memorize it. I will quiz you about it.\n\n"
+)  # the usual passkey task framing (Mohtashami & Jaggi 2023), kept in the context being compressed
 PASSKEY_QUESTION = "\n\nWhat is the pass key? The pass key is"
 
 
@@ -52,20 +56,22 @@ def windows(tokenizer, text: str, n: int, length: int, cont: int, seed: int = 0)
 
 
 def passkeys(tokenizer, text: str, n: int, length: int, seed: int = 0) -> list[Sample]:
-    """``n`` haystacks of ``length`` tokens with a 5-digit pass key sentence at a random depth."""
+    """``n`` haystacks of ``length`` tokens (task intro included) with a 5-digit pass key sentence at a
+    random depth."""
     ids = tokenizer(text, add_special_tokens=False, return_tensors="pt").input_ids[0]
     rng = random.Random(seed)
     q = tokenizer(PASSKEY_QUESTION, add_special_tokens=False, return_tensors="pt").input_ids
+    intro = tokenizer(PASSKEY_INTRO, add_special_tokens=False).input_ids
     out = []
     for _ in range(n):
         key = str(rng.randrange(10000, 100000))
         needle = tokenizer(f" The pass key is {key}. Remember it. {key} is the pass key. ",
                            add_special_tokens=False, return_tensors="pt").input_ids[0]
-        body = length - len(needle)
+        body = length - len(needle) - len(intro)
         s = rng.randrange(0, len(ids) - body)
         depth = rng.random()
         cut = int(depth * body)
         hay = ids[s : s + body]
-        ctx = hay[:cut].tolist() + needle.tolist() + hay[cut:].tolist()
+        ctx = intro + hay[:cut].tolist() + needle.tolist() + hay[cut:].tolist()
         out.append(Sample(torch.tensor([ctx]), question=q, answer=key, depth=depth))
     return out
