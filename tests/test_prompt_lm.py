@@ -80,7 +80,7 @@ def test_longllmlingua_keeps_documents_in_rank_order(lm):
 
 
 @pytest.mark.slow
-def test_smollm2_perplexity_keeps_content_words():
+def test_smollm2_perplexity_drops_predictable_words():
     pytest.importorskip("gguf")
     from tokenreduce.llm import load_causal_lm
 
@@ -92,4 +92,7 @@ def test_smollm2_perplexity_keeps_content_words():
     text = "The capital of France is Paris. It is a city that is known for the Eiffel Tower and the Louvre."
     r = comp(text, rate=0.5)
     kept = r.text.split()
-    assert "Paris." in kept and kept.count("the") + kept.count("is") <= 2
+    # Selective-Context / LLMLingua keep what the LM finds surprising: the words the context makes
+    # near-certain ("Paris" after "The capital of France is", "Tower" after "Eiffel") go first
+    assert r.compressed_tokens <= r.target_tokens
+    assert "Eiffel" in kept and not any(w.startswith(("Paris", "Tower")) for w in kept), r.text
