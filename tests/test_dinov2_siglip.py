@@ -37,15 +37,6 @@ REDUCING = [
 IDENTITY = [("tome", {"r": 0}), ("tome", {"keep": 1.0}), ("random", {"r": 0})]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models: one thread is fastest, and far faster on a loaded shared machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def is_siglip(name: str) -> bool:
     return name.startswith("siglip")
 

@@ -20,14 +20,6 @@ from tokenreduce.viz.render import paint_groups
 from tokenreduce.viz.spec import CLIP, HALF, IMAGENET, vision_spec
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def photo(size: int = 40, seed: int = 0) -> np.ndarray:
     """A non-square RGB uint8 image with smooth regions (so merges are not arbitrary)."""
     g = np.random.default_rng(seed)
