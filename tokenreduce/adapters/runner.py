@@ -92,7 +92,7 @@ def _start(h: PatchHandle, x: Tensor, mask: Tensor | None) -> TokenState:
     pos = torch.arange(n, device=x.device)
     budget, cap = h.method.budget(), h.method.cap
     n0 = (valid & (pos >= h.protected)).sum(1)
-    if unpadded and hasattr(budget, "removals_static"):  # one budget for all rows, from the shape alone
+    if unpadded:  # one budget for all rows, from the shape alone (static shapes)
         removals: Tensor | list[int] = budget.removals_static(max(n - h.protected, 0), len(h.layers), cap=cap)
     else:
         removals = budget.removals(n0, len(h.layers), cap=cap)

@@ -8,7 +8,7 @@ composition and padding.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -73,33 +73,11 @@ class Schedule:
 
     def removals(self, n0: Tensor, num_layers: int, cap: float = 0.5) -> Tensor:
         """Tokens removed per layer and row, shape (num_layers, B), for rows of ``n0`` tokens."""
-        n0 = n0.to(torch.int64)
-        active = self._active(num_layers)
-        out = torch.zeros(num_layers, n0.shape[0], dtype=torch.int64, device=n0.device)
-        if self.keep is not None:
-            total = n0 - torch.round(n0.double() * float(self.keep)).to(torch.int64)
-            w = (
-                [1.0] * len(active)
-                if self.shape == "constant"
-                else [float(len(active) - i) for i in range(len(active))]
-            )
-            cum = torch.tensor(w, dtype=torch.float64).cumsum(0) / sum(w)
-        floor = n0.clamp(max=self.min_tokens)
-        cur, removed = n0.clone(), torch.zeros_like(n0)
-        for j, layer in enumerate(active):
-            if self.keep is not None:
-                want = torch.round(total.double() * cum[j]).to(torch.int64) - removed
-            else:
-                want = torch.full_like(n0, self.r if isinstance(self.r, int) else self.r[layer])
-            limit = torch.minimum(torch.floor(cur.double() * cap).to(torch.int64), cur - floor)
-            r = torch.clamp(torch.minimum(want, limit), min=0)
-            out[layer] = r
-            cur, removed = cur - r, removed + r
-        return out
+        return per_row(self.removals_static, n0, num_layers, cap)
 
     def removals_static(self, n0: int, num_layers: int, cap: float = 0.5) -> list[int]:
-        """:meth:`removals` for one row length known in Python (no tensors): the same numbers,
-        computed without reading tensor values, so a compiled or exported graph has static shapes."""
+        """Tokens removed per layer for one row of ``n0`` tokens, in plain Python: the runner calls it
+        with the length read off the input's shape, so a compiled or exported graph has static shapes."""
         active = self._active(num_layers)
         out = [0] * num_layers
         w = [1.0] * len(active) if self.shape == "constant" else [float(len(active) - i) for i in range(len(active))]
@@ -116,6 +94,13 @@ class Schedule:
             out[layer] = r
             cur, removed = cur - r, removed + r
         return out
+
+
+def per_row(rule: Callable[[int, int, float], list[int]], n0: Tensor, num_layers: int, cap: float) -> Tensor:
+    """(num_layers, B) removals from a schedule's per-row rule, applied to each row's own length (so a
+    row's budget never depends on the rest of the batch)."""
+    rows = [rule(int(n), num_layers, cap) for n in n0.tolist()]
+    return torch.tensor(rows, dtype=torch.int64, device=n0.device).reshape(len(rows), num_layers).T.contiguous()
 
 
 def schedule_from(

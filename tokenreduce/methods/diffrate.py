@@ -16,6 +16,7 @@ attention. DiffRate learns ``(p, m)`` per layer by gradient descent; here the sc
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -24,7 +25,7 @@ from torch import Tensor
 
 from ..core.dims import ModelDims
 from ..core.matching import merge_into, merge_least_important, rank_of
-from ..core.schedule import Schedule
+from ..core.schedule import Schedule, per_row
 from ..core.scoring import cosine_matrix
 from .base import LayerTensors, Method, Plan, register
 
@@ -50,12 +51,13 @@ class KeptSchedule:
         return False
 
     def removals(self, n0: Tensor, num_layers: int, cap: float = 1.0) -> Tensor:
-        out = torch.zeros(num_layers, n0.shape[0], dtype=torch.int64, device=n0.device)
-        cur = n0.to(torch.int64).clone()
+        return per_row(self.removals_static, n0, num_layers, cap)
+
+    def removals_static(self, n0: int, num_layers: int, cap: float = 1.0) -> list[int]:
+        out, cur = [], n0
         for i in range(num_layers):
-            limit = torch.floor(cur.double() * cap).to(torch.int64)
-            out[i] = torch.minimum((cur - self.kept[i]).clamp(min=0), limit)
-            cur = cur - out[i]
+            out.append(min(max(cur - self.kept[i], 0), math.floor(cur * cap)))
+            cur -= out[-1]
         return out
 
 

@@ -14,10 +14,10 @@ import math
 from dataclasses import dataclass
 from typing import ClassVar
 
-import torch
 from torch import Tensor
 
 from ..core.matching import grid_pool
+from ..core.schedule import per_row
 from .base import LayerTensors, Method, Plan, register
 
 
@@ -55,12 +55,13 @@ class GridSchedule:
         return self.window == (1, 1)
 
     def removals(self, n0: Tensor, num_layers: int, cap: float = 1.0) -> Tensor:
-        out = torch.zeros(num_layers, n0.shape[0], dtype=torch.int64, device=n0.device)
-        if self.is_identity():
-            return out
-        for b, n in enumerate(n0.tolist()):
-            h, w = grid_of(int(n), self.grid)
-            out[self.layer, b] = n - (-(-h // self.window[0])) * (-(-w // self.window[1]))
+        return per_row(self.removals_static, n0, num_layers, cap)
+
+    def removals_static(self, n0: int, num_layers: int, cap: float = 1.0) -> list[int]:
+        out = [0] * num_layers
+        if not self.is_identity():
+            h, w = grid_of(n0, self.grid)
+            out[self.layer] = n0 - (-(-h // self.window[0])) * (-(-w // self.window[1]))
         return out
 
 
