@@ -60,6 +60,11 @@ def patch(model: nn.Module, method: str | Method, *, restore_length: bool = True
     """
     if getattr(model, _ATTR, None) is not None:
         raise RuntimeError("model is already patched; call tokenreduce.unpatch(model) first")
+    from ..vlm import find_vlm, patch_vlm
+
+    if find_vlm(model) is not None:  # vision-language model: visual-token methods (tokenreduce.vlm)
+        object.__setattr__(model, _ATTR, patch_vlm(model, method, **params))
+        return model
     m = make_method(method, **params)
     fam, layers = resolve_family(model)
     m.budget().check(len(layers))
@@ -82,6 +87,10 @@ def unpatch(model: nn.Module) -> nn.Module:
     """Remove a patch; the model's modules are restored exactly. A no-op on an unpatched model."""
     handle: PatchHandle | None = getattr(model, _ATTR, None)
     if handle is None:
+        return model
+    if hasattr(handle, "remove"):  # a VLM patch is a set of hooks
+        handle.remove()
+        object.__delattr__(model, _ATTR)
         return model
     for layer, saved in zip(handle.layers, handle.saved_forwards):
         if saved is None:

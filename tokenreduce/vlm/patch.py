@@ -1,0 +1,55 @@
+"""Attach a visual-token method to a VLM with forward hooks, and take them off again.
+
+Hooks leave every module's ``forward`` and weights untouched, so removing them restores the model
+exactly. ``tokenreduce.patch`` routes here when it finds a supported VLM.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass, field
+from typing import Any
+
+from torch import nn
+
+from .families import VLMParts, find_vlm
+from .methods import InsideMethod, VisualMethod, make_vlm_method
+from .runner import VLMRunner
+
+
+@dataclass
+class VLMHandle:
+    """An active VLM patch: the method, the model's parts, and the hook handles to remove."""
+
+    method: VisualMethod
+    parts: VLMParts
+    handles: list = field(default_factory=list)
+
+    def remove(self) -> None:
+        for h in self.handles:
+            h.remove()
+        self.handles.clear()
+
+
+def patch_vlm(model: nn.Module, method: str | VisualMethod, **params: Any) -> VLMHandle:
+    """Register ``method``'s hooks on ``model`` (validated first; nothing changes on error)."""
+    parts = find_vlm(model)
+    if parts is None:
+        raise TypeError(f"{type(model).__name__} is not a supported vision-language model")
+    m = make_vlm_method(method, **params)
+    runner = VLMRunner(parts, m)
+    h = VLMHandle(m, parts)
+    reg = h.handles.append
+    reg(parts.outer.register_forward_pre_hook(runner.outer_pre, with_kwargs=True))
+    reg(parts.outer.register_forward_hook(runner.outer_post, with_kwargs=True))
+    reg(parts.lm.register_forward_pre_hook(runner.lm_pre, with_kwargs=True))
+    reg(parts.lm.register_forward_hook(runner.lm_post, with_kwargs=True))
+    if m.needs_cls:
+        reg(parts.cls_module.register_forward_hook(runner.vision_hook, with_kwargs=True))
+        reg(parts.outer.vision_tower.register_forward_hook(runner.tower_post, with_kwargs=True))
+    for i, layer in enumerate(parts.layers):
+        reg(layer.register_forward_pre_hook(functools.partial(runner.layer_pre, i), with_kwargs=True))
+    if isinstance(m, InsideMethod):
+        for s in m.stages(len(parts.layers)):
+            reg(parts.layers[s - 1].self_attn.register_forward_pre_hook(runner.attn_pre, with_kwargs=True))
+    return h

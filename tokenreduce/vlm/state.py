@@ -1,0 +1,77 @@
+"""Per-forward and per-cache bookkeeping for visual-token reduction (no module-level mutable state).
+
+``Forward`` lives in a ContextVar for the duration of one prefill, so a patched model is reentrant
+across threads. ``CacheState`` rides on the cache object: which original token each layer's cache
+entries stand for, so decode-time masks and positions can be mapped onto a shortened cache.
+"""
+
+from __future__ import annotations
+
+from contextvars import ContextVar
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+from .families import Image
+
+_STATE_ATTR = "_tokenreduce_vlm_state"
+
+
+@dataclass
+class Forward:
+    images: list[list[Image]]  # per row
+    cls: list[Tensor] = field(default_factory=list)  # per vision batch: (B_img, N) [CLS] attention
+    attn_in: dict[int, tuple[Tensor, Tensor, Tensor]] = field(default_factory=dict)  # layer -> (hidden, cos, sin)
+    kept: Tensor | None = None  # (B, N_cur) original index of each current token; None = all
+    visual: Tensor | None = None  # (B, N) visual flags of the original sequence
+    valid: Tensor | None = None  # (B, N) 2D validity mask of the original sequence
+    cols: dict[int, Tensor] = field(default_factory=dict)  # layer -> (B, L) original indices it cached
+    n: int = 0
+
+
+CURRENT: ContextVar[Forward | None] = ContextVar("tokenreduce_vlm_forward", default=None)
+# [CLS] attention recorded while a vision tower runs outside a prefill (``generate`` encodes images first);
+# the tower's post-hook moves it onto the tower's output object, which ``generate`` hands back to the prefill.
+PENDING_CLS: ContextVar[Tensor | None] = ContextVar("tokenreduce_vlm_pending_cls", default=None)
+CLS_ATTR = "_tokenreduce_cls"
+
+
+@dataclass
+class CacheState:
+    cols: list[Tensor]  # per layer (B, L_l): original token index of each cached entry
+    seen: int  # tokens seen so far (original length)
+
+
+def get_state(cache) -> CacheState | None:
+    return getattr(cache, _STATE_ATTR, None) if cache is not None else None
+
+
+def set_state(cache, state: CacheState | None) -> None:
+    object.__setattr__(cache, _STATE_ATTR, state)
+
+
+def gather_tokens(x: Tensor, kept: Tensor, dim: int = 1) -> Tensor:
+    """``x`` with ``dim`` (the token axis) indexed per row by ``kept`` (B, K); broadcasts a batch of 1."""
+    b = kept.shape[0]
+    if x.shape[0] != b:
+        x = x.expand(b, *x.shape[1:])
+    shape = [1] * x.ndim
+    shape[0], shape[dim] = b, kept.shape[1]
+    idx = kept.view(shape).expand(*[kept.shape[1] if d == dim else s for d, s in enumerate(x.shape)])
+    return x.gather(dim, idx)
+
+
+def gather_mask(mask: Tensor | None, kept: Tensor) -> Tensor | None:
+    """A 4-D attention mask (B, 1, N, N) restricted to the kept rows and columns."""
+    if mask is None:
+        return None
+    return gather_tokens(gather_tokens(mask, kept, 2), kept, 3)
+
+
+def decode_mask(valid: Tensor, cols: Tensor, seen: int, q: int, dtype: torch.dtype) -> Tensor:
+    """Additive mask (B, 1, q, L + q) for ``q`` new tokens over a cache whose entries are original ``cols``."""
+    prefix = valid.gather(1, cols).bool()[:, None, :].expand(-1, q, -1)
+    new = valid[:, seen : seen + q].bool()[:, None, :] & torch.ones(q, q, dtype=torch.bool, device=valid.device).tril()
+    allowed = torch.cat([prefix, new], dim=-1)[:, None]
+    return torch.zeros(allowed.shape, dtype=dtype, device=valid.device).masked_fill(~allowed, torch.finfo(dtype).min)
