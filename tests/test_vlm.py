@@ -350,3 +350,50 @@ def test_manual_decode_without_positions_continues_original_positions(family, ll
             out = model(input_ids=torch.tensor([[toks[-1]]]), cache=out.cache, use_cache=True)
             toks.append(int(out.logits[0, -1].argmax()))
     assert toks == gen
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("method", [None, *LLAVA_METHODS])
+def test_prefill_macs_formula_equals_flop_counter(method, llava):
+    """The analytic LLM MACs (per-layer token counts, scoring included) equal what PyTorch executes."""
+    from tokenreduce.bench.flops import measured_flops
+    from tokenreduce.vlm.flops import DecoderShape, prefill_macs
+
+    x = llava_inputs(llava, n_images=2)
+    cfg = llava.config
+    vision = measured_flops(
+        lambda: llava.model.get_image_features(
+            pixel_values=x["pixel_values"], vision_feature_layer=cfg.vision_feature_layer,
+            vision_feature_select_strategy=cfg.vision_feature_select_strategy,
+        )
+    )
+    if method is None:
+        total = measured_flops(lambda: llava(**x, logits_to_keep=1))
+    else:
+        with tokenreduce.patched(llava, method, keep=0.3):
+            total = measured_flops(lambda: llava(**x, logits_to_keep=1))
+    m = None if method is None else make_vlm_method(method, keep=0.3)
+    grids = _grids(llava, x)
+    text_after = x["input_ids"].shape[1] - 1 - int((x["input_ids"][0] == cfg.image_token_id).nonzero().max())
+    want = prefill_macs(DecoderShape.of(cfg.text_config), m, x["input_ids"].shape[1], grids, text_after,
+                        vision_width=cfg.vision_config.hidden_size)
+    assert (total - vision) // 2 == want
+
+
+def test_bench_vlm_cli_on_a_tiny_llava(tmp_path, capsys, monkeypatch):
+    """The CLI runs end to end (tiny LLaVA in place of the 7B-shaped one) and reports ratios against the baseline."""
+    import json
+
+    from tokenreduce.vlm import bench, cli
+
+    monkeypatch.setattr(bench, "llava15_config", lambda llm, vis: tiny_llava(layers=llm).config)
+    monkeypatch.setattr(cli, "llava15_config", lambda llm, vis: tiny_llava(layers=llm).config)
+    out = tmp_path / "vlm.json"
+    assert cli.main(["--llm-layers", "4", "--tokens", "16,8", "--methods", "fastervlm,fastv,visual-pool",
+                     "--repeats", "1", "--steps", "2", "--no-progress", "--json", str(out)]) == 0
+    rows = json.loads(out.read_text())["rows"]
+    assert [r["method"] for r in rows][:4] == ["unpruned", "fastervlm", "fastv", "visual-pool"]
+    assert rows[0]["macs_ratio"] == 1.0 and all(r["macs_ratio"] < 1.0 for r in rows[1:])
+    assert all(0 < r["kv_ratio"] < 1 for r in rows[1:])
+    assert "llm7b_macs_ratio" in capsys.readouterr().out
+    assert cli.main(["--methods", "nope", "--no-progress"]) == 2

@@ -32,6 +32,7 @@ COMMANDS: dict[tuple[str, ...], tuple[str, str]] = {
     ("results",): ("tokenreduce.sweep.results_cli", "list, filter and export stored sweep results"),
     ("report",): ("tokenreduce.sweep.report_cli", "HTML + PNG report of a sweep's results"),
     ("bench", "prompt"): ("tokenreduce.prompt.bench_cli", "prompt compression: rate adherence, speed, retention"),
+    ("bench", "vlm"): ("tokenreduce.vlm.cli", "visual-token methods on a LLaVA-1.5-shaped VLM: MACs, prefill time, KV"),
     ("compress",): ("tokenreduce.prompt.cli", "compress a prompt / context file"),
     ("tokenizers",): ("tokenreduce.tokstats.cli", "tokenizer efficiency: fertility, parity, vocabulary audit"),
 }

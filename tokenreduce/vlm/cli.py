@@ -1,0 +1,92 @@
+"""``tokenreduce bench vlm``: visual-token methods x budgets on a LLaVA-1.5-shaped model (or a local checkpoint)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from ..bench.report import format_table, machine_info
+from .bench import BEFORE, INSIDE, bench_vlm, llava15_config, random_llava, synthetic_inputs
+from .methods import vlm_methods
+
+COLS = [
+    "method",
+    "stage",
+    "visual_tokens",
+    "llm_avg_tokens",
+    "macs_ratio",
+    "llm7b_macs_ratio",
+    "time_ratio",
+    "prefill_s",
+    "kv_ratio",
+    "kl_next",
+    "greedy_agree",
+]
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="tokenreduce bench vlm", description=__doc__)
+    p.add_argument(
+        "--model",
+        help="local LlavaForConditionalGeneration folder (default: LLaVA-1.5-7B layer sizes, "
+        "random weights, fewer layers)",
+    )
+    p.add_argument("--llm-layers", type=int, default=8, help="decoder layers of the random model (7B has 32)")
+    p.add_argument("--vision-layers", type=int, default=6, help="vision layers of the random model (CLIP-L has 24)")
+    p.add_argument("--methods", default=",".join(BEFORE + INSIDE), help=f"comma list of {', '.join(vlm_methods())}")
+    p.add_argument("--tokens", default="192,128,64", help="visual tokens kept per image (of 576)")
+    p.add_argument("--repeats", type=int, default=3, help="timed prefills per config (median)")
+    p.add_argument("--steps", type=int, default=8, help="greedy tokens compared with the unpruned model")
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0: leave as is)")
+    p.add_argument("--json", help="write rows + machine info here")
+    p.add_argument("--no-progress", action="store_true")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        tokens = [int(t) for t in args.tokens.split(",") if t]
+        methods = [m for m in args.methods.split(",") if m]
+        unknown = sorted(set(methods) - set(vlm_methods()))
+        if unknown or not tokens or min(tokens) < 1 or args.repeats < 1 or args.steps < 1:
+            raise ValueError(f"unknown methods {unknown}" if unknown else "need positive --tokens/--repeats/--steps")
+    except ValueError as e:
+        print(f"tokenreduce: error: {e}", file=sys.stderr)
+        return 2
+    import torch
+    from tqdm import tqdm
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.model:
+        from transformers import LlavaForConditionalGeneration
+
+        if not Path(args.model).is_dir():
+            print(f"tokenreduce: error: {args.model} is not a local model folder", file=sys.stderr)
+            return 2
+        model = LlavaForConditionalGeneration.from_pretrained(args.model).eval()
+    else:
+        model = random_llava(llava15_config(args.llm_layers, args.vision_layers))
+    x = synthetic_inputs(model)
+    bar = tqdm(total=(1 + len(methods) * len(tokens)) * (args.repeats + 2), disable=args.no_progress, desc="bench vlm")
+
+    def step(label: str) -> None:
+        bar.set_postfix_str(label[:40])
+        bar.update(1)
+
+    try:
+        rows = bench_vlm(model, x, methods, tokens, args.repeats, args.steps, progress=step)
+    except ValueError as e:
+        print(f"tokenreduce: error: {e}", file=sys.stderr)
+        return 2
+    finally:
+        bar.close()
+    info = machine_info()
+    print(f"prefill of {x['input_ids'].shape[1]} tokens (576 visual); {info['cpu']}, {info['torch_threads']} threads")
+    print(format_table(rows, COLS))
+    if args.json:
+        Path(args.json).write_text(json.dumps({"machine": info, "rows": rows}, indent=2))
+    return 0
