@@ -27,16 +27,40 @@ def qwen():
     return tiny_qwen2vl()
 
 
-def _family(name, llava, qwen):
+@pytest.fixture(scope="module")
+def qwen25():
+    """Qwen2.5-VL: windowed vision attention, same M-RoPE decoder."""
+    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+
+    v = 97
+    cfg = Qwen2_5_VLConfig(
+        text_config=dict(vocab_size=v + 60, hidden_size=48, intermediate_size=96, num_hidden_layers=4,
+                         num_attention_heads=6, num_key_value_heads=2, max_position_embeddings=512,
+                         bos_token_id=1, eos_token_id=2,
+                         rope_parameters={"rope_type": "default", "mrope_section": [2, 1, 1], "rope_theta": 10000.0}),
+        vision_config=dict(depth=2, hidden_size=32, out_hidden_size=48, num_heads=4, intermediate_size=64,
+                           patch_size=4, spatial_merge_size=2, temporal_patch_size=2, in_channels=3, window_size=16,
+                           fullatt_block_indexes=[1]),
+        image_token_id=v + 1, video_token_id=v + 2, vision_start_token_id=v + 3, vision_end_token_id=v + 4,
+    )
+    torch.manual_seed(0)
+    return Qwen2_5_VLForConditionalGeneration(cfg).eval()
+
+
+def _family(name, llava, qwen, qwen25=None):
     if name == "llava":
         return llava, llava_inputs(llava, n_images=2)
-    return qwen, qwen2vl_inputs(qwen, grids=((1, 8, 12), (1, 4, 4)))
+    model = qwen25 if name == "qwen25" else qwen
+    return model, qwen2vl_inputs(model, grids=((1, 8, 12), (1, 4, 4)))
 
 
 @torch.no_grad()
-@pytest.mark.parametrize("family,method", [("llava", m) for m in LLAVA_METHODS] + [("qwen", m) for m in QWEN_METHODS])
-def test_keep_one_reproduces_logits_and_generation(family, method, llava, qwen):
-    model, x = _family(family, llava, qwen)
+@pytest.mark.parametrize(
+    "family,method",
+    [("llava", m) for m in LLAVA_METHODS] + [(f, m) for f in ("qwen", "qwen25") for m in QWEN_METHODS],
+)
+def test_keep_one_reproduces_logits_and_generation(family, method, llava, qwen, qwen25):
+    model, x = _family(family, llava, qwen, qwen25)
     ref = model(**x).logits
     gen = model.generate(**x, max_new_tokens=4, do_sample=False)
     with tokenreduce.patched(model, method, keep=1.0):
@@ -135,10 +159,12 @@ def _kept_of(model, x, method, keep):
 
 
 @torch.no_grad()
-@pytest.mark.parametrize("family,method", [("llava", m) for m in BEFORE] + [("qwen", m) for m in BEFORE[2:]])
-def test_before_methods_equal_unpatched_lm_on_reduced_input(family, method, llava, qwen):
+@pytest.mark.parametrize(
+    "family,method", [("llava", m) for m in BEFORE] + [(f, m) for f in ("qwen", "qwen25") for m in BEFORE[2:]]
+)
+def test_before_methods_equal_unpatched_lm_on_reduced_input(family, method, llava, qwen, qwen25):
     """Patched prefill == the unpatched language model fed the reduced embeddings at the reference positions."""
-    model, x = _family(family, llava, qwen)
+    model, x = _family(family, llava, qwen, qwen25)
     x = {k: v[:1] if k != "pixel_values" and k != "image_grid_thw" else v for k, v in x.items()}
     cols, last = _kept_of(model, x, method, 0.3)
     kept = cols[0][0]
@@ -180,10 +206,10 @@ def _grids(model, x):
 
 
 @torch.no_grad()
-@pytest.mark.parametrize("family,method", [(f, m) for f in ("llava", "qwen") for m in INSIDE])
-def test_inside_methods_equal_masked_reference(family, method, llava, qwen):
+@pytest.mark.parametrize("family,method", [(f, m) for f in ("llava", "qwen", "qwen25") for m in INSIDE])
+def test_inside_methods_equal_masked_reference(family, method, llava, qwen, qwen25):
     """Dropping tokens between layers == running every layer on the full sequence with dropped tokens masked out."""
-    model, x = _family(family, llava, qwen)
+    model, x = _family(family, llava, qwen, qwen25)
     cols, last = _kept_of(model, x, method, 0.3)
     lm = model.model.language_model
     emb = _merged_embeddings(model, x)
@@ -205,9 +231,10 @@ def test_inside_methods_equal_masked_reference(family, method, llava, qwen):
 
 
 @torch.no_grad()
-@pytest.mark.parametrize("method", ["visual-pool", "fastv"])
-def test_qwen2vl_positions_after_pruning_match_reference(method, qwen):
+@pytest.mark.parametrize("family,method", [(f, m) for f in ("qwen", "qwen25") for m in ("visual-pool", "fastv")])
+def test_qwen2vl_positions_after_pruning_match_reference(family, method, qwen, qwen25):
     """The rotary angles each kept token gets inside the patched model are those of its reference M-RoPE position."""
+    qwen = qwen25 if family == "qwen25" else qwen
     x = qwen2vl_inputs(qwen, grids=((1, 8, 12),))
     seen = {}
     last_layer = qwen.model.language_model.layers[-1]
@@ -226,10 +253,10 @@ def test_qwen2vl_positions_after_pruning_match_reference(method, qwen):
 
 
 @torch.no_grad()
-@pytest.mark.parametrize("family", ["llava", "qwen"])
-def test_generation_after_reduction_matches_reference_loop(family, llava, qwen):
+@pytest.mark.parametrize("family", ["llava", "qwen", "qwen25"])
+def test_generation_after_reduction_matches_reference_loop(family, llava, qwen, qwen25):
     """Patched model.generate == greedy decoding of the unpatched LM on the reduced prefix, positions continuing."""
-    model, x = _family(family, llava, qwen)
+    model, x = _family(family, llava, qwen, qwen25)
     with tokenreduce.patched(model, "visual-pool", keep=0.25):
         gen = model.generate(**x, max_new_tokens=5, do_sample=False)[0, x["input_ids"].shape[1] :]
     cols, _ = _kept_of(model, x, "visual-pool", 0.25)
@@ -338,10 +365,10 @@ def test_bipartite_merge_keeps_mass_and_count():
 
 
 @torch.no_grad()
-@pytest.mark.parametrize("family", ["llava", "qwen"])
-def test_manual_decode_without_positions_continues_original_positions(family, llava, qwen):
+@pytest.mark.parametrize("family", ["llava", "qwen", "qwen25"])
+def test_manual_decode_without_positions_continues_original_positions(family, llava, qwen, qwen25):
     """A hand-written decode step (no position ids, no mask) after a reduced prefill equals generate's next token."""
-    model, x = _family(family, llava, qwen)
+    model, x = _family(family, llava, qwen, qwen25)
     with tokenreduce.patched(model, "fastv", keep=0.25):
         gen = model.generate(**x, max_new_tokens=3, do_sample=False)[0, x["input_ids"].shape[1] :].tolist()
         out = model(**x, use_cache=True)
