@@ -424,3 +424,38 @@ def test_bench_vlm_cli_on_a_tiny_llava(tmp_path, capsys, monkeypatch):
     assert all(0 < r["kv_ratio"] < 1 for r in rows[1:])
     assert "llm7b_macs_ratio" in capsys.readouterr().out
     assert cli.main(["--methods", "nope", "--no-progress"]) == 2
+
+
+@torch.no_grad()
+def test_right_padding_is_refused_and_image_last_still_works(llava):
+    x = llava_inputs(llava, question=0)
+    x["input_ids"] = x["input_ids"][:, :-2]  # the image run is now the end of the prompt
+    x["attention_mask"] = torch.ones_like(x["input_ids"])
+    with tokenreduce.patched(llava, "text-guided", keep=0.5):
+        assert llava(**x).logits.shape[1] == x["input_ids"].shape[1] - 32
+        x["attention_mask"][0, -1] = 0
+        with pytest.raises(ValueError, match="right-padded"):
+            llava(**x)
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("method", ["fastervlm", "visionzip"])
+def test_beam_search_maps_cls_rows_to_repeated_images(method, llava):
+    """Beam search repeats each row's image features but not the tower output; [CLS] rows must follow."""
+    x = llava_inputs(llava, n_images=2)
+    ref = llava.generate(**x, max_new_tokens=3, num_beams=2, do_sample=False)
+    with tokenreduce.patched(llava, method, keep=1.0):
+        assert torch.equal(llava.generate(**x, max_new_tokens=3, num_beams=2, do_sample=False), ref)
+    seen: dict = {}
+    with tokenreduce.patched(llava, method, keep=0.3):
+        h = llava.model.language_model.layers[0].register_forward_pre_hook(
+            lambda mod, a, kw: _store(seen, len(seen), a[0]), with_kwargs=True
+        )
+        try:
+            llava(**x)  # one row, images encoded inside the forward
+            llava.generate(**x, max_new_tokens=1, num_beams=2, do_sample=False)  # images encoded by generate
+        finally:
+            h.remove()
+    single, beams = seen[0], seen[1]
+    assert beams.shape[0] == 2 and beams.shape[1] == single.shape[1] < x["input_ids"].shape[1]
+    torch.testing.assert_close(beams, single.expand_as(beams), rtol=1e-5, atol=1e-6)

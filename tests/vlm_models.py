@@ -8,9 +8,12 @@ from transformers import (
     LlamaConfig,
     LlavaConfig,
     LlavaForConditionalGeneration,
+    LlavaNextConfig,
+    LlavaNextForConditionalGeneration,
     Qwen2VLConfig,
     Qwen2VLForConditionalGeneration,
 )
+from transformers.image_processing_utils import select_best_resolution
 
 IMAGE_TOKEN = 90
 VOCAB = 97
@@ -105,3 +108,65 @@ def qwen2vl_inputs(model, grids=((1, 8, 12),), prefix: int = 3, question: int = 
     thw = torch.tensor([list(x) for x in grids] * batch)
     return {"input_ids": ids, "attention_mask": torch.ones_like(ids), "pixel_values": pixels,
             "image_grid_thw": thw, "mm_token_type_ids": torch.stack(tok_types)}
+
+
+# ---- LLaVA-NeXT (AnyRes) ------------------------------------------------------------------------------
+NEXT_PINPOINTS = [[16, 32], [32, 16], [32, 32], [48, 16], [16, 48]]
+
+
+def tiny_llava_next(impl: str = "sdpa", seed: int = 0, layers: int = 4):
+    """LLaVA-NeXT-shaped: CLIP tower on 16x16 crops (4x4 tokens each), AnyRes pinpoints up to 3 crops a side."""
+    vision = CLIPVisionConfig(
+        hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_attention_heads=4,
+        image_size=16, patch_size=4, projection_dim=32,
+    )
+    text = LlamaConfig(
+        vocab_size=VOCAB, hidden_size=48, intermediate_size=96, num_hidden_layers=layers, num_attention_heads=6,
+        num_key_value_heads=2, max_position_embeddings=1024, pad_token_id=0,
+    )
+    cfg = LlavaNextConfig(vision_config=vision, text_config=text, image_token_id=IMAGE_TOKEN,
+                          image_grid_pinpoints=NEXT_PINPOINTS)
+    cfg._attn_implementation = impl
+    cfg.text_config._attn_implementation = impl
+    cfg.vision_config._attn_implementation = impl
+    torch.manual_seed(seed)
+    model = LlavaNextForConditionalGeneration(cfg).eval()
+    _peak(model)
+    return model
+
+
+def next_num_tokens(cfg, height: int, width: int) -> tuple[int, int]:
+    """(placeholder tokens, crops incl. the base) of an image of that size, computed as the processor does."""
+    s = cfg.vision_config.image_size
+    g = s // cfg.vision_config.patch_size
+    best_h, best_w = select_best_resolution((height, width), cfg.image_grid_pinpoints)
+    cur_h, cur_w = g * (best_h // s), g * (best_w // s)
+    if width / height > cur_w / cur_h:
+        pad = (cur_h - int(round(height * cur_w / width, 7))) // 2
+        cur_h -= 2 * pad
+    else:
+        pad = (cur_w - int(round(width * cur_h / height, 7))) // 2
+        cur_w -= 2 * pad
+    return g * g + cur_h * (cur_w + 1), 1 + (best_h // s) * (best_w // s)
+
+
+def llava_next_inputs(model, sizes=((30, 60), (50, 20)), prefix: int = 3, question: int = 6, batch: int = 1,
+                      seed: int = 1):
+    """input_ids with one placeholder run per image (its AnyRes token count), image_sizes, and padded 5-D pixels."""
+    cfg = model.config
+    s = cfg.vision_config.image_size
+    counts = [next_num_tokens(cfg, h, w) for h, w in sizes]
+    g = torch.Generator().manual_seed(seed)
+    rows = []
+    for _ in range(batch):
+        parts = [torch.randint(1, 80, (prefix,), generator=g)]
+        for n, _crops in counts:
+            parts += [torch.full((n,), IMAGE_TOKEN), torch.randint(1, 80, (2,), generator=g)]
+        parts.append(torch.randint(1, 80, (question,), generator=g))
+        rows.append(torch.cat(parts))
+    ids = torch.stack(rows)
+    n_max = max(c for _n, c in counts)
+    pixels = torch.randn(batch * len(sizes), n_max, 3, s, s, generator=g)
+    image_sizes = torch.tensor([list(x) for x in sizes] * batch)
+    mask = torch.ones_like(ids)
+    return {"input_ids": ids, "attention_mask": mask, "pixel_values": pixels, "image_sizes": image_sizes}

@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 from . import methods as list_methods
-from .methods.base import _REGISTRY
+from .methods.base import REGISTRY
 
 # (words on the command line) -> module with ``main(argv: list[str] | None) -> int``
 COMMANDS: dict[tuple[str, ...], tuple[str, str]] = {
@@ -125,7 +125,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def _cmd_methods() -> int:
     for name in list_methods():
-        cls = _REGISTRY[name]
+        cls = REGISTRY.get(name)
         params = ", ".join(f"{f.name}={f.default!r}" for f in fields(cls))
         doc = (cls.__doc__ or "").strip().splitlines()[0]
         print(f"{name:12s} {doc}\n{'':12s} params: {params}")
@@ -203,7 +203,7 @@ def _cmd_bench(a: argparse.Namespace) -> int:
         from .bench.text_bench import run_text_bench
         from .methods import make_method
 
-        names = a.methods or [m for m in list_methods() if not getattr(_REGISTRY[m], "requires_grid", False)]
+        names = a.methods or [m for m in list_methods() if not getattr(REGISTRY.get(m), "requires_grid", False)]
         keeps = a.keep if a.keep is not None else ([] if a.config and not a.methods else DEFAULT_KEEPS)
         extra = {"min_tokens": a.min_tokens} if a.min_tokens else None
         configs = grid(names, keeps, a.schedule, extra)  # validates before loading anything

@@ -8,15 +8,14 @@ one method object can serve many models and threads at once.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Any, ClassVar, NamedTuple
 
 from torch import Tensor
 
 from ..core.dims import ModelDims
 from ..core.schedule import SHAPES, Schedule, schedule_from
-
-_REGISTRY: dict[str, type[Method]] = {}
+from ..registry import Registry
 
 
 class LayerTensors(NamedTuple):
@@ -87,37 +86,21 @@ class Method:
 
 def register(name: str) -> Callable[[type[Method]], type[Method]]:
     """Class decorator: make a method available as ``tokenreduce.patch(model, name, ...)``."""
-
-    def wrap(cls: type[Method]) -> type[Method]:
-        if name in _REGISTRY:
-            raise ValueError(f"method {name!r} is already registered")
-        cls.name = name
-        _REGISTRY[name] = cls
-        return cls
-
-    return wrap
+    return REGISTRY.register(name)
 
 
 def methods() -> list[str]:
     """Names of all registered methods."""
-    return sorted(_REGISTRY)
+    return REGISTRY.names()
 
 
 def make_method(method: str | Method, **params: Any) -> Method:
     """A method instance from a name and keyword parameters, validated before any compute."""
-    if isinstance(method, Method):
-        if params:
-            raise TypeError("pass parameters either in the Method object or as keywords, not both")
-        return method
-    if method not in _REGISTRY:
-        raise ValueError(f"unknown method {method!r}; available: {', '.join(methods())}")
-    cls = _REGISTRY[method]
-    allowed = {f.name for f in fields(cls)}
-    unknown = set(params) - allowed
-    if unknown:
-        raise TypeError(f"{method}: unknown parameter(s) {sorted(unknown)}; valid: {sorted(allowed)}")
     if isinstance(params.get("r"), list):
         params["r"] = tuple(params["r"])
     if isinstance(params.get("layers"), list):
         params["layers"] = tuple(params["layers"])
-    return cls(**params)
+    return REGISTRY.make(method, **params)
+
+
+REGISTRY: Registry[Method] = Registry("method", Method)

@@ -6,10 +6,13 @@ and Qwen2-VL / Qwen2.5-VL. Each adapter is a few lookups; the hooks in ``runner.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import Tensor, nn
+
+from .next import image_layouts
 
 LLAVA = {"LlavaModel", "LlavaNextModel"}
 QWEN = {"Qwen2VLModel", "Qwen2_5_VLModel"}
@@ -17,11 +20,14 @@ QWEN = {"Qwen2VLModel", "Qwen2_5_VLModel"}
 
 @dataclass(frozen=True)
 class Image:
-    """One image's run of placeholder tokens in a row: start column, token count, and token grid (rows, cols)."""
+    """One image's run of placeholder tokens in a row: start column, token count, and token grid (rows, cols).
+
+    LLaVA-NeXT runs are not one grid: ``layout`` (a ``next.NextLayout``) says which crop each token is from."""
 
     start: int
     n: int
     grid: tuple[int, int]
+    layout: Any = field(default=None, compare=False, repr=False)
 
 
 @dataclass
@@ -105,7 +111,7 @@ def image_grids(parts: VLMParts, inputs: dict) -> list[tuple[int, int]]:
         return _grids_from_mrope(parts, inputs)
     n_images = inputs["pixel_values"].shape[0] if feats is None else len(feats.pooler_output)
     if parts.kind == "llava-next":
-        raise NotImplementedError("LLaVA-NeXT needs per-crop layouts; use tokenreduce.vlm.next_layout")
+        return [lay.grid for lay in image_layouts(parts, inputs)]
     vc = parts.outer.config.vision_config
     g = vc.image_size // vc.patch_size
     if not parts.strip_cls:

@@ -19,28 +19,21 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor
 
+from ..registry import Registry
 from . import reduce as R
-
-_REGISTRY: dict[str, type[VisualMethod]] = {}
 
 
 def register(cls: type[VisualMethod]) -> type[VisualMethod]:
-    _REGISTRY[cls.name] = cls
-    return cls
+    """Class decorator registering a visual-token method under its ``name``."""
+    return REGISTRY.register(cls.name)(cls)
 
 
 def vlm_methods() -> list[str]:
-    return sorted(_REGISTRY)
+    return REGISTRY.names()
 
 
 def make_vlm_method(method: str | VisualMethod, **params: Any) -> VisualMethod:
-    if isinstance(method, VisualMethod):
-        if params:
-            raise ValueError("pass parameters either in the method object or as keywords, not both")
-        return method
-    if method not in _REGISTRY:
-        raise ValueError(f"unknown visual-token method {method!r}; known: {', '.join(vlm_methods())}")
-    return _REGISTRY[method](**params)
+    return REGISTRY.make(method, **params)
 
 
 @dataclass(frozen=True)
@@ -66,8 +59,13 @@ class VisualMethod:
         return max(1, min(n, k))
 
 
+REGISTRY: Registry[VisualMethod] = Registry("visual-token method", VisualMethod)
+
+
 @dataclass(frozen=True)
 class BeforeMethod(VisualMethod):
+    thumbnail_guidance: bool = False  # LLaVA-NeXT, [CLS] methods: crop budgets follow the thumbnail (next.py)
+
     def reduce(self, emb: Tensor, grid: tuple[int, int], cls: Tensor | None, k: int) -> tuple[Tensor, Tensor]:
         raise NotImplementedError  # pragma: no cover
 

@@ -41,7 +41,7 @@ def patch_vlm(model: nn.Module, method: str | VisualMethod, **params: Any) -> VL
     h = VLMHandle(m, parts)
     reg = h.handles.append
     reg(parts.outer.register_forward_pre_hook(runner.outer_pre, with_kwargs=True))
-    reg(parts.outer.register_forward_hook(runner.outer_post, with_kwargs=True))
+    reg(parts.outer.register_forward_hook(runner.outer_post, with_kwargs=True, always_call=True))
     reg(parts.lm.register_forward_pre_hook(runner.lm_pre, with_kwargs=True))
     reg(parts.lm.register_forward_hook(runner.lm_post, with_kwargs=True))
     if m.needs_cls:

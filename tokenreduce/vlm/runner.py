@@ -13,6 +13,7 @@ import torch
 from torch import Tensor, nn
 
 from ..kv.scoring import rotate_half, window_attention, window_queries
+from . import next as NX
 from . import state as S
 from .families import VLMParts, cls_attention, has_images, image_features, image_grids, images_in_row
 from .methods import BeforeMethod, InsideMethod, VisualMethod
@@ -37,6 +38,7 @@ class VLMRunner:
             self.stages = dict(zip(method.stages(depth), range(99)))
         else:
             self.stages = {0: 0}
+        NX.check(parts, method)
         if method.needs_cls and parts.cls_module is None:
             raise ValueError(
                 f"{method.name} ranks tokens by the vision tower's [CLS] attention; {parts.kind}: no [CLS]"
@@ -50,19 +52,22 @@ class VLMRunner:
             return self._decode_positions(args, kwargs)
         if ids is None:
             raise ValueError("visual-token reduction needs input_ids (to find the image tokens), not inputs_embeds")
-        grids = image_grids(self.parts, kwargs)
+        layouts = NX.image_layouts(self.parts, kwargs) if self.parts.kind == "llava-next" else None
+        grids = image_grids(self.parts, kwargs) if layouts is None else [lay.grid for lay in layouts]
         rows = []
         for r in range(ids.shape[0]):
             rows.append(images_in_row(self.parts, ids[r], grids[sum(len(x) for x in rows) :]))
         if sum(len(x) for x in rows) != len(grids):
             raise ValueError(f"{len(grids)} images given but {sum(len(x) for x in rows)} placeholder runs found")
+        if layouts is not None:
+            rows = NX.attach(rows, layouts)
         fwd = S.Forward(rows, visual=ids == self.parts.image_token_id, n=ids.shape[1])
         feats = image_features(kwargs)
         if feats is not None and self.method.needs_cls:  # generate() encoded the images before this call
             cls = getattr(feats, S.CLS_ATTR, None)
             if cls is None:
                 raise ValueError(f"{self.method.name}: the image features were computed before the model was patched")
-            fwd.cls.append(cls)
+            fwd.cls.append(cls if layouts is not None else _per_image(cls, feats.pooler_output))
         S.CURRENT.set(fwd)
         return None
 
@@ -107,6 +112,9 @@ class VLMRunner:
         if fwd is not None:
             mask = kwargs.get("attention_mask")
             fwd.valid = mask.bool() if mask is not None and mask.ndim == 2 else None
+            if fwd.valid is not None and not bool(fwd.valid[:, -1].all()):
+                S.CURRENT.set(None)  # the outer post-hook will not run; leave no stale prefill state behind
+                raise ValueError("right-padded batch: pad on the left (tokenizer.padding_side = 'left')")
             return None
         st = S.get_state(cache)
         if st is None:
@@ -200,7 +208,9 @@ class VLMRunner:
                 x_parts.append(hidden[b, cursor : im.start])
                 emb = hidden[b, im.start : im.start + im.n]
                 k = self.method.budget(im.n)
-                if k >= im.n:
+                if im.layout is not None:  # LLaVA-NeXT: crop by crop
+                    loc, red = NX.reduce_image(self.method, emb, im.layout, cls)
+                elif k >= im.n:
                     loc, red = torch.arange(im.n, device=hidden.device), emb
                 else:
                     loc, red = self.method.reduce(emb, im.grid, None if cls is None else cls[img], k)
@@ -225,14 +235,25 @@ class VLMRunner:
         if len(set(n_vis.tolist())) > 1:
             raise ValueError("rows hold different numbers of visual tokens; batch images of the same size together")
         total = int(fwd.visual[0].sum())
-        k = self.method.counts(total, len(self.parts.layers))[self.stages[index]]
-        if k >= int(n_vis[0]):
-            return torch.arange(n, device=hidden.device).expand(b, n), hidden
-        scores = self._scores(index - 1, vis, valid)
-        scores = scores.masked_fill(~vis, float("-inf"))
-        top = torch.topk(scores, k, dim=1, sorted=False).indices
-        keep = ~vis
-        keep.scatter_(1, top, True)
+        depth, stage = len(self.parts.layers), self.stages[index]
+        k = self.method.counts(total, depth)[stage]
+        if self.parts.kind == "llava-next":  # per-crop budgets; newlines stay
+            group, sizes = NX.groups(fwd.images, fwd.n, hidden.device)
+            group = group.gather(1, cur)
+            if all(self.method.counts(m, depth)[stage] >= m for m in sizes):
+                return torch.arange(n, device=hidden.device).expand(b, n), hidden
+            scores = self._scores(index - 1, vis, valid)
+            keep = NX.inside_keep(group, sizes, scores, lambda m: self.method.counts(m, depth)[stage])
+        else:
+            if k >= int(n_vis[0]):
+                return torch.arange(n, device=hidden.device).expand(b, n), hidden
+            scores = self._scores(index - 1, vis, valid)
+            scores = scores.masked_fill(~vis, float("-inf"))
+            top = torch.topk(scores, k, dim=1, sorted=False).indices
+            keep = ~vis
+            keep.scatter_(1, top, True)
+        if len(set(keep.sum(1).tolist())) > 1:
+            raise ValueError("rows keep different numbers of tokens; batch images of the same size together")
         kept = keep.nonzero()[:, 1].view(b, -1)
         return kept, S.gather_tokens(hidden, kept)
 
@@ -248,7 +269,7 @@ class VLMRunner:
             return window_attention(q, keys, attn.scaling, valid).mean(1)[:, -1]
         pos = torch.arange(n, device=vis.device)
         last_vis = torch.where(vis, pos, -1).max(1).values  # (B,)
-        w = int((n - 1 - last_vis).max())
+        w = max(1, int((n - 1 - last_vis).max()))
         q = window_queries(attn, x[:, -w:], cos[:, -w:], sin[:, -w:])
         a = window_attention(q, keys, attn.scaling, valid).mean(1)  # (B, w, N)
         qpos = pos[-w:]
@@ -258,7 +279,27 @@ class VLMRunner:
         mass = (a * vis[:, None].float()).sum(-1)
         mean = (mass * rater).sum(1, keepdim=True) / rater.sum(1, keepdim=True).clamp(min=1)
         rater &= mass >= mean
+        rater[:, -1] |= ~rater.any(1)  # no text after the image: the last token rates, as in FastV
         return (a * rater[..., None]).sum(1) / rater.sum(1, keepdim=True).clamp(min=1)
+
+
+def _per_image(cls: Tensor, feats) -> Tensor:
+    """[CLS] rows in placeholder order. Beam search repeats each row's images (``[A, B] -> [A, B, A, B]``)
+    but not the tower's output; repeated images are the same (or equal) feature tensors, so map each
+    to the first occurrence, whose order is the tower's."""
+    if cls.shape[0] == len(feats):
+        return cls
+    firsts: list[Tensor] = []
+    index = []
+    for f in feats:
+        u = next((i for i, g in enumerate(firsts) if g is f or (g.shape == f.shape and torch.equal(g, f))), None)
+        if u is None:
+            firsts.append(f)
+            u = len(firsts) - 1
+        index.append(u)
+    if len(firsts) != cls.shape[0]:
+        raise ValueError(f"{len(feats)} image features but {cls.shape[0]} [CLS] rows; cannot match them")
+    return cls[torch.tensor(index, device=cls.device)]
 
 
 def _keys(attn: nn.Module, hidden: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
