@@ -12,7 +12,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .next import image_layouts
+from .next_layout import image_layouts
 
 LLAVA = {"LlavaModel", "LlavaNextModel"}
 QWEN = {"Qwen2VLModel", "Qwen2_5_VLModel"}
