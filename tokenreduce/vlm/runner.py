@@ -128,12 +128,14 @@ class VLMRunner:
         if mask is not None and mask.ndim == 2:
             new = torch.arange(st.seen, st.seen + q, device=device).expand(b, q)
             kwargs["attention_mask"] = mask.gather(1, torch.cat([st.cols[0], new], 1))
-        valid = mask.bool() if mask is not None and mask.ndim == 2 else torch.ones(b, st.seen + q, dtype=torch.bool)
+        full = torch.ones(b, st.seen + q, dtype=torch.bool, device=device)
+        valid = mask.bool() if mask is not None and mask.ndim == 2 else full
         S.CURRENT.set(S.Forward([], valid=valid, n=st.seen + q))  # decode: per-layer masks only
         return args, kwargs
 
     def lm_post(self, module, args, kwargs, output):
-        cache, fwd = getattr(output, "cache", None) or _cache(kwargs), S.CURRENT.get()
+        cache, fwd = getattr(output, "cache", None), S.CURRENT.get()
+        cache = _cache(kwargs) if cache is None else cache
         if cache is None:
             return output
         st = S.get_state(cache)
@@ -162,7 +164,7 @@ class VLMRunner:
         if fwd is None:
             return None
         if not fwd.images:
-            return self._decode_mask(index, kwargs)
+            return self._decode_mask(index, args, kwargs)
         hidden = args[0] if args else kwargs["hidden_states"]
         if index in self.stages:
             hidden = self._reduce(index, fwd, hidden)
@@ -178,7 +180,8 @@ class VLMRunner:
             kwargs["hidden_states"] = hidden
         return args, kwargs
 
-    def _decode_mask(self, index: int, kwargs):
+    def _decode_mask(self, index: int, args, kwargs):
+        """A decode step on a layer whose cache is shorter than the first layer's gets its own mask."""
         cache, fwd = _cache(kwargs), S.CURRENT.get()
         st = S.get_state(cache)
         if st is None or fwd.valid is None or st.cols[index].shape[1] == st.cols[0].shape[1]:
@@ -186,7 +189,7 @@ class VLMRunner:
         q = fwd.n - st.seen
         dtype = kwargs["position_embeddings"][0].dtype
         kwargs["attention_mask"] = S.decode_mask(fwd.valid, st.cols[index], st.seen, q, dtype)
-        return None
+        return args, kwargs
 
     # ---- reduction --------------------------------------------------------------------------------
     def _reduce(self, index: int, fwd: S.Forward, hidden: Tensor) -> Tensor:
