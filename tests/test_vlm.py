@@ -459,3 +459,39 @@ def test_beam_search_maps_cls_rows_to_repeated_images(method, llava):
     single, beams = seen[0], seen[1]
     assert beams.shape[0] == 2 and beams.shape[1] == single.shape[1] < x["input_ids"].shape[1]
     torch.testing.assert_close(beams, single.expand_as(beams), rtol=1e-5, atol=1e-6)
+
+
+def test_bench_vlm_cli_on_a_saved_checkpoint_with_its_processor(tmp_path, capsys):
+    """--model PATH --image FILE: a checkpoint folder with its own processor runs unchanged (tiny, random)."""
+    import json
+
+    from PIL import Image
+    from transformers import AutoTokenizer, CLIPImageProcessor, LlavaProcessor
+
+    from tokenreduce.bench.encoder import default_model_path
+    from tokenreduce.vlm import cli
+
+    tok = AutoTokenizer.from_pretrained(default_model_path())
+    tok.add_tokens(["<image>"], special_tokens=True)
+    image_id = tok.convert_tokens_to_ids("<image>")
+    model = tiny_llava()
+    model.config.image_token_id = image_id
+    model.resize_token_embeddings(len(tok))
+    size = model.config.vision_config.image_size
+    image_proc = CLIPImageProcessor(size={"shortest_edge": size}, crop_size={"height": size, "width": size})
+    proc = LlavaProcessor(
+        image_processor=image_proc, tokenizer=tok, patch_size=model.config.vision_config.patch_size,
+        vision_feature_select_strategy="default", image_token="<image>", num_additional_image_tokens=1,
+    )
+    model.save_pretrained(tmp_path / "ckpt")
+    proc.save_pretrained(tmp_path / "ckpt")
+    Image.fromarray((torch.rand(40, 56, 3) * 255).byte().numpy()).save(tmp_path / "img.png")
+    out = tmp_path / "rows.json"
+    args = ["--model", str(tmp_path / "ckpt"), "--image", str(tmp_path / "img.png"), "--prompt", "what is shown?",
+            "--tokens", "16", "--methods", "fastervlm,fastv", "--repeats", "1", "--steps", "2", "--no-progress",
+            "--json", str(out)]
+    assert cli.main(args) == 0
+    assert "(64 visual)" in capsys.readouterr().out
+    rows = json.loads(out.read_text())["rows"]
+    assert [r["method"] for r in rows] == ["unpruned", "fastervlm", "fastv"] and rows[1]["kv_ratio"] < 1
+    assert cli.main(["--image", str(tmp_path / "img.png"), "--no-progress"]) == 2

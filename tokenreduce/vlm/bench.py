@@ -77,6 +77,24 @@ def synthetic_inputs(model: nn.Module, prefix: int = 35, question: int = 40, see
     return {"input_ids": ids, "attention_mask": torch.ones_like(ids), "pixel_values": pixels}
 
 
+def processor_inputs(model_path: str, image_path: str, prompt: str) -> dict:
+    """Real inputs for a local checkpoint: its own processor, an image file and a question.
+
+    Uses the processor's chat template when it has one, else LLaVA-1.5's ``USER: <image>\n... ASSISTANT:``.
+    """
+    from PIL import Image
+    from transformers import AutoProcessor
+
+    proc = AutoProcessor.from_pretrained(model_path)
+    image = Image.open(image_path).convert("RGB")
+    if getattr(proc, "chat_template", None):
+        chat = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": prompt}]}]
+        text = proc.apply_chat_template(chat, add_generation_prompt=True)
+    else:
+        text = f"USER: {proc.image_token}\n{prompt} ASSISTANT:"
+    return dict(proc(images=image, text=text, return_tensors="pt"))
+
+
 def _kv_bytes(cache) -> int:
     return sum(t.numel() * t.element_size() for layer in cache.layers for t in (layer.keys, layer.values))
 

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from ..bench.report import format_table, machine_info
-from .bench import BEFORE, INSIDE, bench_vlm, llava15_config, random_llava, synthetic_inputs
+from .bench import BEFORE, INSIDE, bench_vlm, llava15_config, processor_inputs, random_llava, synthetic_inputs
 from .methods import vlm_methods
 
 COLS = [
@@ -33,6 +33,8 @@ def _parser() -> argparse.ArgumentParser:
         help="local LlavaForConditionalGeneration folder (default: LLaVA-1.5-7B layer sizes, "
         "random weights, fewer layers)",
     )
+    p.add_argument("--image", help="with --model: an image file (default: random pixels and random prompt ids)")
+    p.add_argument("--prompt", default="Describe the image in detail.", help="with --model and --image: the question")
     p.add_argument("--llm-layers", type=int, default=8, help="decoder layers of the random model (7B has 32)")
     p.add_argument("--vision-layers", type=int, default=6, help="vision layers of the random model (CLIP-L has 24)")
     p.add_argument("--methods", default=",".join(BEFORE + INSIDE), help=f"comma list of {', '.join(vlm_methods())}")
@@ -61,16 +63,20 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.image and not args.model:
+        print("tokenreduce: error: --image needs --model (a checkpoint with its processor)", file=sys.stderr)
+        return 2
+    for path, what in ((args.model, "a local model folder"), (args.image, "an image file")):
+        if path and not Path(path).exists():
+            print(f"tokenreduce: error: {path} is not {what}", file=sys.stderr)
+            return 2
     if args.model:
         from transformers import LlavaForConditionalGeneration
 
-        if not Path(args.model).is_dir():
-            print(f"tokenreduce: error: {args.model} is not a local model folder", file=sys.stderr)
-            return 2
         model = LlavaForConditionalGeneration.from_pretrained(args.model).eval()
     else:
         model = random_llava(llava15_config(args.llm_layers, args.vision_layers))
-    x = synthetic_inputs(model)
+    x = processor_inputs(args.model, args.image, args.prompt) if args.image else synthetic_inputs(model)
     bar = tqdm(total=(1 + len(methods) * len(tokens)) * (args.repeats + 2), disable=args.no_progress, desc="bench vlm")
 
     def step(label: str) -> None:
@@ -85,7 +91,9 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         bar.close()
     info = machine_info()
-    print(f"prefill of {x['input_ids'].shape[1]} tokens (576 visual); {info['cpu']}, {info['torch_threads']} threads")
+    n_vis = int((x["input_ids"] == model.config.image_token_id).sum())
+    n = x["input_ids"].shape[1]
+    print(f"prefill of {n} tokens ({n_vis} visual); {info['cpu']}, {info['torch_threads']} threads")
     print(format_table(rows, COLS))
     if args.json:
         Path(args.json).write_text(json.dumps({"machine": info, "rows": rows}, indent=2))
