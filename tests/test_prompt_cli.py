@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from tokenreduce.bench.encoder import default_model_path
 from tokenreduce.cli import main
 
@@ -37,3 +39,16 @@ def test_bench_prompt_errors(capsys):
     assert main(["bench", "prompt", "retention", "--methods", "nope", "--data", "nq20:1"]) == 2
     assert main(["bench", "prompt", "speed", "--rates", "0"]) == 2
     assert "tokenreduce: error:" in capsys.readouterr().err
+
+
+def test_hotpotqa_offset_selects_the_held_out_half():
+    from tokenreduce.bench.tasks import default_data_dir
+    from tokenreduce.prompt.bench_data import hotpotqa
+
+    data = default_data_dir()
+    if data is None:
+        pytest.skip("shared data folder not available")
+    every = hotpotqa(data)
+    half = hotpotqa(data, n=50, offset=50)
+    assert len(every) == 100 and [e.question for e in half] == [e.question for e in every[50:]]
+    assert [e.question for e in hotpotqa(data, n=3)] == [e.question for e in every[:3]]

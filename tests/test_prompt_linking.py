@@ -58,8 +58,9 @@ def test_link_scores_follow_titles_from_best_documents():
 def scorers():
     from tokenreduce.prompt import PromptCompressor
 
-    on = PromptCompressor("extractive", tokenizer="cl100k_base" if _has_cl100k() else None)
-    off = PromptCompressor("extractive", tokenizer=on.counter, w_link=0.0)
+    only_links = {"w_chain": 0.0, "w_type": 0.0, "doc_decay": 0.0}  # isolate the link boost
+    on = PromptCompressor("extractive", tokenizer="cl100k_base" if _has_cl100k() else None, **only_links)
+    off = PromptCompressor("extractive", tokenizer=on.counter, w_link=0.0, **only_links)
     return on, off
 
 

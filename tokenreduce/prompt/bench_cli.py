@@ -20,7 +20,20 @@ VARIANTS: dict[str, tuple[str, dict]] = {
     "random": ("random", {}),
     "extractive": ("extractive", {}),
     "extractive-emb": ("extractive", {"w_bm25": 0.0}),
-    "extractive-nolink": ("extractive", {"w_link": 0.0}),
+    # ablations: each drops one part of the default; "-links" is the previous default (links, no chains)
+    "extractive-nolink": ("extractive", {"w_link": 0.0, "chain_link": 0.0, "chain_named": 0.0}),
+    "extractive-nochain": ("extractive", {"w_chain": 0.0}),
+    "extractive-notype": ("extractive", {"w_type": 0.0}),
+    "extractive-nodecay": ("extractive", {"doc_decay": 0.0}),
+    "extractive-notitles": ("extractive", {"keep_titles": False}),
+    "extractive-links": (
+        "extractive",
+        {"w_chain": 0.0, "w_type": 0.0, "doc_decay": 0.0, "keep_titles": False},
+    ),
+    "extractive-plain": (
+        "extractive",
+        {"w_link": 0.0, "w_chain": 0.0, "w_type": 0.0, "doc_decay": 0.0, "keep_titles": False},
+    ),
     "perplexity": ("perplexity", {}),
     "longllmlingua": ("longllmlingua", {}),
 }
@@ -41,7 +54,10 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="tokenreduce bench prompt", description=__doc__.split("\n")[0])
     p.add_argument("what", choices=["retention", "adherence", "speed"])
     p.add_argument(
-        "--data", type=_names, default=["nq20:150", "hotpotqa"], help="retention: nq20[:N][@OFFSET], hotpotqa[:N]"
+        "--data",
+        type=_names,
+        default=["nq20:150", "hotpotqa"],
+        help="retention: nq20[:N][@OFFSET], hotpotqa[:N][@OFFSET] (e.g. hotpotqa:50@50: questions 50-99)",
     )
     p.add_argument(
         "--methods",
@@ -97,9 +113,9 @@ def _datasets(specs: list[str], data_dir):
         if name == "nq20":
             sets[spec] = nq20(data, n=n or 150, offset=int(off or 0))
         elif name == "hotpotqa":
-            sets[spec] = hotpotqa(data, n=n)
+            sets[spec] = hotpotqa(data, n=n, offset=int(off or 0))
         else:
-            raise ValueError(f"unknown data set {spec!r}; use nq20[:N][@OFFSET] or hotpotqa[:N]")
+            raise ValueError(f"unknown data set {spec!r}; use nq20[:N][@OFFSET] or hotpotqa[:N][@OFFSET]")
     return sets
 
 

@@ -116,25 +116,25 @@ def nq20(data_dir: str | Path, n: int = 150, offset: int = 0, n_docs: int = 20) 
     return out
 
 
-def hotpotqa(data_dir: str | Path, n: int | None = None) -> list[QAExample]:
-    """HotpotQA distractor sample: 10 paragraphs ("Title: t" line + sentences), 2 gold."""
+def hotpotqa(data_dir: str | Path, n: int | None = None, offset: int = 0) -> list[QAExample]:
+    """HotpotQA distractor sample, questions ``offset .. offset + n - 1`` (all from ``offset`` when ``n`` is
+    None): 10 paragraphs ("Title: t" line + sentences), 2 gold."""
     path = _require_file(Path(data_dir) / HOTPOT_RELPATH, "hotpotqa")
     out = []
     with open(path, encoding="utf-8") as fh:
-        for line in fh:
-            if not line.strip():
-                continue
-            r = json.loads(line)
-            titles, sents = r["context"]["title"], r["context"]["sentences"]
-            docs = [_doc(t, "".join(s).strip()) for t, s in zip(titles, sents)]
-            sf = r["supporting_facts"]
-            gold = sorted({titles.index(t) for t in sf["title"] if t in titles})
-            support = [
-                sents[titles.index(t)][k].strip()
-                for t, k in zip(sf["title"], sf["sent_id"])
-                if t in titles and k < len(sents[titles.index(t)])
-            ]
-            out.append(QAExample(r["question"], [r["answer"]], docs, gold, support))
-            if n is not None and len(out) >= n:
-                break
+        rows = [line for line in fh if line.strip()]
+    for line in rows[offset:]:
+        r = json.loads(line)
+        titles, sents = r["context"]["title"], r["context"]["sentences"]
+        docs = [_doc(t, "".join(s).strip()) for t, s in zip(titles, sents)]
+        sf = r["supporting_facts"]
+        gold = sorted({titles.index(t) for t in sf["title"] if t in titles})
+        support = [
+            sents[titles.index(t)][k].strip()
+            for t, k in zip(sf["title"], sf["sent_id"])
+            if t in titles and k < len(sents[titles.index(t)])
+        ]
+        out.append(QAExample(r["question"], [r["answer"]], docs, gold, support))
+        if n is not None and len(out) >= n:
+            break
     return out

@@ -2,10 +2,14 @@
 
 Sentences are scored with a bi-encoder (all-MiniLM-L6-v2 by default; Reimers & Gurevych,
 "Sentence-BERT", EMNLP 2019) combined with their document's relevance, their neighbours' relevance,
-and lexical BM25 over the context's own sentences (Robertson & Zaragoza 2009). The best sentences are
-kept under an exact global budget (the last one may be cut at word level to hit it), in original
-order unless ``reorder=True``. Without a question, sentences are scored by closeness to the
-context's centroid. Weights ``w_*`` = 0 turn a component off (``w_bm25=0`` is the embedding-only variant).
+and lexical BM25 over the context's own sentences (Robertson & Zaragoza 2009). For several documents,
+multi-hop evidence is added: title links (:mod:`.linking`), the best two-document chain each document
+belongs to (:mod:`.chains`), the question's expected answer type (:mod:`.qtype`), and diminishing
+returns for further sentences of one document; a document's title line is kept with its first kept
+sentence. The best sentences are kept under an exact global budget (the last one may be cut at word
+level to hit it), in original order unless ``reorder=True``. Without a question, sentences are scored by
+closeness to the context's centroid. Weights ``w_*`` = 0 turn a component off (``w_bm25=0`` is the
+embedding-only variant).
 """
 
 from __future__ import annotations
@@ -15,9 +19,11 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from .chains import chain_scores, question_coverage, within_doc_rank
 from .lexical import bm25_scores
-from .linking import link_scores
+from .linking import doc_texts, doc_titles, heading_sentences, link_matrix, link_scores, named_in
 from .methods import Plan, register_prompt_method, sentence_priority
+from .qtype import answer_type_scores
 from .segment import Segmentation
 
 
@@ -36,6 +42,13 @@ class Extractive:
     w_link: float = 0.3
     link_k: int = 2
     link_question: bool = True
+    w_chain: float = 0.5  # two-hop chains (prompt/chains.py); 0: off
+    chain_link: float = 1.0
+    chain_named: float = 0.6
+    chain_cover: float = 3.0
+    w_type: float = 0.2  # expected answer type (prompt/qtype.py)
+    doc_decay: float = 0.1  # diminishing returns: minus doc_decay x the sentence's rank within its document
+    keep_titles: bool = True
     reorder: bool = False
     batch_size: int = 16  # small length-sorted batches: least padding, cache-friendly (fastest on 2 CPU cores)
     max_length: int = 128
@@ -52,6 +65,24 @@ def _doc_reduce(values: np.ndarray, doc_of: np.ndarray, n_docs: int) -> np.ndarr
     return out
 
 
+def sentence_docs(seg: Segmentation) -> np.ndarray:
+    """Document id of each sentence."""
+    first = np.r_[0, np.flatnonzero(seg.sent[1:] != seg.sent[:-1]) + 1]
+    return seg.doc[first]
+
+
+def titles_first(scores: np.ndarray, seg: Segmentation) -> np.ndarray:
+    """Give each document's heading line its document's best score, so it is kept just before (ties go to
+    the earlier sentence) the first sentence kept from that document: kept text always says what it is from."""
+    doc_of = sentence_docs(seg)
+    heads = heading_sentences(seg.sentence_texts(), doc_of)
+    best = _doc_reduce(scores, doc_of, len(heads))
+    out = scores.copy()
+    ok = heads >= 0
+    out[heads[ok]] = best[ok]
+    return out
+
+
 class ExtractiveScorer:
     def __init__(self, cfg: Extractive, encoder) -> None:
         self.cfg, self.encoder, self.name = cfg, encoder, cfg.name
@@ -59,8 +90,7 @@ class ExtractiveScorer:
 
     def sentence_scores(self, seg: Segmentation, question: str | None) -> np.ndarray:
         sents = seg.sentence_texts()
-        first = np.r_[0, np.flatnonzero(seg.sent[1:] != seg.sent[:-1]) + 1]
-        doc_of = seg.doc[first]
+        doc_of = sentence_docs(seg)
         n_docs = int(doc_of.max()) + 1
         texts = sents + ([question] if question else [])
         with torch.inference_mode():
@@ -91,7 +121,28 @@ class ExtractiveScorer:
             score = score + c.w_link * link[doc_of]
         if c.w_hop and question and len(sents) > c.hop_k:
             score = score + c.w_hop * self._hop(score, sents, s_emb, question)
+        body = np.ones(len(sents), dtype=bool)
+        heads = heading_sentences(sents, doc_of)
+        body[heads[heads >= 0]] = False
+        if c.w_chain and question and n_docs > 1:
+            score = score + c.w_chain * self._chains(score, sents, doc_of, body, question)[doc_of]
+        if c.w_type and question:
+            score = score + c.w_type * answer_type_scores(question, sents)
+        if c.doc_decay:
+            score = score - c.doc_decay * within_doc_rank(score, doc_of, body)
         return score
+
+    def _chains(self, score, sents, doc_of, body, question) -> np.ndarray:
+        """Per-document two-hop chain score (prompt/chains.py) from the documents' best body sentences."""
+        c = self.cfg
+        n_docs = int(doc_of.max()) + 1
+        relevance = _doc_reduce(np.where(body, score, -np.inf), doc_of, n_docs)
+        relevance = np.where(np.isfinite(relevance), relevance, _doc_reduce(score, doc_of, n_docs))
+        titles = doc_titles(sents, doc_of)
+        links = link_matrix(sents, doc_of, titles)
+        cover = question_coverage(question, doc_texts(sents, doc_of, n_docs))
+        named = named_in(question, titles)
+        return chain_scores(relevance, links, named, cover, c.chain_link, c.chain_named, c.chain_cover)
 
     def _hop(self, score: np.ndarray, sents: list[str], s_emb: np.ndarray, question: str) -> np.ndarray:
         """Second hop (pseudo-relevance feedback): relevance to the question expanded with the ``hop_k``
@@ -104,5 +155,7 @@ class ExtractiveScorer:
 
     def plan(self, seg: Segmentation, question: str | None) -> Plan:
         scores = self.sentence_scores(seg, question)
+        if self.cfg.keep_titles:
+            scores = titles_first(scores, seg)
         priority = sentence_priority(seg, scores)
         return Plan(priority, priority if self.cfg.reorder else None)

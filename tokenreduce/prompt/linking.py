@@ -16,11 +16,11 @@ import re
 import numpy as np
 
 from .lexical import STOPWORDS
+from .segment import ends_sentence
 
 _LABEL = re.compile(r"^\s*(?:#+\s*|(?:title|heading|document|doc)\s*[:\-]\s*)", re.IGNORECASE)
 _PAREN = re.compile(r"\s*\([^)]*\)\s*$")
 _NONWORD = re.compile(r"[^\w]+", re.UNICODE)
-_SENT_END = re.compile(r"[.!?。！？][\"')\]»”’]*$")  # a heading line does not end like a sentence
 MAX_TITLE_WORDS = 12
 
 
@@ -43,18 +43,50 @@ def title_variants(first_line: str) -> list[str]:
     return out
 
 
-def doc_titles(sents: list[str], doc_of: np.ndarray) -> list[list[str]]:
-    """Title variants per document: from its first sentence when that is a heading (no sentence-final
-    punctuation, followed by more text of the same document)."""
+def heading_sentences(sents: list[str], doc_of: np.ndarray) -> np.ndarray:
+    """Per document, the index of its heading sentence (-1 if none): its first sentence when that is short,
+    does not end like a sentence, and is followed by more text of the same document."""
     n_docs = int(doc_of.max()) + 1 if len(doc_of) else 0
-    out: list[list[str]] = [[] for _ in range(n_docs)]
+    out = np.full(n_docs, -1, dtype=np.int64)
     first = np.r_[0, np.flatnonzero(doc_of[1:] != doc_of[:-1]) + 1] if len(doc_of) else np.zeros(0, int)
     for i in first:
         d = int(doc_of[i])
         has_body = i + 1 < len(doc_of) and doc_of[i + 1] == d
-        if has_body and not _SENT_END.search(sents[i]):
-            out[d] = title_variants(sents[i])
+        words = sents[i].split()
+        if has_body and words and not ends_sentence(words[-1]) and len(words) <= MAX_TITLE_WORDS + 1:
+            out[d] = i
     return out
+
+
+def doc_titles(sents: list[str], doc_of: np.ndarray) -> list[list[str]]:
+    """Title variants per document, from its heading sentence (see :func:`heading_sentences`)."""
+    return [title_variants(sents[h]) if h >= 0 else [] for h in heading_sentences(sents, doc_of)]
+
+
+def doc_texts(sents: list[str], doc_of: np.ndarray, n_docs: int) -> list[str]:
+    """Normalized full text of each document (for whole-word title matching)."""
+    texts = [""] * n_docs
+    for s, d in zip(sents, doc_of):
+        texts[int(d)] += " " + s
+    return [_norm(t) for t in texts]
+
+
+def link_matrix(sents: list[str], doc_of: np.ndarray, titles: list[list[str]] | None = None) -> np.ndarray:
+    """(D, D) bool: ``[p, d]`` when document p's text names document d's title (p != d)."""
+    titles = doc_titles(sents, doc_of) if titles is None else titles
+    texts = doc_texts(sents, doc_of, len(titles))
+    out = np.zeros((len(titles), len(titles)), dtype=bool)
+    for d, variants in enumerate(titles):
+        if variants:
+            for p, t in enumerate(texts):
+                out[p, d] = p != d and any(v in t for v in variants)
+    return out
+
+
+def named_in(text: str | None, titles: list[list[str]]) -> np.ndarray:
+    """(D,) bool: the document's title is named in ``text`` (e.g. the question)."""
+    t = _norm(text) if text else None
+    return np.array([t is not None and any(v in t for v in variants) for variants in titles], dtype=bool)
 
 
 def link_scores(
@@ -66,25 +98,14 @@ def link_scores(
     from_question: bool = True,
 ) -> np.ndarray:
     """Per-document link strength in [0, 1]: 1 when the question names the document's title (if
-    ``from_question``), else the
-    largest ``doc_score`` rank weight (1 for the best document, 1/2 for the second, ...) among the ``k``
-    best other documents whose text names it."""
+    ``from_question``), else the largest ``doc_score`` rank weight (1 for the best document, 1/2 for the
+    second, ...) among the ``k`` best other documents whose text names it."""
     titles = doc_titles(sents, doc_of)
-    n_docs = len(titles)
-    texts = [""] * n_docs
-    for s, d in zip(sents, doc_of):
-        texts[int(d)] += " " + s
-    norm_text = [_norm(t) for t in texts]
-    q = _norm(question) if question and from_question else None
+    links = link_matrix(sents, doc_of, titles)
     seeds = np.argsort(-doc_score, kind="stable")[:k]
-    out = np.zeros(n_docs)
-    for d, variants in enumerate(titles):
-        if not variants:
-            continue
-        if q is not None and any(v in q for v in variants):
-            out[d] = 1.0
-            continue
-        for rank, s in enumerate(seeds):
-            if s != d and any(v in norm_text[s] for v in variants):
-                out[d] = max(out[d], 1.0 / (rank + 1))
+    weight = np.zeros(len(titles))
+    weight[seeds] = 1.0 / (np.arange(len(seeds)) + 1)
+    out = (links * weight[:, None]).max(0) if len(titles) else np.zeros(0)
+    if from_question:
+        out[named_in(question, titles)] = 1.0
     return out

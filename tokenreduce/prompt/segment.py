@@ -14,6 +14,19 @@ import numpy as np
 
 _WORD = re.compile(r"\S+")
 _SENT_END = re.compile(r"[.!?。！？][\"')\]»”’]*$")
+# a full stop after these does not end a sentence: initials and dotted abbreviations ("J. R. R. Tolkien",
+# "U.S.", "M.Sc.", "e.g.") and abbreviations that precede a name or a number ("Dr. Lee", "vs. Frazier", "No. 5").
+# The cost: a sentence that really ends in one ("... in the U.S.") merges with the next.
+_ABBREV = re.compile(
+    r"^[(\[\"']*(?:[A-Z]|[A-Za-z]{1,3}(?:\.[A-Za-z]{1,3})+|Mr|Mrs|Ms|Dr|Prof|St|Mt|Ft|Sgt|Capt|Col|Gen|Lt|Gov|Sen|"
+    r"Rep|Rev|Hon|Messrs|vs|v|No|Nos|Vol|pp|cf|approx|ca|Jan|Feb|Mar|Apr|Jun|Jul|Aug|Sep|Sept|Oct|Nov|Dec)\.$"
+)
+
+
+def ends_sentence(word: str) -> bool:
+    """Whether ``word`` (a whitespace-delimited token) ends a sentence: sentence-final punctuation that is
+    not the full stop of an initial or of a common abbreviation."""
+    return bool(_SENT_END.search(word)) and not _ABBREV.match(word)
 
 
 _LIST_ITEM = re.compile(r"[-*•#>|]|\d+[.)]\s")
@@ -95,7 +108,7 @@ def segment(text: str, protected: list[tuple[int, int]], doc_starts: list[int] |
         [False]
         + [
             _line_break(text, int(we[last[p - 1]]), int(wfirst[p]))
-            or bool(_SENT_END.search(text[ws[last[p - 1]] : we[last[p - 1]]]))
+            or ends_sentence(text[ws[last[p - 1]] : we[last[p - 1]]])
             for p in range(1, len(first))
         ]
     )

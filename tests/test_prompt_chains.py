@@ -1,0 +1,164 @@
+"""Two-hop chains, answer-type cues, within-document decay, titles and sentence splitting of the extractive
+prompt compressor, each against a straightforward reference."""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from tokenreduce.prompt.chains import chain_scores, question_coverage, within_doc_rank
+from tokenreduce.prompt.lexical import terms
+from tokenreduce.prompt.linking import heading_sentences, link_matrix, named_in
+from tokenreduce.prompt.qtype import answer_type, answer_type_scores
+from tokenreduce.prompt.segment import ends_sentence, segment
+
+DOCS = [
+    "Title: Night Harbour\nNight Harbour is a 1999 drama film directed by Ewan Calder. It was shot in Leith.",
+    "Title: Ewan Calder (director)\nEwan Calder is a film maker. He was born in Bergen, Norway, in 1950.",
+    "Title: Grey Lantern\nGrey Lantern is a 2003 comedy film about a lighthouse keeper.",
+    "Title: Leith\nLeith is a port district to the north of the centre of Edinburgh.",
+]
+
+
+def _sents(docs):
+    seg = segment("\n\n".join(docs), [])
+    first = np.r_[0, np.flatnonzero(seg.sent[1:] != seg.sent[:-1]) + 1]
+    return seg.sentence_texts(), seg.doc[first]
+
+
+def test_question_coverage_matches_set_reference():
+    q = "Which drama film directed by Ewan Calder was shot in a port district?"
+    texts = [" ".join(_sents([d])[0]) for d in DOCS]
+    got = question_coverage(q, texts)
+    qt = set(terms(q))
+    sets = [set(terms(t)) & qt for t in texts]
+    idf = {t: math.log(1 + len(texts) / (1 + sum(t in s for s in sets))) for t in qt}
+    for p, d in itertools.product(range(len(texts)), repeat=2):
+        want = sum(idf[t] for t in sets[p] | sets[d]) / sum(idf.values())
+        assert got[p, d] == pytest.approx(want)
+    assert question_coverage("the of and", texts).sum() == 0  # no content terms: no coverage
+    assert got[0, 3] > max(got[0, 0], got[3, 3])  # the pair covers more than either alone
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(2, 6).flatmap(lambda n: st.tuples(st.just(n), st.integers(0, 2**31 - 1))))
+def test_chain_scores_match_pair_loop(args):
+    n, seed = args
+    rng = np.random.default_rng(seed)
+    rel, named = rng.normal(size=n), rng.random(n) < 0.3
+    links, cover = rng.random((n, n)) < 0.3, rng.random((n, n))
+    cover = (cover + cover.T) / 2
+    got = chain_scores(rel, links, named, cover, 1.0, 0.6, 3.0)
+    for d in range(n):
+        want = max(
+            rel[p] + 0.6 * named[p] + rel[d] + 0.6 * named[d] + 1.0 * (links[p, d] or links[d, p]) + 3.0 * cover[p, d]
+            for p in range(n)
+            if p != d
+        )
+        assert got[d] == pytest.approx(want)
+    assert chain_scores(np.array([0.4]), np.zeros((1, 1), bool), np.array([True]), np.zeros((1, 1)), 1, 0.6, 3)[
+        0
+    ] == pytest.approx(1.0)
+
+
+def test_chain_lifts_the_linked_bridge_document():
+    rel = np.array([1.0, 0.2, 0.5, 0.45])  # 0 answers the first hop; 1 is the bridge, named only by 0
+    links = np.zeros((4, 4), bool)
+    links[0, 1] = True
+    zero = np.zeros((4, 4))
+    plain = chain_scores(rel, np.zeros((4, 4), bool), np.zeros(4, bool), zero, 1.0, 0.6, 0.0)
+    chained = chain_scores(rel, links, np.zeros(4, bool), zero, 1.0, 0.6, 0.0)
+    assert np.argsort(-plain)[1] != 1 and np.argsort(-chained)[1] == 1
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 3), st.floats(-5, 5), st.booleans()), min_size=1, max_size=25))
+def test_within_doc_rank_matches_loop(rows):
+    docs = np.array(sorted(r[0] for r in rows))
+    scores = np.array([r[1] for r in rows])
+    ok = np.array([r[2] for r in rows])
+    got = within_doc_rank(scores, docs, ok)
+    for i in range(len(rows)):
+        if not ok[i]:
+            assert got[i] == 0
+            continue
+        same = [j for j in range(len(rows)) if ok[j] and docs[j] == docs[i]]
+        assert got[i] == sum(scores[j] > scores[i] or (scores[j] == scores[i] and j < i) for j in same)
+
+
+def test_links_and_names():
+    sents, doc_of = _sents(DOCS)
+    links = link_matrix(sents, doc_of)
+    assert links[0, 1] and links[0, 3] and links.sum() == 2  # Night Harbour names Ewan Calder and Leith
+    assert list(named_in("Who directed Night Harbour?", [[" night harbour "], [], [" leith "]])) == [True, False, False]
+    assert list(heading_sentences(sents, doc_of)) == [0, 3, 6, 8]
+
+
+def test_answer_type():
+    assert answer_type("When was the tower built?") == "date"
+    assert answer_type("In what year was she born?") == "date"
+    assert answer_type("How many people live there?") == "number"
+    assert answer_type("Who directed it?") is None and answer_type(None) is None
+    sents = ["It opened in 1999.", "It opened in May.", "It has 3 floors.", "Built in 1900 by Ann."]
+    np.testing.assert_array_equal(answer_type_scores("When after 1900 did it open?", sents), [1, 1, 0, 0])
+    np.testing.assert_array_equal(answer_type_scores("How many floors after 1999?", sents), [0, 0, 1, 1])
+    np.testing.assert_array_equal(answer_type_scores("Who built it?", sents), [0, 0, 0, 0])
+
+
+def test_initials_and_abbreviations_do_not_end_sentences():
+    for w in ("J.", "U.S.", "M.Sc.", "Ph.D.", "Dr.", "vs.", "e.g.", "(M."):
+        assert not ends_sentence(w), w
+    for w in ("end.", "1998.", "it.)", '"Alien."', "Now!", "why?"):
+        assert ends_sentence(w), w
+    text = "It is the third volume of J. R. R. Tolkien's novel. Ali vs. Ellis was held in 1971. Done."
+    assert segment(text, []).sentence_texts() == [
+        "It is the third volume of J. R. R. Tolkien's novel.",
+        "Ali vs. Ellis was held in 1971.",
+        "Done.",
+    ]
+
+
+@pytest.fixture(scope="module")
+def extractive():
+    from tokenreduce.prompt import PromptCompressor
+
+    return PromptCompressor("extractive")
+
+
+UNRELATED_TITLES = [
+    "Title: Appendix C\nEwan Calder was born in Bergen, Norway, in 1950. He studied painting in Oslo.",
+    "Title: Misc notes\nThe harbour of Leith is busy. Ferries leave every hour for the islands.",
+    "Title: Other\nGrey Lantern is a comedy film about a lighthouse keeper and his dog.",
+]
+
+
+@pytest.mark.parametrize("keep_titles", [True, False])
+def test_kept_documents_keep_their_titles(extractive, keep_titles):
+    from tokenreduce.prompt import PromptCompressor
+
+    comp = PromptCompressor("extractive", tokenizer=extractive.counter, keep_titles=keep_titles)
+    comp.scorer.encoder = extractive.scorer.encoder
+    starts = np.cumsum([0] + [len(d) + 2 for d in UNRELATED_TITLES[:-1]])
+    missing = 0
+    for rate in (0.7, 0.5, 0.3):
+        kept = comp(UNRELATED_TITLES, "Where was Ewan Calder born?", rate=rate).char_mask()
+        for s, d in zip(starts, UNRELATED_TITLES):
+            t = len(d.split("\n", 1)[0])
+            # something of the body survives, but not the whole title line
+            missing += bool(kept[s + t + 1 : s + len(d)].any() and not kept[s : s + t].all())
+    assert (missing == 0) == keep_titles  # titles that say nothing about the question survive only with the rule
+
+
+def test_decay_keeps_order_within_a_single_document(extractive):
+    from tokenreduce.prompt import PromptCompressor
+
+    off = PromptCompressor("extractive", tokenizer=extractive.counter, doc_decay=0.0)
+    text = " ".join(DOCS[i].split("\n", 1)[1] for i in range(4))  # one document, no title
+    q = "Where was Ewan Calder born?"
+    for rate in (0.6, 0.3):
+        assert extractive(text, q, rate=rate).text == off(text, q, rate=rate).text
