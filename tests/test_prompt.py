@@ -144,7 +144,7 @@ def test_bad_input(first, kwargs, match):
 def test_unknown_method_and_param():
     with pytest.raises(ValueError, match="unknown prompt method"):
         compress_prompt(TEXT, rate=0.5, method="nope")
-    with pytest.raises(ValueError, match="no parameter"):
+    with pytest.raises(ValueError, match="unknown parameter"):
         compress_prompt(TEXT, rate=0.5, method="random", temperature=2)
 
 

@@ -44,7 +44,7 @@ class Registry(Generic[T]):
 
     def make(self, spec: str | T, **params: Any) -> T:
         """An instance from a name and keyword parameters (an instance passes through unchanged)."""
-        if isinstance(spec, self.base):
+        if not isinstance(spec, str) and isinstance(spec, self.base):
             if params:
                 raise ParamError(f"pass parameters either in the {self.kind} object or as keywords, not both")
             return spec

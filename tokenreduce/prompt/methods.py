@@ -8,14 +8,15 @@ priority (most important first) and optionally an output order. The budget contr
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import numpy as np
 
+from ..registry import Registry
 from .segment import Segmentation
 
-_METHODS: dict[str, type] = {}
+REGISTRY: Registry[Any] = Registry("prompt method", object)
 
 
 @dataclass(frozen=True)
@@ -32,25 +33,18 @@ class Scorer(Protocol):
 
 
 def register_prompt_method(cls: type) -> type:
-    _METHODS[cls.name] = cls
-    return cls
+    """Class decorator registering a method config under its ``name``."""
+    return REGISTRY.register(cls.name)(cls)
 
 
 def prompt_methods() -> list[str]:
     """Names of the registered prompt-compression methods."""
-    return sorted(_METHODS)
+    return REGISTRY.names()
 
 
 def make_prompt_method(name: str, **params: Any):
     """The config dataclass of method ``name``; unknown names or parameters raise ``ValueError``."""
-    if name not in _METHODS:
-        raise ValueError(f"unknown prompt method {name!r}; available: {', '.join(prompt_methods())}")
-    cls = _METHODS[name]
-    valid = {f.name for f in fields(cls)}
-    bad = sorted(set(params) - valid)
-    if bad:
-        raise ValueError(f"method {name!r} has no parameter(s) {bad}; valid: {', '.join(sorted(valid))}")
-    return cls(**params)
+    return REGISTRY.make(name, **params)
 
 
 def sentence_priority(seg: Segmentation, sent_scores: np.ndarray) -> np.ndarray:
