@@ -57,6 +57,9 @@ def patch(model: nn.Module, method: str | Method, *, restore_length: bool = True
     pruned), so mean pooling over the usual attention mask equals size-weighted pooling over
     groups. Returns the model. Raises before changing anything if the model is already patched,
     unsupported, or the parameters are invalid.
+
+    Vision-language models (LLaVA, LLaVA-NeXT, Qwen2-VL/2.5-VL) take the visual-token methods of
+    :mod:`tokenreduce.vlm` instead (``fastervlm``, ``fastv``, ...), attached as forward hooks.
     """
     if getattr(model, _ATTR, None) is not None:
         raise RuntimeError("model is already patched; call tokenreduce.unpatch(model) first")
