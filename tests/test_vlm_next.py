@@ -23,14 +23,8 @@ INSIDE = ["fastv", "pdrop", "text-guided"]
 SIZES = ((30, 60), (50, 20), (40, 28))
 
 
-@dataclass(frozen=True)
-class GuidedFasterVLM(FasterVLM):
-    thumbnail_guidance: bool = True
-
-
-@dataclass(frozen=True)
-class GuidedVisionZip(VisionZip):
-    thumbnail_guidance: bool = True
+GuidedFasterVLM = functools.partial(FasterVLM, thumbnail_guidance=True)
+GuidedVisionZip = functools.partial(VisionZip, thumbnail_guidance=True)
 
 
 @pytest.fixture(scope="module")
@@ -397,3 +391,11 @@ def test_errors_are_clear(model, inputs):
     x = {k: v for k, v in inputs.items() if k != "image_sizes"}
     with tokenreduce.patched(model, "fastervlm", keep=0.5), pytest.raises(ValueError, match="image_sizes"):
         model(**x)
+
+
+def test_thumbnail_guidance_is_a_keyword_of_cls_methods_only(model):
+    with tokenreduce.patched(model, "fastervlm", keep=0.25, thumbnail_guidance=True):
+        assert tokenreduce.patch_info(model).method.thumbnail_guidance
+    with pytest.raises(TypeError, match="unknown parameter"):
+        tokenreduce.patch(model, "visual-pool", keep=0.25, thumbnail_guidance=True)
+    assert tokenreduce.patch_info(model) is None

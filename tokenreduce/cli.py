@@ -124,11 +124,15 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _cmd_methods() -> int:
-    for name in list_methods():
-        cls = REGISTRY.get(name)
-        params = ", ".join(f"{f.name}={f.default!r}" for f in fields(cls))
-        doc = (cls.__doc__ or "").strip().splitlines()[0]
-        print(f"{name:12s} {doc}\n{'':12s} params: {params}")
+    from .vlm.methods import REGISTRY as VLM
+
+    for title, reg in (("encoder methods", REGISTRY), ("vision-language (visual-token) methods", VLM)):
+        print(f"# {title}")
+        for name in reg.names():
+            cls = reg.get(name)
+            params = ", ".join(f"{f.name}={f.default!r}" for f in fields(cls))
+            doc = " ".join((cls.__doc__ or "").strip().split("\n\n")[0].split())
+            print(f"{name:13s} {doc}\n{'':13s} params: {params}")
     return 0
 
 

@@ -64,8 +64,6 @@ REGISTRY: Registry[VisualMethod] = Registry("visual-token method", VisualMethod)
 
 @dataclass(frozen=True)
 class BeforeMethod(VisualMethod):
-    thumbnail_guidance: bool = False  # LLaVA-NeXT, [CLS] methods: crop budgets follow the thumbnail (next.py)
-
     def reduce(self, emb: Tensor, grid: tuple[int, int], cls: Tensor | None, k: int) -> tuple[Tensor, Tensor]:
         raise NotImplementedError  # pragma: no cover
 
@@ -76,6 +74,7 @@ class FasterVLM(BeforeMethod):
     """FasterVLM (Zhang et al., "[CLS] Attention is All You Need for Training-Free Visual Token Pruning",
     arXiv 2412.01818): keep the tokens the vision tower's [CLS] attends to most in the feature layer."""
 
+    thumbnail_guidance: bool = False  # LLaVA-NeXT: crop budgets follow the thumbnail's attention (next.py)
     name: ClassVar[str] = "fastervlm"
     needs_cls: ClassVar[bool] = True
 
@@ -94,6 +93,7 @@ class VisionZip(BeforeMethod):
     """
 
     dominant: float = 54 / 64
+    thumbnail_guidance: bool = False  # LLaVA-NeXT: crop budgets follow the thumbnail's attention (next.py)
     name: ClassVar[str] = "visionzip"
     needs_cls: ClassVar[bool] = True
 
