@@ -33,12 +33,14 @@ def test_keep_one_is_exact_and_restores_attention(model, name):
     assert model.config._attn_implementation == "sdpa"
 
 
-def test_equal_split_matches_dense_snapkv(model):
-    """AdaKV with every head guaranteed its even share keeps exactly SnapKV's entries: the ragged
-    attention path must then reproduce the dense SDPA path."""
+@pytest.mark.parametrize("kernel", [1, 5])
+def test_equal_split_matches_dense_snapkv(model, kernel):
+    """AdaKV with every head guaranteed its even share keeps exactly SnapKV's entries (with the same
+    window and pooling kernel): the ragged attention path must then reproduce the dense SDPA path."""
     ids, mask, q = _batch()
-    dense = generate_ids(model, ids, mask, q, make_press("snapkv", keep=0.3, window=8), max_new_tokens=5)
-    ragged = generate_ids(model, ids, mask, q, make_press("adakv", keep=0.3, window=8, min_share=1.0),
+    dense = generate_ids(model, ids, mask, q, make_press("snapkv", keep=0.3, window=8, kernel=kernel),
+                         max_new_tokens=5)
+    ragged = generate_ids(model, ids, mask, q, make_press("adakv", keep=0.3, window=8, kernel=kernel, min_share=1.0),
                           max_new_tokens=5)
     assert torch.equal(dense, ragged)
 

@@ -17,7 +17,7 @@ from . import cache as kvc
 from .data import Sample
 from .generate import Session, greedy
 from .hooks import attention_modules, compress_layer
-from .presses.base import Press
+from .presses.base import Press, label
 from .ragged import ragged_attention_for
 
 
@@ -54,6 +54,7 @@ def press_cache(model: nn.Module, pre: Prefill, press: Press | None):
     cache = kvc.clone(pre.cache)
     if press is None:
         return cache
+    press.check_model(model)
     mods = attention_modules(model)
     valid = torch.ones(1, pre.n, dtype=torch.bool)
     prefix = None
@@ -93,7 +94,7 @@ def quality_rows(model, tokenizer, samples: list[Sample], needles: list[Sample],
     acc: dict[tuple[str, float], dict[str, list[float]]] = {}
 
     def add(press, key, value):
-        name, keep = ("full", 1.0) if press is None else (press.name, float(press.keep))
+        name, keep = ("full", 1.0) if press is None else (label(press), float(press.keep))
         acc.setdefault((name, keep), {}).setdefault(key, []).append(value)
 
     everyone = [None, *presses]
@@ -165,7 +166,7 @@ def speed_rows(model, ids: Tensor, presses: list[Press], steps: int = 16, repeat
             dec = peak_memory(_decoder(model, pre, cache, steps))["peak_bytes"]
         pf = peak_memory(lambda p=p: generate_ids(model, ids, press=p, max_new_tokens=1))["peak_bytes"]
         rows.append({
-            "press": p.name, "keep": float(p.keep), "tokens": ids.shape[1],
+            "press": label(p), "keep": float(p.keep), "tokens": ids.shape[1],
             "kv_bytes_ratio": kvc.kv_bytes(cache) / kvc.kv_bytes(full),
             "decode_ms_per_token_full": 1e3 * tb.median_s / steps, "decode_ms_per_token": 1e3 * tp.median_s / steps,
             "decode_time_ratio": tp.median_s / tb.median_s,

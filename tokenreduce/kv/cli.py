@@ -8,9 +8,11 @@ import sys
 from pathlib import Path
 
 from ..bench.report import format_table, machine_info
-from .presses.base import make_press, presses
+from .presses.base import label, parse_press, presses
 
-DEFAULT_PRESSES = "streaming_llm,snapkv,tova,h2o,key_norm,keyformer,adakv,pyramidkv"
+DEFAULT_PRESSES = ("streaming_llm,snapkv,snapkv:kernel=11,tova,h2o,keyformer,key_norm,adakv,adakv:kernel=11,"
+                   "adakv:window=256:kernel=1,pyramidkv,zipcache:keep=1.0:bits=8,zipcache:keep=1.0:bits=4,"
+                   "zipcache:keep=1.0:bits=4:salient=0.0,zipcache")
 QUALITY_COLS = ["press", "keep", "kv_bytes_ratio", "kl_mean", "ppl", "passkey_agnostic", "passkey_aware"]
 SPEED_COLS = ["press", "keep", "tokens", "kv_bytes_ratio", "decode_ms_per_token_full", "decode_ms_per_token",
               "decode_time_ratio", "decode_peak_ratio", "prefill_peak_ratio"]
@@ -22,8 +24,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--data-dir", help="shared data dir with needle_haystack_paul_graham/ (default: auto, else "
                                       "Python's own docs)")
     p.add_argument("--no-data", action="store_true", help="use Python's docs even if the shared data is found")
-    p.add_argument("--presses", default=DEFAULT_PRESSES, help=f"comma list (random is always added); "
-                                                              f"available: {','.join(presses())}")
+    p.add_argument("--presses", default=DEFAULT_PRESSES, help=f"comma list of name or name:param=value:... "
+                                                              f"(a keep=... there overrides --keep; random is "
+                                                              f"always added); available: {','.join(presses())}")
     p.add_argument("--keep", default="0.25", help="comma list of kept fractions in (0, 1]")
     p.add_argument("--samples", type=int, default=8, help="continuation (KL/ppl) samples")
     p.add_argument("--passkey-samples", type=int, default=8)
@@ -47,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         keeps = [float(k) for k in args.keep.split(",") if k]
         names = ["random", *[n for n in args.presses.split(",") if n and n != "random"]]
-        plist = [make_press(n, keep=k) for k in keeps for n in names]
+        plist = list({(label(p), p.keep): p for k in keeps for p in (parse_press(n, k) for n in names)}.values())
     except (ValueError, TypeError) as e:
         return _error(str(e))
     if args.length < 128 or args.cont < 2 or args.samples < 0 or args.passkey_samples < 0:
@@ -86,7 +89,8 @@ def main(argv: list[str] | None = None) -> int:
     out = {"quality": rows, "source": source, "args": vars(args), "machine": machine_info()}
     if args.timing:
         ids = (samples or needles)[0].context
-        speed = speed_rows(model, ids, [p for p in plist if p.keep == keeps[0]])
+        fixed = {label(parse_press(n, keeps[0])) for n in names if ":keep=" in f":{n}"}  # keep set in the spec
+        speed = speed_rows(model, ids, [p for p in plist if p.keep == keeps[0] or label(p) in fixed])
         print(f"\nspeed/memory vs full cache, same process ({ids.shape[1]} tokens, decode 16 tokens, interleaved)")
         print(format_table(speed, SPEED_COLS))
         out["speed"] = speed

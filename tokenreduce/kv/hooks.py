@@ -36,7 +36,12 @@ def compress_layer(press: Press, cache, module: nn.Module, n_layers: int, hidden
         kvc.replace_layer(cache, idx, build_ragged(keys, values, select_ragged(scores, valid, keep, press.min_share)))
         return torch.ones(keys.shape[0], kvc.seq_length(cache, 0), dtype=torch.bool, device=keys.device)
     kept, prefix_mask = select(scores, valid, keep)
-    kvc.set_layer_kv(cache, idx, gather(keys, kept), gather(values, kept))
+    keys, values = gather(keys, kept), gather(values, kept)
+    layer = press.build_layer(keys, values, scores.gather(-1, kept), prefix_mask)
+    if layer is None:
+        kvc.set_layer_kv(cache, idx, keys, values)
+    else:
+        kvc.replace_layer(cache, idx, layer)
     return prefix_mask
 
 
@@ -111,8 +116,7 @@ def apply_press(model: nn.Module, press: Press):
     """Compress the KV cache after prefill inside the ``with`` block; yields the :class:`PressRunner`."""
     if not isinstance(press, Press):
         raise TypeError(f"press must be a Press (see tokenreduce.kv.make_press), got {type(press).__name__}")
-    if press.needs_eager and model.config._attn_implementation != "eager":
-        raise ValueError(f"{press.name} needs eager attention: load the model with attn_implementation='eager'")
+    press.check_model(model)
     runner = PressRunner(model, press)
     handles = [model.register_forward_pre_hook(runner.pre_forward, with_kwargs=True)]
     handles += [m.register_forward_hook(runner.after_attention, with_kwargs=True) for m in runner.modules]

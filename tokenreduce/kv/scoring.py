@@ -33,20 +33,21 @@ def window_queries(attn: nn.Module, hidden: Tensor, cos: Tensor, sin: Tensor) ->
 
 
 def window_logits(
-    queries: Tensor, keys: Tensor, scaling: float, valid: Tensor | None = None, q_offset: int | None = None
+    queries: Tensor, keys: Tensor, scaling: float, valid: Tensor | None = None, q_offset: int | None = None,
+    positions: Tensor | None = None,
 ) -> Tensor:
     """Masked attention logits (B, H, w, N) of ``queries`` (B, H, w, D) over ``keys`` (B, Hkv, N, D).
 
     The w queries are the last w positions of the sequence (causal: query i sees keys <= N - w + i,
-    or ``q_offset + i`` when given). ``valid`` (B, N) marks real (non-padding) keys. GQA: each query
-    head attends to its KV head, as in the model.
+    or ``q_offset + i`` when given, or ``positions[i]`` (w,) for scattered queries). ``valid`` (B, N)
+    marks real (non-padding) keys. GQA: each query head attends to its KV head, as in the model.
     """
     b, h, w, d = queries.shape
     hkv, n = keys.shape[1], keys.shape[2]
     q = queries.view(b, hkv, h // hkv, w, d)
     logits = torch.einsum("bgqwd,bgnd->bgqwn", q.to(keys.dtype), keys).float() * scaling
     start = n - w if q_offset is None else q_offset
-    pos_q = torch.arange(w, device=keys.device) + start
+    pos_q = torch.arange(w, device=keys.device) + start if positions is None else positions.to(keys.device)
     masked = torch.arange(n, device=keys.device)[None, :] > pos_q[:, None]  # (w, N)
     logits = logits.masked_fill(masked, float("-inf"))
     if valid is not None:
@@ -55,10 +56,12 @@ def window_logits(
 
 
 def window_attention(
-    queries: Tensor, keys: Tensor, scaling: float, valid: Tensor | None = None, q_offset: int | None = None
+    queries: Tensor, keys: Tensor, scaling: float, valid: Tensor | None = None, q_offset: int | None = None,
+    positions: Tensor | None = None,
 ) -> Tensor:
     """Softmax attention rows (B, H, w, N); see :func:`window_logits` (fully masked rows give zeros)."""
-    return torch.softmax(window_logits(queries, keys, scaling, valid, q_offset), dim=-1).nan_to_num_(0.0)
+    logits = window_logits(queries, keys, scaling, valid, q_offset, positions)
+    return torch.softmax(logits, dim=-1).nan_to_num_(0.0)
 
 
 def column_mass(

@@ -81,6 +81,17 @@ class Press:
         """Fraction kept in ``layer`` (constant; PyramidKV overrides)."""
         return float(self.keep)
 
+    def check_model(self, model: nn.Module) -> None:
+        """Raise ValueError if this press cannot run on ``model`` (called before any compute)."""
+        if self.needs_eager and model.config._attn_implementation != "eager":
+            raise ValueError(f"{self.name} needs eager attention: load the model with attn_implementation='eager'")
+
+    def build_layer(self, keys: Tensor, values: Tensor, scores: Tensor, valid: Tensor) -> Any:
+        """Custom storage for a layer's kept entries (B, Hkv, L, D) (None = plain dense tensors).
+
+        ``scores`` (B, Hkv, L) are the kept entries' scores, ``valid`` (B, L) marks real ones."""
+        return None
+
     @property
     def ragged(self) -> bool:
         """True if budgets differ between layers or heads (needs ragged storage)."""
@@ -117,3 +128,33 @@ def make_press(press: str | Press, **params: Any) -> Press:
     if unknown:
         raise TypeError(f"{press}: unknown parameter(s) {sorted(unknown)}; valid: {sorted(allowed)}")
     return cls(**params)
+
+
+def parse_press(spec: str, keep: float) -> Press:
+    """A press from ``"name"`` or ``"name:param=value:param=value"`` (values parsed as int, float or str);
+    a ``keep`` in the spec overrides the one given."""
+    name, *pairs = spec.split(":")
+    params: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        if not sep or not key:
+            raise ValueError(f"press spec {spec!r}: expected name:param=value, got {pair!r}")
+        params[key] = _value(raw)
+    params.setdefault("keep", keep)
+    return make_press(name, **params)
+
+
+def _value(raw: str) -> Any:
+    for cast in (int, float):
+        try:
+            return cast(raw)
+        except ValueError:
+            pass
+    return raw
+
+
+def label(press: Press) -> str:
+    """The press's name plus its non-default parameters other than ``keep``, e.g. ``snapkv(kernel=11)``."""
+    changed = [f"{f.name}={getattr(press, f.name)}" for f in fields(press)
+               if f.name != "keep" and getattr(press, f.name) != f.default]
+    return f"{press.name}({','.join(changed)})" if changed else press.name

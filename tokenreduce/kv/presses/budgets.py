@@ -37,9 +37,9 @@ class _Budgeted(Press):
         self._inner()  # validates the scorer name
 
     def _inner(self) -> Press:
-        if self.scorer in ("snapkv", "keyformer"):
-            return make_press(self.scorer, keep=self.keep, window=self.window)
-        return make_press(self.scorer, keep=self.keep)
+        """The dense scorer, with this press's window/kernel where the scorer has them."""
+        params = {"snapkv": {"window": self.window, "kernel": self.kernel}, "keyformer": {"window": self.window}}
+        return make_press(self.scorer, keep=self.keep, **params.get(self.scorer, {}))
 
     def score(self, view: LayerView) -> Tensor:
         return self._inner().score(view)

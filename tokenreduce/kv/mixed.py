@@ -1,0 +1,85 @@
+"""Mixed-precision KV storage: salient prefix entries in full precision, the rest as 8/4-bit codes.
+
+:class:`MixedLayer` holds a compressed prefix of L entries per (sequence, KV head): S salient ones
+(positions ``idx``) in the cache dtype and L - S quantized ones (:mod:`tokenreduce.kv.quant`), plus
+the tokens fed after compression in full precision (like ZipCache's and KIVI's full-precision recent
+tokens). Attention gets dense tensors: the prefix is dequantized into its original order on every
+``update`` and dropped after the forward, so only the compact form is held between steps. Any
+attention implementation (SDPA, flash, eager) keeps working.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+from transformers.cache_utils import DynamicLayer
+
+from .quant import QTensor, dequantize, quantize
+from .select import row_budgets
+
+
+def salient_positions(scores: Tensor, valid: Tensor, share: float) -> Tensor:
+    """Sorted positions (B, Hkv, S) of the salient entries: each row's best ``ceil(share * n_b)`` real
+    entries per head, filled up to the batch's common S with the row's padding entries (masked anyway),
+    so a row's real entries get the same precision as when the row is alone."""
+    k = row_budgets(valid, share) if share > 0 else torch.zeros(valid.shape[0], dtype=torch.long, device=valid.device)
+    s = int(k.max()) if k.numel() else 0
+    masked = scores.float().masked_fill(~valid[:, None, :], float("-inf"))
+    order = masked.sort(dim=-1, descending=True, stable=True).indices
+    pos = torch.arange(scores.shape[-1], device=scores.device).expand_as(order)
+    rank = torch.empty_like(order).scatter_(-1, order, pos)  # rank of each entry by score
+    top = valid[:, None, :] & (rank < k[:, None, None])
+    priority = torch.where(top, 2.0, torch.where(valid[:, None, :], 0.0, 1.0))  # best real, padding, other real
+    idx = priority.sort(dim=-1, descending=True, stable=True).indices[..., :s]
+    return idx.sort(-1).values
+
+
+class MixedLayer(DynamicLayer):
+    """A compressed prefix (full-precision salient entries + quantized rest) and a full-precision tail."""
+
+    def __init__(self, keys: Tensor, values: Tensor, idx: Tensor, bits: int, group: int):
+        super().__init__()
+        b, h, n, d = keys.shape
+        salient = torch.zeros(b, h, n, dtype=torch.bool, device=keys.device).scatter_(-1, idx, True)
+        self.n, self.dtype, self.idx = n, keys.dtype, idx.to(torch.int32)
+        self.kf, self.vf = (x.gather(2, idx[..., None].expand(b, h, idx.shape[-1], d)) for x in (keys, values))
+        rest = ~salient
+        self.kq: QTensor = quantize(keys[rest].view(b, h, n - idx.shape[-1], d), bits, group)
+        self.vq: QTensor = quantize(values[rest].view(b, h, n - idx.shape[-1], d), bits, group)
+        self.keys, self.values = keys[..., :0, :], values[..., :0, :]  # tokens fed after compression
+        self.device, self.is_initialized = keys.device, True
+
+    def prefix(self) -> tuple[Tensor, Tensor]:
+        """The prefix's keys and values (B, Hkv, L, D), dequantized into their original order."""
+        b, h, s, d = self.kf.shape
+        salient = torch.zeros(b, h, self.n, dtype=torch.bool, device=self.device).scatter_(-1, self.idx.long(), True)
+        out = []
+        for full, q in ((self.kf, self.kq), (self.vf, self.vq)):
+            x = torch.empty(b, h, self.n, d, dtype=self.dtype, device=self.device)
+            x[salient] = full.reshape(-1, d)
+            x[~salient] = dequantize(q, self.dtype).reshape(-1, d)
+            out.append(x)
+        return out[0], out[1]
+
+    def update(self, key_states: Tensor, value_states: Tensor, *args, **kwargs) -> tuple[Tensor, Tensor]:
+        self.keys = torch.cat([self.keys, key_states], dim=-2)
+        self.values = torch.cat([self.values, value_states], dim=-2)
+        k, v = self.prefix()
+        return torch.cat([k, self.keys], dim=-2), torch.cat([v, self.values], dim=-2)
+
+    def dense_kv(self) -> tuple[Tensor, Tensor]:
+        k, v = self.prefix()
+        return torch.cat([k, self.keys], dim=-2), torch.cat([v, self.values], dim=-2)
+
+    def get_seq_length(self) -> int:
+        return self.n + self.keys.shape[-2]
+
+    def nbytes(self) -> int:
+        full = sum(t.numel() * t.element_size() for t in (self.kf, self.vf, self.idx, self.keys, self.values))
+        return full + self.kq.nbytes() + self.vq.nbytes()
+
+    def crop(self, tokens_to_remove: int) -> None:
+        raise NotImplementedError("cropping a mixed-precision KV layer is not supported")
+
+    def reorder_cache(self, beam_idx):
+        raise NotImplementedError("beam search is not supported with mixed-precision KV storage")

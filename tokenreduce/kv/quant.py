@@ -1,0 +1,73 @@
+"""Asymmetric integer quantization of KV entries in groups along the head dimension (pure tensor functions).
+
+Each entry's D channels are split into groups of ``group``; a group stores ``bits``-bit codes
+``round((x - zero) / scale)`` with its own float16 ``scale`` and ``zero`` (= the group minimum), so a
+token's error does not depend on any other token (per-token groups keep batch rows independent).
+4-bit codes are packed two per byte, so the stored bytes really shrink: per entry
+``D * bits / 8`` bytes of codes + ``2 * (D / group) * 2`` bytes of float16 parameters.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+BITS = (4, 8)
+PARAM_DTYPE = torch.float16
+
+
+@dataclass(frozen=True)
+class QTensor:
+    """Codes (..., D * bits / 8) uint8 and per-group ``scale``/``zero`` (..., D / group) of a quantized tensor."""
+
+    codes: Tensor
+    scale: Tensor
+    zero: Tensor
+    bits: int
+    group: int
+
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in (self.codes, self.scale, self.zero))
+
+
+def check(bits: int, group: int, dim: int | None = None) -> None:
+    """Raise ValueError for unsupported ``bits``/``group`` (and a head dimension ``dim`` the groups do not divide)."""
+    if bits not in BITS:
+        raise ValueError(f"bits must be one of {BITS}, got {bits!r}")
+    if not isinstance(group, int) or group < 2 or group % 2:
+        raise ValueError(f"group must be an even int >= 2, got {group!r}")
+    if dim is not None and dim % group:
+        raise ValueError(f"group {group} does not divide the head dimension {dim}")
+
+
+def pack4(codes: Tensor) -> Tensor:
+    """(..., 2k) uint8 codes < 16 -> (..., k) bytes: even channels in the low nibble, odd ones in the high nibble."""
+    return codes[..., 0::2] | (codes[..., 1::2] << 4)
+
+
+def unpack4(packed: Tensor) -> Tensor:
+    """Inverse of :func:`pack4`."""
+    return torch.stack([packed & 0x0F, packed >> 4], dim=-1).flatten(-2)
+
+
+def quantize(x: Tensor, bits: int, group: int) -> QTensor:
+    """Quantize ``x`` (..., D) with one (scale, zero) per ``group`` consecutive channels."""
+    check(bits, group, x.shape[-1])
+    qmax = (1 << bits) - 1
+    g = x.float().unflatten(-1, (-1, group))  # (..., D/group, group)
+    lo, hi = g.amin(-1), g.amax(-1)
+    zero = lo.to(PARAM_DTYPE)
+    scale = ((hi - lo) / qmax).to(PARAM_DTYPE)
+    scale = torch.where(scale > 0, scale, torch.ones_like(scale))  # constant group: every code is 0
+    codes = ((g - zero.float()[..., None]) / scale.float()[..., None]).round_().clamp_(0, qmax).to(torch.uint8)
+    codes = codes.flatten(-2)
+    return QTensor(pack4(codes) if bits == 4 else codes, scale, zero, bits, group)
+
+
+def dequantize(q: QTensor, dtype: torch.dtype = torch.float32) -> Tensor:
+    """The (..., D) tensor a :class:`QTensor` stands for."""
+    codes = unpack4(q.codes) if q.bits == 4 else q.codes
+    g = codes.unflatten(-1, (-1, q.group)).float()
+    return (g * q.scale.float()[..., None] + q.zero.float()[..., None]).flatten(-2).to(dtype)
