@@ -15,9 +15,8 @@ from typing import Any, ClassVar
 
 from torch import Tensor, nn
 
+from ...registry import Registry
 from .. import scoring
-
-_REGISTRY: dict[str, type[Press]] = {}
 
 
 @dataclass
@@ -99,35 +98,18 @@ class Press:
 
 
 def register(name: str) -> Callable[[type[Press]], type[Press]]:
-    def wrap(cls: type[Press]) -> type[Press]:
-        if name in _REGISTRY:
-            raise ValueError(f"press {name!r} is already registered")
-        cls.name = name
-        _REGISTRY[name] = cls
-        return cls
-
-    return wrap
+    """Class decorator: make a press available by ``name``."""
+    return REGISTRY.register(name)
 
 
 def presses() -> list[str]:
     """Names of all registered presses."""
-    return sorted(_REGISTRY)
+    return REGISTRY.names()
 
 
 def make_press(press: str | Press, **params: Any) -> Press:
     """A press from a name and keyword parameters, validated before any compute."""
-    if isinstance(press, Press):
-        if params:
-            raise TypeError("pass parameters either in the Press object or as keywords, not both")
-        return press
-    if press not in _REGISTRY:
-        raise ValueError(f"unknown press {press!r}; available: {', '.join(presses())}")
-    cls = _REGISTRY[press]
-    allowed = {f.name for f in fields(cls)}
-    unknown = set(params) - allowed
-    if unknown:
-        raise TypeError(f"{press}: unknown parameter(s) {sorted(unknown)}; valid: {sorted(allowed)}")
-    return cls(**params)
+    return REGISTRY.make(press, **params)
 
 
 def parse_press(spec: str, keep: float) -> Press:
@@ -158,3 +140,6 @@ def label(press: Press) -> str:
     changed = [f"{f.name}={getattr(press, f.name)}" for f in fields(press)
                if f.name != "keep" and getattr(press, f.name) != f.default]
     return f"{press.name}({','.join(changed)})" if changed else press.name
+
+
+REGISTRY: Registry[Press] = Registry("press", Press)
