@@ -18,18 +18,27 @@ def rotate_half(x: Tensor) -> Tensor:
     return torch.cat((-x[..., h:], x[..., :h]), dim=-1)
 
 
+def _rotated(proj: nn.Module, norm: nn.Module | None, head_dim: int, hidden: Tensor, cos: Tensor, sin: Tensor):
+    b, w, _ = hidden.shape
+    x = proj(hidden).view(b, w, -1, head_dim)
+    if norm is not None:
+        x = norm(x)
+    x = x.transpose(1, 2)
+    cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
+    return x * cos + rotate_half(x) * sin
+
+
 def window_queries(attn: nn.Module, hidden: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
     """Queries (B, H, w, D) of the positions in ``hidden`` (B, w, C), rotated like the model does.
 
     Handles the per-head query norm of Qwen3/Gemma3-style attention when the module has one.
     """
-    b, w, _ = hidden.shape
-    q = attn.q_proj(hidden).view(b, w, -1, attn.head_dim)
-    if hasattr(attn, "q_norm"):
-        q = attn.q_norm(q)
-    q = q.transpose(1, 2)
-    cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
-    return q * cos + rotate_half(q) * sin
+    return _rotated(attn.q_proj, getattr(attn, "q_norm", None), attn.head_dim, hidden, cos, sin)
+
+
+def window_keys(attn: nn.Module, hidden: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    """Keys (B, Hkv, w, D) of ``hidden``, rotated (and k-normed) as the model computes them."""
+    return _rotated(attn.k_proj, getattr(attn, "k_norm", None), attn.head_dim, hidden, cos, sin)
 
 
 def window_logits(

@@ -68,17 +68,25 @@ def find_vlm(model: nn.Module) -> VLMParts | None:
     return VLMParts(kind, outer, outer.language_model, cfg.image_token_id, block, index, strategy == "default")
 
 
+def runs(flags: list[bool]) -> list[tuple[int, int]]:
+    """[start, end) of every maximal run of True."""
+    out, i = [], 0
+    while i < len(flags):
+        if flags[i]:
+            j = i
+            while j < len(flags) and flags[j]:
+                j += 1
+            out.append((i, j))
+            i = j
+        else:
+            i += 1
+    return out
+
+
 def images_in_row(parts: VLMParts, ids: Tensor, grids: list[tuple[int, int]]) -> list[Image]:
     """Split the row's placeholder runs into images, using each image's grid (consumed in order)."""
-    is_img = (ids == parts.image_token_id).tolist()
-    out, i = [], 0
-    while i < len(is_img):
-        if not is_img[i]:
-            i += 1
-            continue
-        j = i
-        while j < len(is_img) and is_img[j]:
-            j += 1
+    out: list[Image] = []
+    for i, j in runs((ids == parts.image_token_id).tolist()):
         while i < j:  # consecutive images may share one run
             if len(out) >= len(grids):
                 raise ValueError("more image placeholder tokens than image features")
@@ -127,19 +135,10 @@ def _grids_from_mrope(parts: VLMParts, inputs: dict) -> list[tuple[int, int]]:
     pos = pos[-3:]  # (t, h, w) rows; a leading text row may precede them
     grids = []
     for r in range(ids.shape[0]):
-        img = (ids[r] == parts.image_token_id).tolist()
-        i = 0
-        while i < len(img):
-            if not img[i]:
-                i += 1
-                continue
-            j = i
-            while j < len(img) and img[j]:
-                j += 1
+        for i, j in runs((ids[r] == parts.image_token_id).tolist()):
             span = pos[:, r, i:j]
             t, h, w = (int(span[a].max() - span[a].min()) + 1 for a in range(3))
             grids.append((t * h, w))
-            i = j
     return grids
 
 

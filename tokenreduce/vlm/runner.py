@@ -10,9 +10,9 @@ for (per layer, since inside methods shorten only later layers), and pre-hooks m
 from __future__ import annotations
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
-from ..kv.scoring import rotate_half, window_attention, window_queries
+from ..kv.scoring import window_attention, window_keys, window_queries
 from . import next as NX
 from . import state as S
 from .families import VLMParts, cls_attention, has_images, image_features, image_grids, images_in_row
@@ -266,7 +266,7 @@ class VLMRunner:
         attn = self.parts.layers[layer].self_attn
         x, cos, sin = fwd.attn_in[layer]
         b, n = vis.shape
-        keys = _keys(attn, x, cos, sin)
+        keys = window_keys(attn, x, cos, sin)
         if self.method.window == "last":
             q = window_queries(attn, x[:, -1:], cos[:, -1:], sin[:, -1:])
             return window_attention(q, keys, attn.scaling, valid).mean(1)[:, -1]
@@ -303,14 +303,3 @@ def _per_image(cls: Tensor, feats) -> Tensor:
     if len(firsts) != cls.shape[0]:
         raise ValueError(f"{len(feats)} image features but {cls.shape[0]} [CLS] rows; cannot match them")
     return cls[torch.tensor(index, device=cls.device)]
-
-
-def _keys(attn: nn.Module, hidden: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
-    """Rotated keys (B, Hkv, N, D) of ``hidden``, as the attention module computes them."""
-    b, n, _ = hidden.shape
-    k = attn.k_proj(hidden).view(b, n, -1, attn.head_dim)
-    if hasattr(attn, "k_norm"):
-        k = attn.k_norm(k)
-    k = k.transpose(1, 2)
-    cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
-    return k * cos + rotate_half(k) * sin
