@@ -27,6 +27,7 @@ class Prefill:
     inputs: dict[int, tuple[Tensor, Tensor, Tensor]]  # layer -> (hidden, cos, sin) of the prefill
     logits: Tensor  # (1, N, V) logits of the prefill (only the last row is used)
     n: int
+    ids: Tensor | None = None  # (1, N) the prompt (KVzip reconstructs it)
 
 
 @torch.no_grad()
@@ -45,16 +46,21 @@ def capture_prefill(model: nn.Module, ids: Tensor) -> Prefill:
     finally:
         for h in handles:
             h.remove()
-    return Prefill(session.cache, inputs, logits[:, -1:], ids.shape[1])
+    return Prefill(session.cache, inputs, logits[:, -1:], ids.shape[1], ids)
 
 
 @torch.no_grad()
-def press_cache(model: nn.Module, pre: Prefill, press: Press | None):
-    """A compressed copy of the prefill's cache (the uncompressed copy for ``press=None``)."""
+def press_cache(model: nn.Module, pre: Prefill, press: Press | None, tokenizer=None):
+    """A compressed copy of the prefill's cache (the uncompressed copy for ``press=None``); ``tokenizer``
+    tokenizes KVzip's reconstruction prompt."""
     cache = kvc.clone(pre.cache)
     if press is None:
         return cache
     press.check_model(model)
+    if getattr(press, "reconstructs", False):
+        from .kvzip import compress_cache, prompt_ids
+
+        return compress_cache(model, cache, pre.ids, None, press, prompt_ids(press, tokenizer))
     mods = attention_modules(model)
     valid = torch.ones(1, pre.n, dtype=torch.bool)
     prefix = None
@@ -104,7 +110,7 @@ def quality_rows(model, tokenizer, samples: list[Sample], needles: list[Sample],
         ref = continuation_logits(model, full_cache, pre.n, s.continuation)
         bytes_full = kvc.kv_bytes(pre.cache)
         for p in everyone:
-            cache = press_cache(model, pre, p)
+            cache = press_cache(model, pre, p, tokenizer)
             add(p, "kv_ratio", kvc.kv_bytes(cache) / bytes_full)  # before the continuation is appended
             with ragged_attention_for(model, p):
                 got = ref if p is None else continuation_logits(model, cache, pre.n, s.continuation)
@@ -117,9 +123,9 @@ def quality_rows(model, tokenizer, samples: list[Sample], needles: list[Sample],
         aware = capture_prefill(model, torch.cat([s.context, s.question], dim=1))
         for p in everyone:
             with ragged_attention_for(model, p):
-                text = answer(model, press_cache(model, pre, p), pre.n, pre.logits, s.question, tokenizer)
+                text = answer(model, press_cache(model, pre, p, tokenizer), pre.n, pre.logits, s.question, tokenizer)
                 add(p, "passkey_agnostic", float(s.answer in text))
-                text = answer(model, press_cache(model, aware, p), aware.n, aware.logits, None, tokenizer)
+                text = answer(model, press_cache(model, aware, p, tokenizer), aware.n, aware.logits, None, tokenizer)
                 add(p, "passkey_aware", float(s.answer in text))
         if progress:
             progress.update(1)

@@ -15,6 +15,7 @@ from torch import Tensor, nn
 from . import cache as kvc
 from .hooks import PressRunner, apply_press
 from .presses.base import Press, make_press
+from .ragged import ragged_attention_for
 
 
 @dataclass
@@ -102,12 +103,13 @@ def generate_ids(
     max_new_tokens: int = 32,
     eos: int | None = None,
     chunk_size: int | None = None,
+    tokenizer=None,
 ) -> Tensor:
     """Greedy new token ids (B, T) for ``context + question`` with the context's cache compressed.
 
     ``query_aware=False``: only the context is compressed, the question is fed afterwards (one cache
     serves any question). ``query_aware=True``: the question is part of the compressed prefill, so it
-    lies in the scoring window of window-based presses.
+    lies in the scoring window of window-based presses. ``tokenizer`` tokenizes KVzip's reconstruction prompt.
     """
     context_mask = torch.ones_like(context_ids) if context_mask is None else context_mask
     if question_ids is not None and question_mask is None:
@@ -122,6 +124,16 @@ def generate_ids(
         if question_ids is not None:
             logits = session.feed(question_ids, question_mask)
         return greedy(session, logits, max_new_tokens, eos)
+    if getattr(press, "reconstructs", False):  # KVzip: full prefill, then a scoring pass over the context
+        from .kvzip import compress_cache, prompt_ids
+
+        press.check_model(model)
+        logits = prefill(session, context_ids, context_mask, None, chunk_size)
+        compress_cache(model, session.cache, context_ids, context_mask, press, prompt_ids(press, tokenizer))
+        with ragged_attention_for(model, press):
+            if question_ids is not None:
+                logits = session.feed(question_ids, question_mask)
+            return greedy(session, logits, max_new_tokens, eos)
     with apply_press(model, press) as runner:
         runner.auto = False
         logits = prefill(session, context_ids, context_mask, runner, chunk_size)
@@ -162,7 +174,7 @@ def generate(
         q_ids, q_mask = left_pad(tokenizer, questions, add_special_tokens=False)
     new = generate_ids(
         model, ids, mask, q_ids, press, question_mask=q_mask, query_aware=query_aware, max_new_tokens=max_new_tokens,
-        eos=tokenizer.eos_token_id, chunk_size=chunk_size,
+        eos=tokenizer.eos_token_id, chunk_size=chunk_size, tokenizer=tokenizer,
     )
     texts = []
     for row in new.tolist():

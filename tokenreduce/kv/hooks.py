@@ -31,6 +31,12 @@ def compress_layer(press: Press, cache, module: nn.Module, n_layers: int, hidden
     keys, values = kvc.layer_kv(cache, idx)
     view = LayerView(module, idx, n_layers, hidden, cos, sin, keys, values, valid)
     scores = protect(press.score(view), valid, press.sinks, press.recent)
+    return keep_scored(press, cache, idx, n_layers, keys, values, scores, valid)
+
+
+def keep_scored(press: Press, cache, idx: int, n_layers: int, keys, values, scores, valid) -> torch.Tensor:
+    """Replace layer ``idx``'s entries with the best by ``scores`` (B, Hkv, N) (already protected); returns
+    the prefix mask. Shared by :func:`compress_layer` and presses scored outside the layer (KVzip)."""
     keep = press.layer_keep(idx, n_layers)
     if press.ragged:
         kvc.replace_layer(cache, idx, build_ragged(keys, values, select_ragged(scores, valid, keep, press.min_share)))
@@ -116,6 +122,9 @@ def apply_press(model: nn.Module, press: Press):
     """Compress the KV cache after prefill inside the ``with`` block; yields the :class:`PressRunner`."""
     if not isinstance(press, Press):
         raise TypeError(f"press must be a Press (see tokenreduce.kv.make_press), got {type(press).__name__}")
+    if getattr(press, "reconstructs", False):
+        raise ValueError(f"{press.name} scores with a second pass over the context and cannot run inside "
+                         "model.generate; use tokenreduce.kv.generate / generate_ids")
     press.check_model(model)
     runner = PressRunner(model, press)
     handles = [model.register_forward_pre_hook(runner.pre_forward, with_kwargs=True)]

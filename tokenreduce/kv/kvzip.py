@@ -1,0 +1,125 @@
+"""KVzip's scoring pass and cache compression (see :mod:`tokenreduce.kv.presses.kvzip` for the paper).
+
+The context's real tokens are reconstructed ``chunk`` at a time: each pass feeds ``prompt + chunk``
+(left-padded per row) after a copy of the full context cache, and a forward hook on every attention
+module recomputes the chunk tokens' queries (no eager attention) against the cached keys, chunk
+included, so the softmax is the model's own. Memory is O((prompt + chunk) x (N + prompt + chunk)) per
+head. Each context entry keeps the maximum attention over the chunk queries and its GQA group; the
+copies (with the reconstruction entries) are dropped, the original cache keeps only the best entries.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from . import cache as kvc
+from . import scoring
+from .hooks import attention_modules, keep_scored
+from .presses.base import Press
+from .select import protect
+
+
+def prompt_ids(press: Press, tokenizer=None) -> Tensor:
+    """The reconstruction prompt's token ids (P,) (empty without a tokenizer: the context is repeated bare)."""
+    if tokenizer is None or not getattr(press, "prompt", ""):
+        return torch.zeros(0, dtype=torch.long)
+    return torch.tensor(tokenizer(press.prompt, add_special_tokens=False).input_ids, dtype=torch.long)
+
+
+def _chunk_inputs(ids: Tensor, valid: Tensor, prompt: Tensor, start: int, chunk: int) -> tuple[Tensor, Tensor, Tensor]:
+    """Left-padded ``prompt + real tokens [start, start+chunk)`` per row: ids and mask (B, P+L), and the
+    (B, L) mask of the chunk tokens among the last L columns (the reconstruction queries)."""
+    rows = [ids[b][valid[b]][start : start + chunk] for b in range(ids.shape[0])]
+    length = max(len(r) for r in rows)
+    p = len(prompt)
+    out = torch.zeros(ids.shape[0], p + length, dtype=ids.dtype)
+    mask = torch.zeros_like(out)
+    queries = torch.zeros(ids.shape[0], length)
+    for b, r in enumerate(rows):
+        if len(r):  # a row whose context is used up takes no part in this pass
+            seq = torch.cat([prompt.to(ids.dtype), r])
+            out[b, -len(seq) :], mask[b, -len(seq) :], queries[b, length - len(r) :] = seq, 1, 1.0
+    return out, mask, queries
+
+
+@torch.no_grad()
+def reconstruction_scores(
+    model: nn.Module, cache, ids: Tensor, mask: Tensor, prompt: Tensor, chunk: int = 512
+) -> list[Tensor]:
+    """Per layer, the max attention (B, Hkv, N) each of the N context entries in ``cache`` receives from
+    the reconstruction queries of its GQA group (``ids``/``mask`` (B, N): the context; the cache is untouched)."""
+    from .generate import Session
+
+    mods = attention_modules(model)
+    valid = mask.bool()
+    b, n = ids.shape
+    best: dict[int, Tensor] = {}
+    current: dict[str, Tensor] = {}
+
+    def hook(mod, args, kwargs, out):
+        hidden = kwargs.get("hidden_states", args[0] if args else None)
+        cos, sin = kwargs["position_embeddings"]
+        keys, _ = kvc.layer_kv(current["cache"], mod.layer_idx)
+        length, total = current["length"], keys.shape[2]
+        q = scoring.window_queries(mod, hidden[:, -length:], cos[:, -length:], sin[:, -length:])
+        a = scoring.window_attention(q, keys, mod.scaling, current["valid"], q_offset=total - length)[..., :n]
+        a = a * current["qmask"][:, None, :, None]  # padding queries give nothing
+        hkv = keys.shape[1]
+        s = a.amax(dim=2).view(b, hkv, -1, n).amax(dim=2)  # max over queries, then over the GQA group
+        best[mod.layer_idx] = torch.maximum(best[mod.layer_idx], s) if mod.layer_idx in best else s
+        return out
+
+    handles = [m.register_forward_hook(hook, with_kwargs=True) for m in mods]
+    try:
+        for start in range(0, int(valid.sum(-1).max()), chunk):
+            rec, rec_mask, qmask = _chunk_inputs(ids, valid, prompt, start, chunk)
+            session = Session(model, kvc.clone(cache), mask.long())
+            full = torch.cat([mask.long(), rec_mask], dim=1)
+            current.update(cache=session.cache, length=qmask.shape[1], valid=full.bool(), qmask=qmask)
+            session.feed(rec, rec_mask, last_only=True)
+    finally:
+        for h in handles:
+            h.remove()
+    return [best[m.layer_idx].masked_fill(~valid[:, None, :], 0.0) for m in mods]
+
+
+@torch.no_grad()
+def compress_cache(
+    model: nn.Module, cache, ids: Tensor, mask: Tensor | None, press: Press, prompt: Tensor | None = None
+):
+    """Compress the full context cache (of ``ids`` (B, N), left-padded by ``mask``) in place with KVzip scores."""
+    mask = torch.ones_like(ids) if mask is None else mask
+    if kvc.get_state(cache) is not None or kvc.seq_length(cache) != ids.shape[1]:
+        raise ValueError("kvzip needs the uncompressed cache of exactly the given context")
+    prompt = torch.zeros(0, dtype=torch.long) if prompt is None else prompt
+    scores = reconstruction_scores(model, cache, ids, mask, prompt, press.chunk)
+    mods, valid = attention_modules(model), mask.bool()
+    prefix = None
+    for m, s in zip(mods, scores, strict=True):
+        keys, values = kvc.layer_kv(cache, m.layer_idx)
+        s = protect(s, valid, press.sinks, press.recent)
+        prefix = keep_scored(press, cache, m.layer_idx, len(mods), keys, values, s, valid)
+    kvc.set_state(cache, kvc.KVState(prefix, ids.shape[1]))
+    return cache
+
+
+def prefill_time_row(model: nn.Module, ids: Tensor, press: Press, tokenizer=None, repeats: int = 3) -> dict:
+    """Plain prefill vs prefill + KVzip scoring + compression of ``ids`` (1, N), same process, interleaved medians."""
+    from ..bench.timing import time_pair
+    from .generate import Session
+
+    prompt = prompt_ids(press, tokenizer)
+
+    def plain():
+        return Session(model, kvc.new_cache(model), ids[:, :0]).feed(ids, last_only=True)
+
+    def zipped():
+        s = Session(model, kvc.new_cache(model), ids[:, :0])
+        s.feed(ids, last_only=True)
+        compress_cache(model, s.cache, ids, None, press, prompt)
+
+    with torch.no_grad():
+        tp, tz = time_pair(plain, zipped, repeats=repeats)
+    return {"press": "kvzip", "keep": float(press.keep), "tokens": ids.shape[1], "prefill_s_full": tp.median_s,
+            "prefill_s": tz.median_s, "prefill_time_ratio": tz.median_s / tp.median_s}
