@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 
 from . import methods as list_methods
+from .cli_errors import user_error
 from .methods.base import REGISTRY
 
 # (words on the command line) -> module with ``main(argv: list[str] | None) -> int``
@@ -246,8 +247,7 @@ def main(argv: list[str] | None = None) -> int:
             return _cmd_methods()
         return _cmd_bench(a)
     except (ValueError, TypeError, FileNotFoundError) as e:
-        print(f"tokenreduce: error: {e}", file=sys.stderr)
-        return 2
+        return user_error(e)
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..adapters import patch
+from ..cli_errors import user_error
 from ..methods import make_method
 from .report import machine_info
 from .text_bench import RunConfig
@@ -94,7 +95,6 @@ def run_deploy_bench(
 def main(argv: list[str] | None = None) -> int:
     """``tokenreduce bench deploy``: ViT-B/16 (random weights) under eager, compile and ONNX Runtime."""
     import argparse
-    import sys
 
     from .report import format_table, write_results
     from .vision_bench import vit_b16
@@ -119,8 +119,7 @@ def main(argv: list[str] | None = None) -> int:
             not a.no_progress,
         )
     except (ValueError, ImportError) as e:
-        print(f"tokenreduce: error: {e}", file=sys.stderr)
-        return 2
+        return user_error(e)
     shown = [
         {**r, "onnx_max_abs_diff": "" if r["onnx_max_abs_diff"] is None else f"{r['onnx_max_abs_diff']:.1e}"}
         for r in rows["rows"]

@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 
+from ..cli_errors import user_error
 from .report import format_table, markdown_table, write_results
 from .text_bench import RunConfig
 from .vision_table import (
@@ -153,8 +154,7 @@ def main(argv: list[str] | None = None) -> int:
             speed_rows=speed,
         )
     except (ValueError, TypeError, FileNotFoundError, ImportError) as e:
-        print(f"tokenreduce: error: {e}", file=sys.stderr)
-        return 2
+        return user_error(e)
     if speed is not None:
         result["meta"]["speed_from"] = a.speed_from
     result["skipped"] = [{"method": s.method, "reason": s.reason} for s in skipped]

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
 from ..bench.report import format_table, machine_info
+from ..cli_errors import user_error
 from .presses.base import label, parse_press, presses
 
 DEFAULT_PRESSES = ("streaming_llm,snapkv,snapkv:kernel=11,tova,h2o,keyformer,key_norm,adakv,adakv:kernel=11,"
@@ -40,10 +40,6 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def _error(msg: str) -> int:
-    print(f"tokenreduce: error: {msg}", file=sys.stderr)
-    return 2
-
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
@@ -52,9 +48,9 @@ def main(argv: list[str] | None = None) -> int:
         names = ["random", *[n for n in args.presses.split(",") if n and n != "random"]]
         plist = list({(label(p), p.keep): p for k in keeps for p in (parse_press(n, k) for n in names)}.values())
     except (ValueError, TypeError) as e:
-        return _error(str(e))
+        return user_error(str(e))
     if args.length < 128 or args.cont < 2 or args.samples < 0 or args.passkey_samples < 0:
-        return _error("need --length >= 128, --cont >= 2 and non-negative sample counts")
+        return user_error("need --length >= 128, --cont >= 2 and non-negative sample counts")
     data_dir = args.data_dir
     if data_dir is None and not args.no_data:
         from ..bench.tasks import default_data_dir
@@ -63,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
         if found is not None and (found / "needle_haystack_paul_graham").is_dir():
             data_dir = found
     if args.model and not Path(args.model).exists():
-        return _error(f"model path does not exist: {args.model}")
+        return user_error(f"model path does not exist: {args.model}")
 
     import torch
     from tqdm import tqdm
@@ -78,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
         samples = windows(tok, text, args.samples, args.length, args.cont, seed=args.seed)
         needles = passkeys(tok, text, args.passkey_samples, args.length, seed=args.seed + 1)
     except (OSError, ValueError, ModuleNotFoundError) as e:
-        return _error(str(e))
+        return user_error(str(e))
     bar = tqdm(total=len(samples) + len(needles), desc="kv quality", disable=args.no_progress)
     with torch.no_grad():
         rows = quality_rows(model, tok, samples, needles, plist, progress=bar)

@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 from ..bench.report import format_table, machine_info, write_results
+from ..cli_errors import user_error
 
 # name on the command line -> (registered method, parameters)
 VARIANTS: dict[str, tuple[str, dict]] = {
@@ -173,8 +174,7 @@ def main(argv: list[str] | None = None) -> int:
 
             result = run_speed(a)
     except (ValueError, FileNotFoundError) as e:
-        print(f"tokenreduce: error: {e}", file=sys.stderr)
-        return 2
+        return user_error(e)
     result["meta"] = {"machine": machine_info(), "args": vars(a)}
     if a.out:
         j, c = write_results(result, a.out)

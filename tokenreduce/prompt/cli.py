@@ -11,6 +11,7 @@ import json
 import sys
 from pathlib import Path
 
+from ..cli_errors import user_error
 from .compress import DEFAULT_PROTECT
 from .methods import prompt_methods
 from .protect import STRUCTURE_KINDS
@@ -68,8 +69,7 @@ def main(argv: list[str] | None = None) -> int:
             **params,
         )
     except (ValueError, TypeError, FileNotFoundError, UnicodeDecodeError) as e:
-        print(f"tokenreduce: error: {e}", file=sys.stderr)
-        return 2
+        return user_error(e)
     print(res.text)
     stats = res.stats()
     if a.json:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from ..cli_errors import user_error
 from .config import DEFAULT_STORE, load_sweep
 from .results import query, table
 from .runner import BACKENDS, run_sweep
@@ -64,8 +65,7 @@ def main(argv: list[str] | None = None) -> int:
                 print("failed points: see `tokenreduce results --status failed`; re-run with --retry-failed")
             return 1 if s.failed else 0
     except (ValueError, TypeError, FileNotFoundError) as e:
-        print(f"tokenreduce: error: {e}", file=sys.stderr)
-        return 2
+        return user_error(e)
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from ..cli_errors import user_error
 from .config import DEFAULT_STORE
 from .report import write_report
 from .store import open_existing
@@ -34,8 +35,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"wrote {p}")
         return 0
     except (ValueError, TypeError, FileNotFoundError) as e:
-        print(f"tokenreduce: error: {e}", file=sys.stderr)
-        return 2
+        return user_error(e)
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from ..cli_errors import user_error
 from .config import DEFAULT_STORE
 from .results import parse_where, query, table, write_csv, write_parquet
 from .store import open_existing
@@ -54,8 +55,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"wrote {write_parquet(rows, a.parquet)}")
         return 0
     except (ValueError, TypeError, FileNotFoundError) as e:
-        print(f"tokenreduce: error: {e}", file=sys.stderr)
-        return 2
+        return user_error(e)
 
 
 if __name__ == "__main__":

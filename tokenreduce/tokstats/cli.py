@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 from ..bench.report import format_table, write_results
+from ..cli_errors import user_error
 from .load import KNOWN, load_tok
 from .report import DEFAULT_LANGS, analyse, flores_lines, plot_parity
 
@@ -74,8 +75,7 @@ def main(argv: list[str] | None = None) -> int:
         if unknown:
             raise ValueError(f"--price names tokenizer(s) not analysed: {unknown}")
     except (ValueError, FileNotFoundError) as e:
-        print(f"tokenreduce: error: {e}", file=sys.stderr)
-        return 2
+        return user_error(e)
     from tqdm import tqdm
 
     bar = tqdm(total=len(toks) * len(langs), desc="tokenizing", disable=a.no_progress, file=sys.stderr)

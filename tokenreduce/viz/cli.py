@@ -8,10 +8,11 @@ its title says so, because random weights merge by colour and texture, not by me
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 from tqdm.auto import tqdm
+
+from ..cli_errors import user_error
 
 RANDOM = "random-vit-b16"
 RANDOM_NOTE = "random weights: merges follow colour/texture similarity, not semantics"
@@ -99,8 +100,7 @@ def main(argv: list[str] | None = None) -> int:
         bar.update()
         bar.close()
     except (ValueError, TypeError, FileNotFoundError, OSError, ImportError) as e:
-        print(f"tokenreduce: error: {e}", file=sys.stderr)
-        return 2
+        return user_error(e)
     from ..bench.report import format_table
 
     g = t.spec.image_size // t.spec.patch_size

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
 from ..bench.report import format_table, machine_info
+from ..cli_errors import user_error
 from .bench import BEFORE, INSIDE, bench_vlm, llava15_config, processor_inputs, random_llava, synthetic_inputs
 from .methods import vlm_methods
 
@@ -56,20 +56,17 @@ def main(argv: list[str] | None = None) -> int:
         if unknown or not tokens or min(tokens) < 1 or args.repeats < 1 or args.steps < 1:
             raise ValueError(f"unknown methods {unknown}" if unknown else "need positive --tokens/--repeats/--steps")
     except ValueError as e:
-        print(f"tokenreduce: error: {e}", file=sys.stderr)
-        return 2
+        return user_error(e)
     import torch
     from tqdm import tqdm
 
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.image and not args.model:
-        print("tokenreduce: error: --image needs --model (a checkpoint with its processor)", file=sys.stderr)
-        return 2
+        return user_error("--image needs --model (a checkpoint with its processor)")
     for path, what in ((args.model, "a local model folder"), (args.image, "an image file")):
         if path and not Path(path).exists():
-            print(f"tokenreduce: error: {path} is not {what}", file=sys.stderr)
-            return 2
+            return user_error(f"{path} is not {what}")
     if args.model:
         from transformers import LlavaForConditionalGeneration
 
@@ -86,8 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         rows = bench_vlm(model, x, methods, tokens, args.repeats, args.steps, progress=step)
     except ValueError as e:
-        print(f"tokenreduce: error: {e}", file=sys.stderr)
-        return 2
+        return user_error(e)
     finally:
         bar.close()
     info = machine_info()
