@@ -42,3 +42,11 @@ def tiny_lm(family: str = "llama", impl: str = "sdpa", seed: int = 0) -> torch.n
 def random_ids(batch: int, n: int, seed: int = 0) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)
     return torch.randint(1, COMMON["vocab_size"], (batch, n), generator=g)
+
+
+def padded_batch() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Two 40-token contexts, the second left-padded by 9, and two 5-token questions."""
+    ids = random_ids(2, 40)
+    mask = torch.ones_like(ids)
+    mask[1, :9] = 0  # left padding
+    return ids, mask, random_ids(2, 5, seed=1)

@@ -6,7 +6,7 @@ import math
 
 import pytest
 import torch
-from kv_models import random_ids, tiny_lm
+from kv_models import padded_batch, random_ids, tiny_lm
 
 from tokenreduce.kv import apply_press, generate_ids, kv_bytes, make_press
 from tokenreduce.kv import cache as kvc
@@ -22,13 +22,6 @@ def model():
     return tiny_lm("llama")
 
 
-def _batch():
-    ids = random_ids(2, 40)
-    mask = torch.ones_like(ids)
-    mask[1, :9] = 0  # left padding
-    return ids, mask, random_ids(2, 5, seed=1)
-
-
 def _full_cache(m, ids, mask=None):
     s = Session(m, kvc.new_cache(m), ids[:, :0])
     s.feed(ids, mask, last_only=True)
@@ -37,7 +30,7 @@ def _full_cache(m, ids, mask=None):
 
 @pytest.mark.parametrize("headwise", [False, True])
 def test_keep_one_reproduces_uncompressed_generation(model, headwise):
-    ids, mask, q = _batch()
+    ids, mask, q = padded_batch()
     base = generate_ids(model, ids, mask, q, max_new_tokens=5)
     out = generate_ids(model, ids, mask, q, make_press("kvzip", keep=1.0, chunk=16, headwise=headwise),
                        max_new_tokens=5)
@@ -109,7 +102,7 @@ def test_kept_entries_are_the_top_scores(model):
 
 @pytest.mark.parametrize("headwise", [False, True])
 def test_batch_rows_equal_single_rows(model, headwise):
-    ids, mask, q = _batch()
+    ids, mask, q = padded_batch()
     with torch.no_grad():
         both = reconstruction_scores(model, _full_cache(model, ids, mask), ids, mask, PROMPT, chunk=12)
         alone = reconstruction_scores(model, _full_cache(model, ids[1:, 9:]), ids[1:, 9:], torch.ones(1, 31), PROMPT,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from kv_models import FAMILIES, random_ids, tiny_lm
+from kv_models import FAMILIES, padded_batch, random_ids, tiny_lm
 
 from tokenreduce.kv import apply_press, generate_ids, kv_bytes, make_press, presses
 from tokenreduce.kv import cache as kvc
@@ -19,17 +19,10 @@ def models():
     return {f: tiny_lm(f) for f in FAMILIES}
 
 
-def _batch():
-    ids = random_ids(2, 40)
-    mask = torch.ones_like(ids)
-    mask[1, :9] = 0  # left padding
-    return ids, mask, random_ids(2, 5, seed=1)
-
-
 @pytest.mark.parametrize("family", list(FAMILIES))
 def test_keep_one_reproduces_uncompressed_generation(models, family):
     m = models[family]
-    ids, mask, q = _batch()
+    ids, mask, q = padded_batch()
     base = generate_ids(m, ids, mask, q, max_new_tokens=4)
     for i, name in enumerate(DENSE if family == "llama" else ["snapkv", "h2o", "streaming_llm"]):
         aware = (i + len(family)) % 2 == 0  # both settings over the matrix, each press in one
@@ -44,7 +37,7 @@ def test_every_registered_press_is_covered():
 @pytest.mark.parametrize("name", ["snapkv", "streaming_llm"])
 def test_model_generate_with_press(models, name):
     m = models["llama"]
-    ids, mask, _ = _batch()
+    ids, mask, _ = padded_batch()
     kw = dict(input_ids=ids, attention_mask=mask, max_new_tokens=5, do_sample=False, pad_token_id=0)
     with torch.no_grad():
         base = m.generate(**kw)
@@ -132,7 +125,7 @@ def test_snapkv_keeps_what_eager_attention_says(models, family):
 def test_batch_composition_does_not_change_a_row(models, name):
     """A left-padded row compresses and generates exactly as it does alone."""
     m = models["qwen2"]
-    ids, mask, q = _batch()
+    ids, mask, q = padded_batch()
     press = make_press(name, keep=0.3)
     aware = name in ("snapkv", "keyformer")
     both = generate_ids(m, ids, mask, q, press, max_new_tokens=4, query_aware=aware)
@@ -150,7 +143,7 @@ def test_kv_bytes_shrink_with_keep(models):
 
 def test_chunked_prefill_matches_one_shot(models):
     m = models["llama"]
-    ids, mask, q = _batch()
+    ids, mask, q = padded_batch()
     for press in (None, make_press("key_norm", keep=0.5), make_press("streaming_llm", keep=0.5)):
         one = generate_ids(m, ids, mask, q, press, max_new_tokens=6)
         chunked = generate_ids(m, ids, mask, q, press, max_new_tokens=6, chunk_size=16)
@@ -173,7 +166,7 @@ def test_bad_parameters_fail_before_compute(models):
 
 def test_decode_time_compression_bounds_the_cache(models):
     m = models["llama"]
-    ids, mask, q = _batch()
+    ids, mask, q = padded_batch()
     base = generate_ids(m, ids, mask, q, max_new_tokens=12)
     # never triggered (target + interval above the final length): exact
     same = generate_ids(m, ids, mask, q, make_press("decoding", target=100, interval=8), max_new_tokens=12)

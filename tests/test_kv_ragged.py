@@ -6,7 +6,7 @@ import math
 
 import pytest
 import torch
-from kv_models import random_ids, tiny_lm
+from kv_models import padded_batch, random_ids, tiny_lm
 
 from tokenreduce.kv import generate_ids, kv_bytes, make_press
 from tokenreduce.kv.ragged import RaggedLayer
@@ -17,16 +17,9 @@ def model():
     return tiny_lm("llama")
 
 
-def _batch():
-    ids = random_ids(2, 40)
-    mask = torch.ones_like(ids)
-    mask[1, :9] = 0
-    return ids, mask, random_ids(2, 5, seed=1)
-
-
 @pytest.mark.parametrize("name", ["adakv", "pyramidkv"])
 def test_keep_one_is_exact_and_restores_attention(model, name):
-    ids, mask, q = _batch()
+    ids, mask, q = padded_batch()
     base = generate_ids(model, ids, mask, q, max_new_tokens=4)
     out = generate_ids(model, ids, mask, q, make_press(name, keep=1.0), max_new_tokens=4, query_aware=True)
     assert torch.equal(out, base)
@@ -37,7 +30,7 @@ def test_keep_one_is_exact_and_restores_attention(model, name):
 def test_equal_split_matches_dense_snapkv(model, kernel):
     """AdaKV with every head guaranteed its even share keeps exactly SnapKV's entries (with the same
     window and pooling kernel): the ragged attention path must then reproduce the dense SDPA path."""
-    ids, mask, q = _batch()
+    ids, mask, q = padded_batch()
     dense = generate_ids(model, ids, mask, q, make_press("snapkv", keep=0.3, window=8, kernel=kernel),
                          max_new_tokens=5)
     ragged = generate_ids(model, ids, mask, q, make_press("adakv", keep=0.3, window=8, kernel=kernel, min_share=1.0),
@@ -46,7 +39,7 @@ def test_equal_split_matches_dense_snapkv(model, kernel):
 
 
 def test_batch_row_independent(model):
-    ids, mask, q = _batch()
+    ids, mask, q = padded_batch()
     press = make_press("adakv", keep=0.3, window=8)
     both = generate_ids(model, ids, mask, q, press, max_new_tokens=4)
     alone = generate_ids(model, ids[1:, 9:], None, q[1:], press, max_new_tokens=4)
