@@ -38,11 +38,15 @@ def tiny_llava(impl: str = "sdpa", seed: int = 0, image_size: int = 32, patch: i
         num_key_value_heads=2, max_position_embeddings=512, pad_token_id=0,
     )
     cfg = LlavaConfig(vision_config=vision, text_config=text, image_token_id=IMAGE_TOKEN)
-    cfg._attn_implementation = impl
-    cfg.text_config._attn_implementation = impl
-    cfg.vision_config._attn_implementation = impl
+    return _build(LlavaForConditionalGeneration, cfg, impl, seed)
+
+
+def _build(model_cls, cfg, impl: str, seed: int):
+    """A seeded, peaked model with ``impl`` attention in every tower."""
+    for c in (cfg, cfg.text_config, cfg.vision_config):
+        c._attn_implementation = impl
     torch.manual_seed(seed)
-    model = LlavaForConditionalGeneration(cfg).eval()
+    model = model_cls(cfg).eval()
     _peak(model)
     return model
 
@@ -126,13 +130,7 @@ def tiny_llava_next(impl: str = "sdpa", seed: int = 0, layers: int = 4):
     )
     cfg = LlavaNextConfig(vision_config=vision, text_config=text, image_token_id=IMAGE_TOKEN,
                           image_grid_pinpoints=NEXT_PINPOINTS)
-    cfg._attn_implementation = impl
-    cfg.text_config._attn_implementation = impl
-    cfg.vision_config._attn_implementation = impl
-    torch.manual_seed(seed)
-    model = LlavaNextForConditionalGeneration(cfg).eval()
-    _peak(model)
-    return model
+    return _build(LlavaNextForConditionalGeneration, cfg, impl, seed)
 
 
 def next_num_tokens(cfg, height: int, width: int) -> tuple[int, int]:
