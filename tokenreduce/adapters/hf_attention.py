@@ -43,3 +43,10 @@ def run_attention(
     v = v_proj(x).view(shape).transpose(1, 2)
     ctx, _ = attention_fn(module)(module, q, k, v, mask, dropout=dropout if module.training else 0.0, scaling=scaling)
     return ctx.reshape(*x.shape[:-1], -1).contiguous(), q, k, v
+
+
+def run_self_attention(att: nn.Module, x: Tensor, mask: Tensor | None) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """:func:`run_attention` for modules named the ViT/DINOv2 way (``q_proj``... ``head_dim``, ``scaling``,
+    ``attention_dropout``)."""
+    return run_attention(att, att.q_proj, att.k_proj, att.v_proj, x, mask, att.head_dim, att.scaling,
+                         att.attention_dropout)

@@ -13,7 +13,7 @@ from __future__ import annotations
 from torch import Tensor, nn
 
 from .base import AttnOut, ModelDims, module_list_of
-from .hf_attention import run_attention
+from .hf_attention import run_self_attention
 
 LAYERS = {"Dinov2Layer", "Dinov2WithRegistersLayer"}
 BACKBONES = {"Dinov2Backbone", "Dinov2WithRegistersBackbone"}
@@ -58,17 +58,7 @@ class HFDinov2:
 
     def attention(self, layer: nn.Module, x: Tensor, mask: Tensor | None) -> AttnOut:
         att = layer.attention
-        ctx, q, k, v = run_attention(
-            att,
-            att.q_proj,
-            att.k_proj,
-            att.v_proj,
-            layer.norm1(x),
-            mask,
-            att.head_dim,
-            att.scaling,
-            att.attention_dropout,
-        )
+        ctx, q, k, v = run_self_attention(att, layer.norm1(x), mask)
         return AttnOut(layer.drop_path(layer.layer_scale1(att.o_proj(ctx))) + x, q, k, v, att.scaling)
 
     def mlp(self, layer: nn.Module, x: Tensor) -> Tensor:

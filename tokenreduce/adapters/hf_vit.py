@@ -9,7 +9,7 @@ from __future__ import annotations
 from torch import Tensor, nn
 
 from .base import AttnOut, ModelDims, module_list_of
-from .hf_attention import run_attention
+from .hf_attention import run_attention, run_self_attention
 
 VIT_LAYERS = {"ViTLayer", "DeiTLayer"}
 CLIP_LAYERS = {"CLIPEncoderLayer"}
@@ -45,17 +45,7 @@ class HFViT:
 
     def attention(self, layer: nn.Module, x: Tensor, mask: Tensor | None) -> AttnOut:
         att = layer.attention
-        ctx, q, k, v = run_attention(
-            att,
-            att.q_proj,
-            att.k_proj,
-            att.v_proj,
-            layer.layernorm_before(x),
-            mask,
-            att.head_dim,
-            att.scaling,
-            att.attention_dropout,
-        )
+        ctx, q, k, v = run_self_attention(att, layer.layernorm_before(x), mask)
         return AttnOut(layer.dropout(att.o_proj(ctx)) + x, q, k, v, att.scaling)
 
     def mlp(self, layer: nn.Module, x: Tensor) -> Tensor:
