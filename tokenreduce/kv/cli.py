@@ -8,11 +8,12 @@ from pathlib import Path
 
 from ..bench.report import format_table, machine_info
 from ..cli_errors import user_error
+from .data import PASSKEY_PROMPT, PASSKEY_QUESTION
 from .presses.base import label, parse_press, presses
 
 DEFAULT_PRESSES = ("streaming_llm,snapkv,snapkv:kernel=11,tova,h2o,keyformer,key_norm,adakv,adakv:kernel=11,"
                    "adakv:window=256:kernel=1,pyramidkv,zipcache:keep=1.0:bits=8,zipcache:keep=1.0:bits=4,"
-                   "zipcache:keep=1.0:bits=4:salient=0.0,zipcache")
+                   "zipcache:keep=1.0:bits=4:salient=0.0,zipcache,kvzip,kvzip:window=256:sinks=4:recent=64:min_share=0.0")
 QUALITY_COLS = ["press", "keep", "kv_bytes_ratio", "kl_mean", "ppl", "passkey_agnostic", "passkey_aware"]
 SPEED_COLS = ["press", "keep", "tokens", "kv_bytes_ratio", "decode_ms_per_token_full", "decode_ms_per_token",
               "decode_time_ratio", "decode_peak_ratio", "prefill_peak_ratio"]
@@ -30,6 +31,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--keep", default="0.25", help="comma list of kept fractions in (0, 1]")
     p.add_argument("--samples", type=int, default=8, help="continuation (KL/ppl) samples")
     p.add_argument("--passkey-samples", type=int, default=8)
+    p.add_argument("--passkey-prompt", default=PASSKEY_PROMPT,
+                   help="text fed after the passkey context (default: the answer prefix alone, as kvpress; "
+                        f"{PASSKEY_QUESTION!r} is the question form)")
     p.add_argument("--length", type=int, default=2000, help="context tokens")
     p.add_argument("--cont", type=int, default=64, help="teacher-forced continuation tokens")
     p.add_argument("--timing", action="store_true", help="also decode time / peak memory vs the full cache")
@@ -72,7 +76,8 @@ def main(argv: list[str] | None = None) -> int:
         text, source = haystack(data_dir)
         model, tok = load_causal_lm(args.model)
         samples = windows(tok, text, args.samples, args.length, args.cont, seed=args.seed)
-        needles = passkeys(tok, text, args.passkey_samples, args.length, seed=args.seed + 1)
+        needles = passkeys(tok, text, args.passkey_samples, args.length, seed=args.seed + 1,
+                           prompt=args.passkey_prompt.replace('\\n', '\n'))
     except (OSError, ValueError, ModuleNotFoundError) as e:
         return user_error(str(e))
     bar = tqdm(total=len(samples) + len(needles), desc="kv quality", disable=args.no_progress)

@@ -18,7 +18,8 @@ PASSKEY_INTRO = (
     "There is an important piece of information hidden inside a lot of irrelevant text. "
     "Find it and memorize it. I will quiz you about it.\n\n"
 )  # the usual passkey task framing (Mohtashami & Jaggi 2023), kept in the context being compressed
-PASSKEY_QUESTION = "\n\nWhat is the pass key? The pass key is"
+PASSKEY_PROMPT = "\n\nThe pass key is"  # the answer prefix alone, as in the kvpress passkey setup
+PASSKEY_QUESTION = "\n\nWhat is the pass key? The pass key is"  # SmolLM2-135M answers this far less often
 
 
 def haystack(data_dir: str | Path | None = None) -> tuple[str, str]:
@@ -55,12 +56,12 @@ def windows(tokenizer, text: str, n: int, length: int, cont: int, seed: int = 0)
     return out
 
 
-def passkeys(tokenizer, text: str, n: int, length: int, seed: int = 0) -> list[Sample]:
+def passkeys(tokenizer, text: str, n: int, length: int, seed: int = 0, prompt: str = PASSKEY_PROMPT) -> list[Sample]:
     """``n`` haystacks of ``length`` tokens (task intro included) with a 5-digit pass key sentence at a
-    random depth."""
+    random depth; ``prompt`` is fed after the context (the sample's question)."""
     ids = tokenizer(text, add_special_tokens=False, return_tensors="pt").input_ids[0]
     rng = random.Random(seed)
-    q = tokenizer(PASSKEY_QUESTION, add_special_tokens=False, return_tensors="pt").input_ids
+    q = tokenizer(prompt, add_special_tokens=False, return_tensors="pt").input_ids
     intro = tokenizer(PASSKEY_INTRO, add_special_tokens=False).input_ids
     out = []
     for _ in range(n):
