@@ -17,6 +17,7 @@ from . import cache as kvc
 from . import scoring
 from .hooks import attention_modules, keep_scored
 from .presses.base import Press
+from .ragged import build_ragged, select_shared
 from .select import protect
 
 
@@ -45,10 +46,14 @@ def _chunk_inputs(ids: Tensor, valid: Tensor, prompt: Tensor, start: int, chunk:
 
 @torch.no_grad()
 def reconstruction_scores(
-    model: nn.Module, cache, ids: Tensor, mask: Tensor, prompt: Tensor, chunk: int = 512
+    model: nn.Module, cache, ids: Tensor, mask: Tensor, prompt: Tensor, chunk: int = 512, window: int = 0
 ) -> list[Tensor]:
     """Per layer, the max attention (B, Hkv, N) each of the N context entries in ``cache`` receives from
-    the reconstruction queries of its GQA group (``ids``/``mask`` (B, N): the context; the cache is untouched)."""
+    the reconstruction queries of its GQA group (``ids``/``mask`` (B, N): the context; the cache is untouched).
+
+    ``window`` > 0 adds the queries of the context's own last ``window`` positions (recomputed by feeding
+    them again after a copy of the cache cut before them): what the next tokens will read, which the
+    reconstruction alone under-weights."""
     from .generate import Session
 
     mods = attention_modules(model)
@@ -78,10 +83,24 @@ def reconstruction_scores(
             full = torch.cat([mask.long(), rec_mask], dim=1)
             current.update(cache=session.cache, length=qmask.shape[1], valid=full.bool(), qmask=qmask)
             session.feed(rec, rec_mask, last_only=True)
+        if window > 0:
+            w = min(window, n)
+            session = Session(model, _cut(cache, n - w), mask[:, : n - w].long())
+            current.update(cache=session.cache, length=w, valid=valid, qmask=mask[:, n - w :].float())
+            session.feed(ids[:, n - w :], mask[:, n - w :], last_only=True)
     finally:
         for h in handles:
             h.remove()
     return [best[m.layer_idx].masked_fill(~valid[:, None, :], 0.0) for m in mods]
+
+
+def _cut(cache, length: int):
+    """A copy of a dense ``cache`` holding only its first ``length`` entries per layer."""
+    out = kvc.clone(cache)
+    for i in range(kvc.n_layers(out)):
+        keys, values = kvc.layer_kv(out, i)
+        kvc.set_layer_kv(out, i, keys[:, :, :length], values[:, :, :length])
+    return out
 
 
 @torch.no_grad()
@@ -93,13 +112,18 @@ def compress_cache(
     if kvc.get_state(cache) is not None or kvc.seq_length(cache) != ids.shape[1]:
         raise ValueError("kvzip needs the uncompressed cache of exactly the given context")
     prompt = torch.zeros(0, dtype=torch.long) if prompt is None else prompt
-    scores = reconstruction_scores(model, cache, ids, mask, prompt, press.chunk)
+    scores = reconstruction_scores(model, cache, ids, mask, prompt, press.chunk, press.window)
     mods, valid = attention_modules(model), mask.bool()
-    prefix = None
-    for m, s in zip(mods, scores, strict=True):
-        keys, values = kvc.layer_kv(cache, m.layer_idx)
-        s = protect(s, valid, press.sinks, press.recent)
-        prefix = keep_scored(press, cache, m.layer_idx, len(mods), keys, values, s, valid)
+    scores = [protect(s, valid, press.sinks, press.recent) for s in scores]
+    if press.budget == "global":
+        kept = select_shared(torch.stack(scores), valid, float(press.keep), press.min_share)
+        for m, idx in zip(mods, kept, strict=True):
+            kvc.replace_layer(cache, m.layer_idx, build_ragged(*kvc.layer_kv(cache, m.layer_idx), idx))
+        prefix = torch.ones(ids.shape[0], kvc.seq_length(cache, 0), dtype=torch.bool, device=ids.device)
+    else:
+        for m, s in zip(mods, scores, strict=True):
+            keys, values = kvc.layer_kv(cache, m.layer_idx)
+            prefix = keep_scored(press, cache, m.layer_idx, len(mods), keys, values, s, valid)
     kvc.set_state(cache, kvc.KVState(prefix, ids.shape[1]))
     return cache
 

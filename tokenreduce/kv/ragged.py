@@ -109,22 +109,33 @@ def build_ragged(keys: Tensor, values: Tensor, keep_idx: list[list[Tensor]]) -> 
 def select_ragged(scores: Tensor, valid: Tensor, keep: float, min_share: float) -> list[list[Tensor]]:
     """Per-(b, head) kept positions: ``ceil(keep * n_b) * Hkv`` entries per row shared among heads by score,
     each head guaranteed ``floor(min_share * ceil(keep * n_b))`` (AdaKV's safeguard; 1.0 = equal split)."""
+    return select_shared(scores[None], valid, keep, min_share)[0]
+
+
+def select_shared(scores: Tensor, valid: Tensor, keep: float, min_share: float) -> list[list[list[Tensor]]]:
+    """Kept positions ``[layer][b][head]`` when ``scores`` (S, B, Hkv, N) of S layers compete for one budget.
+
+    Each row keeps ``ceil(keep * n_b) * Hkv * S`` entries in all, the best by score over every layer and
+    head (KVzip's cross-layer ranking for S > 1, AdaKV's per-layer sharing for S = 1); each (layer, head)
+    is guaranteed ``floor(min_share * ceil(keep * n_b))`` entries. Scores must be comparable across heads
+    (and layers), e.g. attention probabilities."""
     from .select import row_budgets
 
-    b_size, hkv, n = scores.shape
+    n_layers, b_size, hkv, n = scores.shape
     budgets = row_budgets(valid, keep)
-    out = []
+    out: list[list[list[Tensor]]] = [[] for _ in range(n_layers)]
     for b in range(b_size):
         per_head = int(budgets[b])
         floor = min(per_head, int(min_share * per_head))
-        s = scores[b].float().clone()
+        s = scores[:, b].float().clone()  # (S, Hkv, N)
         order = s.sort(dim=-1, descending=True, stable=True).indices
-        guaranteed = torch.zeros_like(s, dtype=torch.bool).scatter_(1, order[:, :floor], True)
-        s = s.masked_fill(guaranteed, float("inf")).masked_fill(~valid[b][None], float("-inf"))
-        flat = s.flatten().sort(descending=True, stable=True).indices[: per_head * hkv]
-        chosen = torch.zeros(hkv * n, dtype=torch.bool, device=s.device).scatter_(0, flat, True).view(hkv, n)
-        chosen &= valid[b][None]
-        out.append([chosen[h].nonzero().flatten() for h in range(hkv)])
+        guaranteed = torch.zeros_like(s, dtype=torch.bool).scatter_(-1, order[..., :floor], True)
+        s = s.masked_fill(guaranteed, float("inf")).masked_fill(~valid[b], float("-inf"))
+        flat = s.flatten().sort(descending=True, stable=True).indices[: per_head * hkv * n_layers]
+        chosen = torch.zeros(s.numel(), dtype=torch.bool, device=s.device).scatter_(0, flat, True).view_as(s)
+        chosen &= valid[b]
+        for layer in range(n_layers):
+            out[layer].append([chosen[layer, h].nonzero().flatten() for h in range(hkv)])
     return out
 
 

@@ -19,6 +19,7 @@ from torch import Tensor
 
 from .base import LayerView, Press, register
 
+BUDGETS = ("global", "head", "layer")
 REPEAT_PROMPT = "\n\nRepeat the previous context exactly:\n"
 
 
@@ -27,13 +28,18 @@ REPEAT_PROMPT = "\n\nRepeat the previous context exactly:\n"
 class KVzipPress(Press):
     """``chunk``: context tokens reconstructed per pass (memory O(chunk x N) per head).
 
-    ``headwise``: AdaKV-style budgets shared among a layer's KV heads (ragged storage, floor ``min_share``
-    of an even split); otherwise every head keeps the same number of entries.
+    ``budget``: who competes for the kept entries. ``"global"`` (the paper): all layers and KV heads rank
+    together, so a layer or head the reconstruction leans on keeps more (ragged storage); ``"head"``:
+    the heads of each layer share the layer's budget (AdaKV-style); ``"layer"``: every head keeps the
+    same number. ``min_share``: floor per (layer, head) as a share of an even split (global/head).
     ``prompt``: text put before the repeated context (tokenized with the caller's tokenizer; none without one).
+    ``window``: also count the attention of the context's last ``window`` queries (SnapKV's observation
+    window, max-aggregated like the reconstruction): entries the next tokens read. 0 = the paper's scores.
     """
 
     chunk: int = 512
-    headwise: bool = False
+    budget: str = "global"
+    window: int = 0
     min_share: float = 0.2
     prompt: str = REPEAT_PROMPT
 
@@ -43,8 +49,10 @@ class KVzipPress(Press):
         super().__post_init__()
         if not isinstance(self.chunk, int) or self.chunk < 1:
             raise ValueError(f"kvzip: chunk must be a positive int, got {self.chunk!r}")
-        if self.headwise not in (True, False, 0, 1):
-            raise ValueError(f"kvzip: headwise must be a bool, got {self.headwise!r}")
+        if not isinstance(self.window, int) or self.window < 0:
+            raise ValueError(f"kvzip: window must be a non-negative int, got {self.window!r}")
+        if self.budget not in BUDGETS:
+            raise ValueError(f"kvzip: budget must be one of {', '.join(BUDGETS)}, got {self.budget!r}")
         if not 0.0 <= self.min_share <= 1.0:
             raise ValueError(f"kvzip: min_share must be in [0, 1], got {self.min_share!r}")
 
@@ -54,4 +62,4 @@ class KVzipPress(Press):
 
     @property
     def ragged(self) -> bool:
-        return bool(self.headwise)
+        return self.budget != "layer"
