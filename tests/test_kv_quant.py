@@ -12,7 +12,7 @@ from tokenreduce.kv import apply_press, generate_ids, kv_bytes, make_press
 from tokenreduce.kv import cache as kvc
 from tokenreduce.kv.generate import Session, prefill
 from tokenreduce.kv.mixed import MixedLayer, salient_positions
-from tokenreduce.kv.quant import dequantize, pack4, quantize, unpack4
+from tokenreduce.kv.quant import channel_scale, dequantize, pack4, quantize, unpack4
 
 HEAD_DIM = COMMON["hidden_size"] // COMMON["num_attention_heads"]
 
@@ -70,21 +70,24 @@ def _compressed(model, ids, press, mask=None):
     return s
 
 
-@pytest.mark.parametrize(("bits", "group", "salient"), [(8, 8, 0.25), (4, 4, 0.1), (4, 8, 0.0)])
-def test_bytes_held_equal_the_formula(model, bits, group, salient):
+@pytest.mark.parametrize(("bits", "group", "salient", "channels"),
+                         [(8, 8, 0.25, False), (4, 4, 0.1, False), (4, 8, 0.0, False), (4, 8, 0.1, True)])
+def test_bytes_held_equal_the_formula(model, bits, group, salient, channels):
     n = 64
-    s = _compressed(model, random_ids(1, n, seed=2), make_press("zipcache", bits=bits, group=group, salient=salient))
+    press = make_press("zipcache", bits=bits, group=group, salient=salient, key_channels=channels)
+    s = _compressed(model, random_ids(1, n, seed=2), press)
     hkv, layers, d = COMMON["num_key_value_heads"], COMMON["num_hidden_layers"], HEAD_DIM
     sal = math.ceil(salient * n - 1e-9)
     per_head = (
         sal * d * 4 * 2  # salient keys + values, float32
         + sal * 4  # their int32 positions
         + (n - sal) * (d * bits // 8 + 2 * (d // group) * 2) * 2  # codes + float16 scale/zero, keys + values
+        + (d * 2 if channels else 0)  # float16 key channel divisors
     )
     assert all(isinstance(layer, MixedLayer) for layer in s.cache.layers)
     assert kv_bytes(s.cache) == per_head * hkv * layers
     full = n * d * 4 * 2 * hkv * layers
-    if bits == 4 and salient == 0.0:
+    if bits == 4 and salient == 0.0 and not channels:
         assert kv_bytes(s.cache) / full == (d // 2 + 2 * (d // group) * 2) / (d * 4)
 
 
@@ -117,6 +120,29 @@ def test_quantized_prefix_is_close_and_8_bits_beat_4(model):
     assert 0 < err[8] < err[4] and err[8] < 0.05
 
 
+def test_channel_separable_keys_tame_an_outlier_channel():
+    """Keys with one large channel: per-token groups lose the small channels, channel division keeps them;
+    the divisors ignore padding entries and the round trip equals a hand-written reference."""
+    g = torch.Generator().manual_seed(0)
+    keys = torch.randn(1, 2, 40, 16, generator=g)
+    keys[..., 3] *= 60.0
+    values = torch.randn(1, 2, 40, 16, generator=g)
+    idx = torch.zeros(1, 2, 0, dtype=torch.long)  # nothing salient
+    valid = torch.ones(1, 40, dtype=torch.bool)
+    plain, split = (MixedLayer(keys, values, idx, 4, 8, valid, c) for c in (False, True))
+    small = [i for i in range(16) if i != 3]
+    err = {name: float((layer.prefix()[0] - keys)[..., small].abs().mean()) for name, layer in
+           (("plain", plain), ("split", split))}
+    assert err["split"] < 0.5 * err["plain"], err
+    c = keys.abs().amax(dim=2, keepdim=True).sqrt().half().float()  # reference: divide, quantize, multiply
+    assert torch.equal(split.prefix()[0], dequantize(quantize(keys / c, 4, 8)) * c)
+    padded = valid.clone()
+    padded[0, :5] = False
+    keys_big = keys.clone()
+    keys_big[..., :5, :] = 1e4  # padding entries must not set the divisors
+    assert torch.equal(MixedLayer(keys_big, values, idx, 4, 8, padded, True).kc, channel_scale(keys[..., 5:, :]))
+
+
 def test_salient_positions_pick_each_rows_best_and_pad_with_padding():
     scores = torch.tensor([[[5.0, 1, 4, 3, 2, 0]], [[9.0, 9, 1, 5, 2, 3]]])  # (B=2, Hkv=1, N=6)
     valid = torch.tensor([[True] * 6, [False, False, True, True, True, True]])
@@ -129,7 +155,8 @@ def test_batch_composition_does_not_change_a_row(model):
     mask = torch.ones_like(ids)
     mask[1, :9] = 0
     q = random_ids(2, 5, seed=1)
-    for press in (make_press("zipcache", bits=4, group=4, salient=0.2), make_press("zipcache", keep=0.5, group=8)):
+    for press in (make_press("zipcache", bits=4, group=4, salient=0.2), make_press("zipcache", keep=0.5, group=8),
+                  make_press("zipcache", bits=4, group=8, salient=0.1, key_channels=True)):
         both = generate_ids(model, ids, mask, q, press, max_new_tokens=5)
         alone = generate_ids(model, ids[1:, 9:], None, q[1:], press, max_new_tokens=5)
         assert torch.equal(both[1:], alone)
@@ -142,6 +169,8 @@ def test_bad_parameters_fail_before_compute(model):
         make_press("zipcache", salient=1.5)
     with pytest.raises(ValueError, match="scorer"):
         make_press("zipcache", scorer="adakv")
+    with pytest.raises(ValueError, match="key_channels"):
+        make_press("zipcache", key_channels="yes")
     with pytest.raises(ValueError, match="does not divide the head dimension"):
         with apply_press(model, make_press("zipcache", group=32)):
             pass

@@ -14,7 +14,7 @@ import torch
 from torch import Tensor
 from transformers.cache_utils import DynamicLayer
 
-from .quant import QTensor, dequantize, quantize
+from .quant import QTensor, channel_scale, dequantize, quantize
 from .select import row_budgets
 
 
@@ -37,15 +37,24 @@ def salient_positions(scores: Tensor, valid: Tensor, share: float) -> Tensor:
 class MixedLayer(DynamicLayer):
     """A compressed prefix (full-precision salient entries + quantized rest) and a full-precision tail."""
 
-    def __init__(self, keys: Tensor, values: Tensor, idx: Tensor, bits: int, group: int):
+    def __init__(self, keys: Tensor, values: Tensor, idx: Tensor, bits: int, group: int,
+                 valid: Tensor | None = None, key_channels: bool = False):
+        """``valid`` (B, L): real entries; ``key_channels``: divide key channels by :func:`channel_scale` of
+        the row's real quantized keys before quantizing (ZipCache's channel-separable keys)."""
         super().__init__()
         b, h, n, d = keys.shape
         salient = torch.zeros(b, h, n, dtype=torch.bool, device=keys.device).scatter_(-1, idx, True)
         self.n, self.dtype, self.idx = n, keys.dtype, idx.to(torch.int32)
         self.kf, self.vf = (x.gather(2, idx[..., None].expand(b, h, idx.shape[-1], d)) for x in (keys, values))
-        rest = ~salient
-        self.kq: QTensor = quantize(keys[rest].view(b, h, n - idx.shape[-1], d), bits, group)
-        self.vq: QTensor = quantize(values[rest].view(b, h, n - idx.shape[-1], d), bits, group)
+        rest, shape = ~salient, (b, h, n - idx.shape[-1])
+        k_rest = keys[rest].view(*shape, d)
+        self.kc: Tensor | None = None  # (B, Hkv, 1, D) channel divisors of the quantized keys
+        if key_channels:
+            real = None if valid is None else valid[:, None, :].expand(b, h, n)[rest].view(shape)
+            self.kc = channel_scale(k_rest, real)
+            k_rest = k_rest.float() / self.kc.float()
+        self.kq: QTensor = quantize(k_rest, bits, group)
+        self.vq: QTensor = quantize(values[rest].view(*shape, d), bits, group)
         self.keys, self.values = keys[..., :0, :], values[..., :0, :]  # tokens fed after compression
         self.device, self.is_initialized = keys.device, True
 
@@ -54,10 +63,11 @@ class MixedLayer(DynamicLayer):
         b, h, s, d = self.kf.shape
         salient = torch.zeros(b, h, self.n, dtype=torch.bool, device=self.device).scatter_(-1, self.idx.long(), True)
         out = []
-        for full, q in ((self.kf, self.kq), (self.vf, self.vq)):
+        for full, q, c in ((self.kf, self.kq, self.kc), (self.vf, self.vq, None)):
             x = torch.empty(b, h, self.n, d, dtype=self.dtype, device=self.device)
             x[salient] = full.reshape(-1, d)
-            x[~salient] = dequantize(q, self.dtype).reshape(-1, d)
+            rest = dequantize(q, self.dtype) if c is None else (dequantize(q) * c.float()).to(self.dtype)
+            x[~salient] = rest.reshape(-1, d)
             out.append(x)
         return out[0], out[1]
 
@@ -75,7 +85,8 @@ class MixedLayer(DynamicLayer):
         return self.n + self.keys.shape[-2]
 
     def nbytes(self) -> int:
-        full = sum(t.numel() * t.element_size() for t in (self.kf, self.vf, self.idx, self.keys, self.values))
+        held = (self.kf, self.vf, self.idx, self.keys, self.values) + (() if self.kc is None else (self.kc,))
+        full = sum(t.numel() * t.element_size() for t in held)
         return full + self.kq.nbytes() + self.vq.nbytes()
 
     def crop(self, tokens_to_remove: int) -> None:

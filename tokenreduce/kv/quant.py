@@ -71,3 +71,16 @@ def dequantize(q: QTensor, dtype: torch.dtype = torch.float32) -> Tensor:
     codes = unpack4(q.codes) if q.bits == 4 else q.codes
     g = codes.unflatten(-1, (-1, q.group)).float()
     return (g * q.scale.float()[..., None] + q.zero.float()[..., None]).flatten(-2).to(dtype)
+
+
+def channel_scale(x: Tensor, valid: Tensor | None = None) -> Tensor:
+    """Per-channel divisors (..., 1, D) for ``x`` (..., N, D): sqrt of each channel's largest magnitude
+    over the entries marked ``valid`` (..., N) (all if None), stored in float16.
+
+    ZipCache's channel-separable key quantization: keys have a few outlier channels, so dividing each
+    channel by this before per-token quantization stops one channel from setting every group's range.
+    """
+    a = x.float().abs()
+    if valid is not None:
+        a = a.masked_fill(~valid[..., None], 0.0)
+    return a.amax(dim=-2, keepdim=True).sqrt().clamp(min=1e-3).to(PARAM_DTYPE)

@@ -8,10 +8,11 @@ queries divided by how many of those probes can see it (plain accumulated attent
 keys, which every later query sees). Probes are the last ``window`` real tokens plus every
 ``stride``-th real token before them (ZipCache samples recent + random probes; a fixed stride keeps
 results reproducible and independent of the batch). Another press's scores can be used instead
-(``scorer``). Differences from the paper: salient entries stay in the cache dtype instead of a higher
-bit width, and keys and values are both quantized per token in channel groups (``group``) rather
-than with the paper's channel-separable key quantization. ``keep < 1`` first evicts by the same
-scores, then quantizes what is kept.
+(``scorer``). Keys and values are quantized per token in channel groups (``group``); with
+``key_channels`` keys are first divided per channel by the square root of the channel's largest
+magnitude in the row (the paper's channel-separable keys; D float16 divisors per head). Difference
+from the paper: salient entries stay in the cache dtype instead of a higher bit width. ``keep < 1``
+first evicts by the same scores, then quantizes what is kept.
 """
 
 from __future__ import annotations
@@ -57,6 +58,7 @@ class ZipCachePress(Press):
     window: int = 64  # recent probe queries
     stride: int = 20  # every stride-th earlier token is a probe too (~5%)
     scorer: str = ""  # "" = normalized attention; else a dense press's scores
+    key_channels: bool = False  # ZipCache's channel-separable keys (divide channels before quantizing)
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -65,6 +67,8 @@ class ZipCachePress(Press):
             raise ValueError(f"zipcache: salient must be in [0, 1], got {self.salient!r}")
         if self.window < 1 or self.stride < 1:
             raise ValueError(f"zipcache: window and stride must be >= 1, got {self.window}, {self.stride}")
+        if self.key_channels not in (True, False, 0, 1):
+            raise ValueError(f"zipcache: key_channels must be a bool, got {self.key_channels!r}")
         if self.scorer in ("zipcache", "adakv", "pyramidkv", "decoding"):
             raise ValueError(f"zipcache: scorer must be a dense eviction press, got {self.scorer!r}")
         if self.scorer:
@@ -82,4 +86,5 @@ class ZipCachePress(Press):
         return normalized_attention(view, self.window, self.stride)
 
     def build_layer(self, keys: Tensor, values: Tensor, scores: Tensor, valid: Tensor) -> MixedLayer:
-        return MixedLayer(keys, values, salient_positions(scores, valid, self.salient), self.bits, self.group)
+        idx = salient_positions(scores, valid, self.salient)
+        return MixedLayer(keys, values, idx, self.bits, self.group, valid, bool(self.key_channels))
