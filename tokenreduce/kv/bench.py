@@ -156,7 +156,9 @@ def _decoder(model, pre: Prefill, cache, steps: int):
     return run
 
 
-def speed_rows(model, ids: Tensor, presses: list[Press], steps: int = 16, repeats: int = 3) -> list[dict]:
+def speed_rows(
+    model, ids: Tensor, presses: list[Press], steps: int = 16, repeats: int = 3, tokenizer=None
+) -> list[dict]:
     """Per press vs the full cache, same process: KV bytes, decode time per token (interleaved A/B
     medians), peak allocator memory of prefill+compression (hook path) and of decoding."""
     from ..bench.memory import peak_memory
@@ -169,11 +171,14 @@ def speed_rows(model, ids: Tensor, presses: list[Press], steps: int = 16, repeat
     base_decode = peak_memory(_decoder(model, pre, full, steps))["peak_bytes"]
     rows = []
     for p in presses:
-        cache = press_cache(model, pre, p)
+        cache = press_cache(model, pre, p, tokenizer)
         with ragged_attention_for(model, p):
             tb, tp = time_pair(_decoder(model, pre, full, steps), _decoder(model, pre, cache, steps), repeats=repeats)
             dec = peak_memory(_decoder(model, pre, cache, steps))["peak_bytes"]
-        pf = peak_memory(lambda p=p: generate_ids(model, ids, press=p, max_new_tokens=1))["peak_bytes"]
+        def run_prefill(p=p):
+            return generate_ids(model, ids, press=p, max_new_tokens=1, tokenizer=tokenizer)
+
+        pf = peak_memory(run_prefill)["peak_bytes"]
         rows.append({
             "press": label(p), "keep": float(p.keep), "tokens": ids.shape[1],
             "kv_bytes_ratio": kvc.kv_bytes(cache) / kvc.kv_bytes(full),

@@ -91,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.timing:
         ids = (samples or needles)[0].context
         fixed = {label(parse_press(n, keeps[0])) for n in names if ":keep=" in f":{n}"}  # keep set in the spec
-        speed = speed_rows(model, ids, [p for p in plist if p.keep == keeps[0] or label(p) in fixed])
+        speed = speed_rows(model, ids, [p for p in plist if p.keep == keeps[0] or label(p) in fixed], tokenizer=tok)
         print(f"\nspeed/memory vs full cache, same process ({ids.shape[1]} tokens, decode 16 tokens, interleaved)")
         print(format_table(speed, SPEED_COLS))
         out["speed"] = speed
