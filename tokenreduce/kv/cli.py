@@ -13,7 +13,7 @@ from .presses.base import label, parse_press, presses
 
 DEFAULT_PRESSES = ("streaming_llm,snapkv,snapkv:kernel=11,tova,h2o,keyformer,key_norm,adakv,adakv:kernel=11,"
                    "adakv:window=256:kernel=1,pyramidkv,zipcache:keep=1.0:bits=8,zipcache:keep=1.0:bits=4,"
-                   "zipcache:keep=1.0:bits=4:salient=0.0,zipcache,kvzip,kvzip:window=256:sinks=4:recent=64:min_share=0.0")
+                   "zipcache:keep=1.0:bits=4:salient=0.0,zipcache,kvzip,kvzip:window=256:sinks=4:recent=128:min_share=0.0")
 QUALITY_COLS = ["press", "keep", "kv_bytes_ratio", "kl_mean", "ppl", "passkey_agnostic", "passkey_aware"]
 SPEED_COLS = ["press", "keep", "tokens", "kv_bytes_ratio", "decode_ms_per_token_full", "decode_ms_per_token",
               "decode_time_ratio", "decode_peak_ratio", "prefill_peak_ratio"]

@@ -51,9 +51,11 @@ def reconstruction_scores(
     """Per layer, the max attention (B, Hkv, N) each of the N context entries in ``cache`` receives from
     the reconstruction queries of its GQA group (``ids``/``mask`` (B, N): the context; the cache is untouched).
 
-    ``window`` > 0 adds the queries of the context's own last ``window`` positions (recomputed by feeding
-    them again after a copy of the cache cut before them): what the next tokens will read, which the
-    reconstruction alone under-weights."""
+    ``window`` > 0 also scores each entry by the square root of the mean attention it gets from the
+    context's own last ``window`` queries (SnapKV's observation window, GQA-averaged; recomputed by
+    feeding those tokens again after a copy of the cache cut before them) and keeps the larger score:
+    what the next tokens will read, which the reconstruction alone under-weights. The square root puts
+    a mean over many queries on the scale of the reconstruction's per-query maxima."""
     from .generate import Session
 
     mods = attention_modules(model)
@@ -69,9 +71,14 @@ def reconstruction_scores(
         length, total = current["length"], keys.shape[2]
         q = scoring.window_queries(mod, hidden[:, -length:], cos[:, -length:], sin[:, -length:])
         a = scoring.window_attention(q, keys, mod.scaling, current["valid"], q_offset=total - length)[..., :n]
-        a = a * current["qmask"][:, None, :, None]  # padding queries give nothing
+        qmask = current["qmask"]
+        a = a * qmask[:, None, :, None]  # padding queries give nothing
         hkv = keys.shape[1]
-        s = a.amax(dim=2).view(b, hkv, -1, n).amax(dim=2)  # max over queries, then over the GQA group
+        if current["mean"]:  # window: sqrt of the mean over real queries, GQA-averaged
+            mean = a.sum(dim=2) / qmask.sum(-1).clamp(min=1.0)[:, None, None]
+            s = mean.view(b, hkv, -1, n).mean(dim=2).sqrt()
+        else:  # reconstruction: max over queries, then over the GQA group
+            s = a.amax(dim=2).view(b, hkv, -1, n).amax(dim=2)
         best[mod.layer_idx] = torch.maximum(best[mod.layer_idx], s) if mod.layer_idx in best else s
         return out
 
@@ -81,12 +88,12 @@ def reconstruction_scores(
             rec, rec_mask, qmask = _chunk_inputs(ids, valid, prompt, start, chunk)
             session = Session(model, kvc.clone(cache), mask.long())
             full = torch.cat([mask.long(), rec_mask], dim=1)
-            current.update(cache=session.cache, length=qmask.shape[1], valid=full.bool(), qmask=qmask)
+            current.update(cache=session.cache, length=qmask.shape[1], valid=full.bool(), qmask=qmask, mean=False)
             session.feed(rec, rec_mask, last_only=True)
         if window > 0:
             w = min(window, n)
             session = Session(model, _cut(cache, n - w), mask[:, : n - w].long())
-            current.update(cache=session.cache, length=w, valid=valid, qmask=mask[:, n - w :].float())
+            current.update(cache=session.cache, length=w, valid=valid, qmask=mask[:, n - w :].float(), mean=True)
             session.feed(ids[:, n - w :], mask[:, n - w :], last_only=True)
     finally:
         for h in handles:

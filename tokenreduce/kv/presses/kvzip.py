@@ -33,8 +33,9 @@ class KVzipPress(Press):
     the heads of each layer share the layer's budget (AdaKV-style); ``"layer"``: every head keeps the
     same number. ``min_share``: floor per (layer, head) as a share of an even split (global/head).
     ``prompt``: text put before the repeated context (tokenized with the caller's tokenizer; none without one).
-    ``window``: also count the attention of the context's last ``window`` queries (SnapKV's observation
-    window, max-aggregated like the reconstruction): entries the next tokens read. 0 = the paper's scores.
+    ``window``: also score by the square root of the mean attention of the context's last ``window``
+    queries (SnapKV's observation window) and keep the larger score: entries the next tokens read.
+    0 = the paper's scores.
     """
 
     chunk: int = 512
