@@ -44,7 +44,6 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:

@@ -39,8 +39,7 @@ def keep_scored(press: Press, cache, idx: int, n_layers: int, keys, values, scor
     the prefix mask. Shared by :func:`compress_layer` and presses scored outside the layer (KVzip)."""
     keep = press.layer_keep(idx, n_layers)
     if press.ragged:
-        kvc.replace_layer(cache, idx, build_ragged(keys, values, select_ragged(scores, valid, keep, press.min_share)))
-        return torch.ones(keys.shape[0], kvc.seq_length(cache, 0), dtype=torch.bool, device=keys.device)
+        return keep_ragged(cache, idx, keys, values, select_ragged(scores, valid, keep, press.min_share))
     kept, prefix_mask = select(scores, valid, keep)
     keys, values = gather(keys, kept), gather(values, kept)
     layer = press.build_layer(keys, values, scores.gather(-1, kept), prefix_mask)
@@ -49,6 +48,13 @@ def keep_scored(press: Press, cache, idx: int, n_layers: int, keys, values, scor
     else:
         kvc.replace_layer(cache, idx, layer)
     return prefix_mask
+
+
+def keep_ragged(cache, idx: int, keys, values, kept: list[list[torch.Tensor]]) -> torch.Tensor:
+    """Store layer ``idx`` as a ragged layer of the entries at ``kept[b][h]``; returns the prefix mask
+    (all ones: ragged entries are all real tokens)."""
+    kvc.replace_layer(cache, idx, build_ragged(keys, values, kept))
+    return torch.ones(keys.shape[0], kvc.seq_length(cache, 0), dtype=torch.bool, device=keys.device)
 
 
 def attention_modules(model: nn.Module) -> list[nn.Module]:

@@ -15,9 +15,9 @@ from torch import Tensor, nn
 
 from . import cache as kvc
 from . import scoring
-from .hooks import attention_modules, keep_scored
+from .hooks import attention_modules, keep_ragged, keep_scored
 from .presses.base import Press
-from .ragged import build_ragged, select_shared
+from .ragged import select_shared
 from .select import protect
 
 
@@ -125,8 +125,7 @@ def compress_cache(
     if press.budget == "global":
         kept = select_shared(torch.stack(scores), valid, float(press.keep), press.min_share)
         for m, idx in zip(mods, kept, strict=True):
-            kvc.replace_layer(cache, m.layer_idx, build_ragged(*kvc.layer_kv(cache, m.layer_idx), idx))
-        prefix = torch.ones(ids.shape[0], kvc.seq_length(cache, 0), dtype=torch.bool, device=ids.device)
+            prefix = keep_ragged(cache, m.layer_idx, *kvc.layer_kv(cache, m.layer_idx), idx)
     else:
         for m, s in zip(mods, scores, strict=True):
             keys, values = kvc.layer_kv(cache, m.layer_idx)
