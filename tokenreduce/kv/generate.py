@@ -56,6 +56,14 @@ def left_pad(tokenizer, texts: list[str], add_special_tokens: bool = True) -> tu
     return enc.input_ids, enc.attention_mask
 
 
+def pack_left(ids: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
+    """Move each row's padding to the left, real tokens keeping their order (two left-padded blocks
+    side by side leave padding in the middle, and window presses would score the last columns, not
+    a row's last tokens)."""
+    order = mask.argsort(dim=1, stable=True)  # padding (0) first
+    return ids.gather(1, order), mask.gather(1, order)
+
+
 def prefill(
     session: Session, ids: Tensor, mask: Tensor, runner: PressRunner | None, chunk_size: int | None = None
 ) -> Tensor:
@@ -74,19 +82,26 @@ def prefill(
     return logits
 
 
-def greedy(session: Session, logits: Tensor, max_new_tokens: int, eos: int | None, runner=None) -> Tensor:
-    """Greedy continuation from the last logits; returns new ids (B, T) (rows stop after ``eos``)."""
+def greedy(
+    session: Session, logits: Tensor, max_new_tokens: int, eos: int | None, runner=None, steps: list | None = None
+) -> Tensor:
+    """Greedy continuation from the last logits; returns new ids (B, T) (rows stop after ``eos``).
+
+    ``steps``, if given, receives the logits (B, V) each new token was chosen from."""
     out = []
     done = torch.zeros(logits.shape[0], dtype=torch.bool)
-    nxt = logits[:, -1].argmax(-1)
+    last = logits[:, -1]
     for t in range(max_new_tokens):
+        nxt = last.argmax(-1)
         out.append(nxt)
+        if steps is not None:
+            steps.append(last)
         if eos is not None:
             done |= nxt == eos
             if bool(done.all()):
                 break
         if t + 1 < max_new_tokens:
-            nxt = session.feed(nxt[:, None], runner=runner)[:, -1].argmax(-1)
+            last = session.feed(nxt[:, None], runner=runner)[:, -1]
     return torch.stack(out, dim=1)
 
 
@@ -104,26 +119,36 @@ def generate_ids(
     eos: int | None = None,
     chunk_size: int | None = None,
     tokenizer=None,
-) -> Tensor:
+    output_logits: bool = False,
+) -> Tensor | tuple[Tensor, Tensor]:
     """Greedy new token ids (B, T) for ``context + question`` with the context's cache compressed.
 
     ``query_aware=False``: only the context is compressed, the question is fed afterwards (one cache
     serves any question). ``query_aware=True``: the question is part of the compressed prefill, so it
     lies in the scoring window of window-based presses. ``tokenizer`` tokenizes KVzip's reconstruction prompt.
+    ``output_logits``: also return the logits (B, T, V) each new token was chosen from.
     """
+    steps: list[Tensor] = []
+    ids = _generate(model, context_ids, context_mask, question_ids, press, question_mask, query_aware,
+                    max_new_tokens, eos, chunk_size, tokenizer, steps)
+    return (ids, torch.stack(steps, dim=1)) if output_logits else ids
+
+
+def _generate(model, context_ids, context_mask, question_ids, press, question_mask, query_aware, max_new_tokens,
+              eos, chunk_size, tokenizer, steps: list[Tensor]) -> Tensor:
     context_mask = torch.ones_like(context_ids) if context_mask is None else context_mask
     if question_ids is not None and question_mask is None:
         question_mask = torch.ones_like(question_ids)
     if query_aware and question_ids is not None:
-        context_ids = torch.cat([context_ids, question_ids], dim=1)
-        context_mask = torch.cat([context_mask, question_mask], dim=1)
+        context_ids, context_mask = pack_left(torch.cat([context_ids, question_ids], 1),
+                                              torch.cat([context_mask, question_mask], 1))
         question_ids = None
     session = Session(model, kvc.new_cache(model), context_mask[:, :0])
     if press is None:
         logits = prefill(session, context_ids, context_mask, None, chunk_size)
         if question_ids is not None:
             logits = session.feed(question_ids, question_mask)
-        return greedy(session, logits, max_new_tokens, eos)
+        return greedy(session, logits, max_new_tokens, eos, steps=steps)
     if getattr(press, "reconstructs", False):  # KVzip: full prefill, then a scoring pass over the context
         from .kvzip import compress_cache, prompt_ids
 
@@ -133,13 +158,13 @@ def generate_ids(
         with ragged_attention_for(model, press):
             if question_ids is not None:
                 logits = session.feed(question_ids, question_mask)
-            return greedy(session, logits, max_new_tokens, eos)
+            return greedy(session, logits, max_new_tokens, eos, steps=steps)
     with apply_press(model, press) as runner:
         runner.auto = False
         logits = prefill(session, context_ids, context_mask, runner, chunk_size)
         if question_ids is not None:
             logits = session.feed(question_ids, question_mask, runner)
-        return greedy(session, logits, max_new_tokens, eos, runner)
+        return greedy(session, logits, max_new_tokens, eos, runner, steps)
 
 
 def generate(

@@ -21,23 +21,28 @@ from .ragged import build_ragged, ragged_attention_for, select_ragged
 from .select import gather, protect, select
 
 
-def compress_layer(press: Press, cache, module: nn.Module, n_layers: int, hidden, cos, sin, valid) -> torch.Tensor:
+def compress_layer(
+    press: Press, cache, module: nn.Module, n_layers: int, hidden, cos, sin, valid, budgets: torch.Tensor | None = None
+) -> torch.Tensor:
     """Score layer ``module.layer_idx``'s cached entries with ``press`` and keep the best; returns the prefix mask.
 
     ``hidden``/``cos``/``sin`` are the inputs of the last forward (its queries are the scoring window);
-    ``valid`` (B, N) marks the real cached entries.
+    ``valid`` (B, N) marks the real cached entries; ``budgets`` (B,), if given, are entry counts per row
+    that replace the press's ``keep`` (decode-time compression).
     """
     idx = module.layer_idx
     keys, values = kvc.layer_kv(cache, idx)
     view = LayerView(module, idx, n_layers, hidden, cos, sin, keys, values, valid)
     scores = protect(press.score(view), valid, press.sinks, press.recent)
-    return keep_scored(press, cache, idx, n_layers, keys, values, scores, valid)
+    return keep_scored(press, cache, idx, n_layers, keys, values, scores, valid, budgets)
 
 
-def keep_scored(press: Press, cache, idx: int, n_layers: int, keys, values, scores, valid) -> torch.Tensor:
+def keep_scored(
+    press: Press, cache, idx: int, n_layers: int, keys, values, scores, valid, budgets: torch.Tensor | None = None
+) -> torch.Tensor:
     """Replace layer ``idx``'s entries with the best by ``scores`` (B, Hkv, N) (already protected); returns
     the prefix mask. Shared by :func:`compress_layer` and presses scored outside the layer (KVzip)."""
-    keep = press.layer_keep(idx, n_layers)
+    keep = press.layer_keep(idx, n_layers) if budgets is None else budgets
     if press.ragged:
         return keep_ragged(cache, idx, keys, values, select_ragged(scores, valid, keep, press.min_share))
     kept, prefix_mask = select(scores, valid, keep)
@@ -79,6 +84,7 @@ class PressRunner:
         self.auto = True  # compress the first multi-token forward on an empty cache (model.generate)
         self.force_next = False  # set by tokenreduce.kv.generate for the last prefill chunk
         self.active: Press | None = press  # the press applied in the current forward
+        self.budgets: torch.Tensor | None = None  # per-row entry budgets of a decode-time compression
 
     def pre_forward(self, module, args, kwargs):
         cache = kwargs.get("cache", kwargs.get("past_key_values"))
@@ -87,19 +93,27 @@ class PressRunner:
         empty = cache is None or kvc.n_layers(cache) == 0 or kvc.seq_length(cache) == 0
         self.armed = cache is not None and (self.force_next or (self.auto and empty and q_len > 1))
         self.force_next = False
-        self.active = self.press
-        if hasattr(self.press, "at_length") and cache is not None:  # decode-time compression
-            if self.armed and self.press.keep >= 1.0:
-                self.armed = False
-            elif not self.armed and not empty and q_len == 1:
-                self.active = self.press.at_length(kvc.seq_length(cache) + 1)
-                self.armed = self.active is not None
+        self.active, self.budgets = self.press, None
         mask = kwargs.get("attention_mask")
         state = kvc.get_state(cache) if cache is not None else None
         if state is not None and mask is not None and mask.ndim == 2 and mask.shape[1] != kvc.seq_length(cache) + q_len:
             kwargs["attention_mask"] = kvc.rewrite_mask(cache, mask)  # one column per token seen -> per cache entry
         self.mask = kwargs.get("attention_mask")
+        if self.press.decodes and cache is not None:  # decode-time compression
+            if self.armed and self.press.keep >= 1.0:
+                self.armed = False
+            elif not self.armed and not empty and q_len == 1:
+                step = self.press.decode_step(self._counts(ids if ids is not None else kwargs["inputs_embeds"], cache))
+                self.armed = step is not None
+                if step is not None:
+                    self.active, self.budgets = step
         return args, kwargs
+
+    def _counts(self, inputs: torch.Tensor, cache) -> torch.Tensor:
+        """Real entries per row (B,) once this forward's tokens are cached (from the mapped 2D mask)."""
+        if self.mask is not None and self.mask.ndim == 2:
+            return self.mask.long().sum(-1)
+        return torch.full((inputs.shape[0],), kvc.seq_length(cache) + inputs.shape[1], device=inputs.device)
 
     def after_attention(self, module, args, kwargs, output):
         if not self.armed:
@@ -110,7 +124,7 @@ class PressRunner:
         idx = module.layer_idx
         n = kvc.seq_length(cache, idx)
         valid = self._valid(hidden.shape[0], n, hidden.device)
-        prefix_mask = compress_layer(self.active, cache, module, self.n_layers, hidden, cos, sin, valid)
+        prefix_mask = compress_layer(self.active, cache, module, self.n_layers, hidden, cos, sin, valid, self.budgets)
         if idx == self.modules[-1].layer_idx:  # the cache now stands for everything seen so far
             state = kvc.get_state(cache)
             seen = state.seen + n - state.prefix_mask.shape[1] if state else n  # tokens the n entries stood for

@@ -35,9 +35,12 @@ class RaggedKV:
 class RaggedLayer(DynamicLayer):
     """Per-(sequence, KV head) key/value tensors of different lengths."""
 
-    def __init__(self, keys: list[list[Tensor]], values: list[list[Tensor]]):
+    def __init__(self, keys: list[list[Tensor]], values: list[list[Tensor]], appended: int = 0):
         super().__init__()
         self.k, self.v = keys, values  # [B][Hkv] -> (n_bh, D)
+        # entries fed after compression (the same count for every head; padding among them is masked
+        # by the 2D mask's last ``appended`` columns), after each head's all-real compressed prefix
+        self.appended = appended
         self.is_initialized = True
         first = keys[0][0]
         self.device, self.keys, self.values = first.device, first.new_empty(0), first.new_empty(0)
@@ -47,11 +50,12 @@ class RaggedLayer(DynamicLayer):
             for h in range(key_states.shape[1]):
                 self.k[b][h] = torch.cat([self.k[b][h], key_states[b, h]])
                 self.v[b][h] = torch.cat([self.v[b][h], value_states[b, h]])
+        self.appended += key_states.shape[2]
         handle = RaggedKV(self, key_states.shape[2])
         return handle, handle
 
     def __copy__(self) -> RaggedLayer:  # copies the lists, shares the tensors (updates make new ones)
-        return RaggedLayer([list(r) for r in self.k], [list(r) for r in self.v])
+        return RaggedLayer([list(r) for r in self.k], [list(r) for r in self.v], self.appended)
 
     def lengths(self) -> list[list[int]]:
         return [[t.shape[0] for t in row] for row in self.k]
@@ -82,21 +86,29 @@ def ragged_attention(module, query, key, value, attention_mask, scaling=None, dr
     hkv = len(layer.k[0])
     g = n_heads // hkv
     scale = module.scaling if scaling is None else scaling
-    if attention_mask is not None and attention_mask.dtype == torch.bool:
-        new_mask = attention_mask[..., -q:]  # (B, 1, q, q) over the new tokens
-    elif attention_mask is not None:
-        new_mask = attention_mask[..., -q:] == 0
-    else:
-        new_mask = torch.ones(q, q, dtype=torch.bool, device=query.device).tril()[None, None].expand(b_size, 1, q, q)
+    tail = _tail_mask(attention_mask, layer.appended, q, b_size, query.device)  # (B, q, appended)
     out = query.new_empty(b_size, n_heads, q, query.shape[-1])
     for b in range(b_size):
         for h in range(hkv):
             k, v = layer.k[b][h], layer.v[b][h]
-            past = torch.ones(q, k.shape[0] - q, dtype=torch.bool, device=query.device)
-            mask = torch.cat([past, new_mask[b, 0]], dim=-1)
+            prefix = torch.ones(q, k.shape[0] - layer.appended, dtype=torch.bool, device=query.device)
+            mask = torch.cat([prefix, tail[b]], dim=-1)
             qs = query[b, h * g : (h + 1) * g]
             out[b, h * g : (h + 1) * g] = F.scaled_dot_product_attention(qs, k, v, attn_mask=mask, scale=scale)
     return out.transpose(1, 2).contiguous(), None
+
+
+def _tail_mask(attention_mask: Tensor | None, appended: int, q: int, b_size: int, device) -> Tensor:
+    """Which of the ``appended`` entries fed after compression (the q new ones last) each new query sees,
+    (B, q, appended) bool: the last ``appended`` columns of the model's 4D mask, whose columns end with
+    the tokens fed since compression (left padding of a later block included). Without a mask
+    (no padding anywhere), every earlier entry is visible and the new ones are causal."""
+    if attention_mask is None:
+        seen = torch.ones(q, appended, dtype=torch.bool, device=device)
+        seen[:, appended - q :] = torch.ones(q, q, dtype=torch.bool, device=device).tril()
+        return seen[None].expand(b_size, q, appended)
+    cols = attention_mask[:, 0, :, -appended:]
+    return cols if cols.dtype == torch.bool else cols == 0
 
 
 def build_ragged(keys: Tensor, values: Tensor, keep_idx: list[list[Tensor]]) -> RaggedLayer:

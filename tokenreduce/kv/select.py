@@ -14,10 +14,14 @@ import torch
 from torch import Tensor
 
 
-def row_budgets(valid: Tensor, keep: float) -> Tensor:
-    """Entries kept per row (B,): ceil(keep * real tokens), at least 1 where a row has any."""
+def row_budgets(valid: Tensor, keep: float | Tensor) -> Tensor:
+    """Entries kept per row (B,): ceil(keep * real tokens), at least 1 where a row has any
+    (``keep`` may also be a (B,) tensor of entry counts, e.g. decode-time targets, capped at the row's)."""
     n = valid.sum(dim=-1)
-    k = torch.ceil(n.double() * keep - 1e-9).long()
+    if isinstance(keep, Tensor):
+        k = keep.to(device=n.device, dtype=torch.long)
+    else:
+        k = torch.ceil(n.double() * keep - 1e-9).long()
     return torch.minimum(k.clamp(min=1), n)
 
 
@@ -32,8 +36,9 @@ def protect(scores: Tensor, valid: Tensor, sinks: int, recent: int) -> Tensor:
     return s
 
 
-def select(scores: Tensor, valid: Tensor, keep: float) -> tuple[Tensor, Tensor]:
-    """Indices (B, Hkv, L) into the N cached entries and the new prefix mask (B, L)."""
+def select(scores: Tensor, valid: Tensor, keep: float | Tensor) -> tuple[Tensor, Tensor]:
+    """Indices (B, Hkv, L) into the N cached entries and the new prefix mask (B, L) (``keep``: a fraction
+    or per-row entry counts, see :func:`row_budgets`)."""
     k = row_budgets(valid, keep)
     length = int(k.max())
     # stable sort: ties (e.g. several protected tokens) break by position, independent of the batch

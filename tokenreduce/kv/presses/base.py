@@ -63,6 +63,7 @@ class Press:
     name: ClassVar[str] = ""
     query_aware: ClassVar[bool] = False  # scores depend on the last queries (put the question in the window)
     needs_eager: ClassVar[bool] = False  # True if the press needs materialized attention weights
+    decodes: ClassVar[bool] = False  # True if the press also compresses during decoding (``decode_step``)
 
     def __post_init__(self) -> None:
         if not isinstance(self.keep, (int, float)) or not 0.0 < float(self.keep) <= 1.0:
@@ -75,6 +76,11 @@ class Press:
     def score(self, view: LayerView) -> Tensor:  # pragma: no cover - abstract
         """Importance of each cached entry, (B, Hkv, N); higher is kept."""
         raise NotImplementedError
+
+    def decode_step(self, counts: Tensor) -> tuple[Press, Tensor] | None:
+        """For presses that ``decodes``: the press and per-row entry budgets (B,) to compress to before
+        feeding one more token, given each row's real entries ``counts`` (B,), or None (not now)."""
+        return None
 
     def layer_keep(self, layer: int, n_layers: int) -> float:
         """Fraction kept in ``layer`` (constant; PyramidKV overrides)."""
