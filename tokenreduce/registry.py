@@ -6,6 +6,8 @@ dataclasses, so ``make`` can validate parameter names before any compute.
 
 from __future__ import annotations
 
+import math
+import numbers
 from collections.abc import Callable
 from dataclasses import fields
 from typing import Any, Generic, TypeVar
@@ -15,6 +17,45 @@ T = TypeVar("T")
 
 class ParamError(TypeError, ValueError):
     """Unknown parameter names (a TypeError like a bad keyword, and a ValueError like bad input)."""
+
+
+_KINDS = {"int": "an int", "float": "a real number", "bool": "a bool (true/false)", "str": "a string"}
+
+
+def _fits(value: Any, kind: str) -> bool:
+    if kind == "bool":
+        return isinstance(value, bool) or type(value).__name__ == "bool_"
+    if isinstance(value, bool) or type(value).__name__ == "bool_":
+        return False  # True is not a number here, however Python counts it
+    if kind == "int":
+        return isinstance(value, numbers.Integral)
+    if kind == "float":
+        return isinstance(value, numbers.Real) and math.isfinite(float(value))
+    return isinstance(value, str)
+
+
+def check_field_types(obj: Any, owner: str) -> None:
+    """Raise ValueError if a field annotated ``int``/``float``/``bool``/``str`` holds another type (a bool
+    for a number, a string for a number, NaN or inf for a float): checked at construction, so a bad
+    parameter fails before any compute, naming the parameter and the type it needs."""
+    for f in fields(obj):
+        kind = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", "")
+        value = getattr(obj, f.name)
+        if kind in _KINDS and not _fits(value, kind):
+            finite = " (finite)" if kind == "float" else ""
+            raise ValueError(f"{owner}: {f.name} must be {_KINDS[kind]}{finite}, got {value!r}")
+
+
+def check_range(owner: str, name: str, value: float, low: float | None = None, high: float | None = None,
+                low_open: bool = False, high_open: bool = False, hint: str = "") -> None:
+    """Raise ValueError naming the valid interval unless ``low (<|<=) value (<|<=) high``."""
+    ok = (low is None or (value > low if low_open else value >= low)) and (
+        high is None or (value < high if high_open else value <= high))
+    if not ok:
+        lo = "-inf" if low is None else f"{low:g}"
+        hi = "inf" if high is None else f"{high:g}"
+        interval = f"{'(' if low_open or low is None else '['}{lo}, {hi}{')' if high_open or high is None else ']'}"
+        raise ValueError(f"{owner}: {name} must be in {interval}{hint}, got {value!r}")
 
 
 class Registry(Generic[T]):

@@ -29,6 +29,21 @@ def new_cache(model) -> DynamicCache:
     return DynamicCache(config=model.config)
 
 
+def cache_of(kwargs: dict) -> Cache | None:
+    """The cache passed to a model's forward (``cache``, or the older ``past_key_values``)."""
+    return kwargs.get("cache", kwargs.get("past_key_values"))
+
+
+def ensure_cache(model, kwargs: dict) -> Cache | None:
+    """The forward's cache, created and put into ``kwargs`` when the model would make one itself
+    (``use_cache`` true, or unset with ``config.use_cache``) -- so hooks see the cache the caller gets back."""
+    cache = cache_of(kwargs)
+    use = kwargs.get("use_cache")
+    if cache is None and (use or (use is None and getattr(model.config, "use_cache", False))):
+        cache = kwargs["cache"] = new_cache(model)
+    return cache
+
+
 def clone(cache: Cache) -> Cache:
     """A cache sharing the stored tensors (copy-on-write: updates and presses make new tensors)."""
     import copy

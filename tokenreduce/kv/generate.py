@@ -7,6 +7,7 @@ positions), and the mask is mapped onto the compressed cache by the press hooks.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -72,9 +73,7 @@ def prefill(
     Returns the logits of the last chunk. The scoring window of window-based presses lies in the last chunk.
     """
     n = ids.shape[1]
-    step = n if not chunk_size else chunk_size
-    if step < 1:
-        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+    step = n if chunk_size is None else chunk_size
     logits = None
     for s in range(0, n, step):
         e = min(n, s + step)
@@ -128,10 +127,33 @@ def generate_ids(
     lies in the scoring window of window-based presses. ``tokenizer`` tokenizes KVzip's reconstruction prompt.
     ``output_logits``: also return the logits (B, T, V) each new token was chosen from.
     """
+    check_inputs(model, context_ids, context_mask, question_ids, question_mask, max_new_tokens, chunk_size)
     steps: list[Tensor] = []
     ids = _generate(model, context_ids, context_mask, question_ids, press, question_mask, query_aware,
                     max_new_tokens, eos, chunk_size, tokenizer, steps)
     return (ids, torch.stack(steps, dim=1)) if output_logits else ids
+
+
+def check_inputs(model, context_ids, context_mask, question_ids, question_mask, max_new_tokens, chunk_size) -> None:
+    """Bad inputs fail here, before any compute, naming the fix; a run past the model's trained context
+    (``max_position_embeddings``) warns."""
+    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be an int >= 1, got {max_new_tokens!r}")
+    if chunk_size is not None and (isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1):
+        raise ValueError(f"chunk_size must be None (one pass) or an int >= 1, got {chunk_size!r}")
+    real = context_ids.shape[1] if context_mask is None else context_mask.sum(-1)
+    empty = [] if context_mask is None else (real == 0).nonzero().flatten().tolist()
+    if context_ids.shape[1] == 0 or empty:
+        rows = f" (rows {empty})" if empty else ""
+        raise ValueError(f"the context is empty{rows}: give each row at least one token to compress")
+    longest = int(real if context_mask is None else real.max()) + max_new_tokens
+    if question_ids is not None:
+        longest += question_ids.shape[1] if question_mask is None else int(question_mask.sum(-1).max())
+    limit = getattr(model.config, "max_position_embeddings", None)
+    if limit and longest > limit:
+        warnings.warn(f"context + question + max_new_tokens reaches {longest} positions, past the model's "
+                      f"max_position_embeddings={limit}: quality past it is not what the model was trained for",
+                      stacklevel=3)
 
 
 def _generate(model, context_ids, context_mask, question_ids, press, question_mask, query_aware, max_new_tokens,

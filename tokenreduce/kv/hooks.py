@@ -77,7 +77,7 @@ class PressRunner:
     """Hook state for one ``apply_press`` context: the press, and the mask of the forward in flight."""
 
     def __init__(self, model: nn.Module, press: Press):
-        self.press, self.modules = press, attention_modules(model)
+        self.model, self.press, self.modules = model, press, attention_modules(model)
         self.n_layers = len(self.modules)
         self.mask: torch.Tensor | None = None  # 2D mask of the current forward, mapped onto the cache
         self.armed = False  # compress in the current forward
@@ -87,7 +87,7 @@ class PressRunner:
         self.budgets: torch.Tensor | None = None  # per-row entry budgets of a decode-time compression
 
     def pre_forward(self, module, args, kwargs):
-        cache = kwargs.get("cache", kwargs.get("past_key_values"))
+        cache = kvc.ensure_cache(self.model, kwargs)  # model(**enc, use_cache=True) compresses too
         ids = kwargs.get("input_ids", args[0] if args else None)
         q_len = (ids if ids is not None else kwargs["inputs_embeds"]).shape[1]
         empty = cache is None or kvc.n_layers(cache) == 0 or kvc.seq_length(cache) == 0
@@ -118,7 +118,7 @@ class PressRunner:
     def after_attention(self, module, args, kwargs, output):
         if not self.armed:
             return output
-        cache = kwargs.get("cache", kwargs.get("past_key_values"))
+        cache = kvc.cache_of(kwargs)
         hidden = kwargs.get("hidden_states", args[0] if args else None)
         cos, sin = kwargs["position_embeddings"]
         idx = module.layer_idx

@@ -25,15 +25,25 @@ def row_budgets(valid: Tensor, keep: float | Tensor) -> Tensor:
     return torch.minimum(k.clamp(min=1), n)
 
 
+# Protected entries outrank every score: the newest protected first, then sinks, then scores.
+# Scores are finite and far below these tiers (attention probabilities, norms, noise).
+_NEWEST = 2.0**100  # + real rank * _STEP: the newer, the higher (distinct up to 2**22 tokens in float32)
+_STEP = 2.0**78
+_SINK = 2.0**90
+
+
 def protect(scores: Tensor, valid: Tensor, sinks: int, recent: int) -> Tensor:
-    """Scores with padding at -inf and the first ``sinks`` / last ``recent`` real tokens at +inf."""
+    """Scores with padding at -inf and protected entries ranked above every score, so that a budget
+    smaller than what is protected keeps, in this order: the newest protected entries (the last
+    ``recent`` real tokens and every entry a press scored +inf, i.e. its own window), newest first;
+    then the first ``sinks`` real tokens, oldest first; then the best by score."""
     s = scores.float().masked_fill(~valid[:, None, :], float("-inf"))
-    if sinks or recent:
-        rank = valid.long().cumsum(-1) - 1  # index among the row's real tokens
-        n_real = valid.sum(-1, keepdim=True)
-        kept = valid & ((rank < sinks) | (rank >= n_real - recent))
-        s = s.masked_fill(kept[:, None, :], float("inf"))
-    return s
+    rank = real_rank(valid)
+    n_real = valid.sum(-1, keepdim=True)
+    newest = torch.isposinf(s) | (valid & (rank >= n_real - recent))[:, None, :]
+    sink = valid & (rank < sinks)
+    s = s.masked_fill(sink[:, None, :], _SINK)
+    return torch.where(newest & valid[:, None, :], _NEWEST + rank[:, None, :].float() * _STEP, s)
 
 
 def select(scores: Tensor, valid: Tensor, keep: float | Tensor) -> tuple[Tensor, Tensor]:

@@ -22,7 +22,7 @@ from torch import Tensor
 
 from .. import scoring
 from ..select import row_budgets, row_noise
-from .base import LayerView, Press, register
+from .base import LayerView, Press, check_window, register
 
 
 def _recent_bonus(view: LayerView, scores: Tensor, count: Tensor) -> Tensor:
@@ -40,6 +40,10 @@ class SnapKVPress(Press):
     window: int = 64
     kernel: int = 5
     query_aware = True
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_window(self, self.window, self.kernel)
 
     def score(self, view: LayerView) -> Tensor:
         a = view.window_attention(self.window).mean(dim=2)  # (B, H, N)
@@ -91,6 +95,7 @@ class KeyformerPress(Press):
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        check_window(self, self.window)
         if self.tau <= 0:
             raise ValueError(f"keyformer: tau must be > 0, got {self.tau!r}")
 

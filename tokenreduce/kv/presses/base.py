@@ -15,7 +15,7 @@ from typing import Any, ClassVar
 
 from torch import Tensor, nn
 
-from ...registry import Registry
+from ...registry import Registry, check_field_types, check_range
 from .. import scoring
 
 
@@ -66,12 +66,11 @@ class Press:
     decodes: ClassVar[bool] = False  # True if the press also compresses during decoding (``decode_step``)
 
     def __post_init__(self) -> None:
-        if not isinstance(self.keep, (int, float)) or not 0.0 < float(self.keep) <= 1.0:
-            raise ValueError(f"{self.name}: keep must be in (0, 1] (fraction of KV entries kept), got {self.keep!r}")
+        check_field_types(self, self.name)
+        check_range(self.name, "keep", self.keep, 0.0, 1.0, low_open=True, hint=" (fraction of KV entries kept)")
         for f in ("sinks", "recent"):
-            v = getattr(self, f)
-            if not isinstance(v, int) or v < 0:
-                raise ValueError(f"{self.name}: {f} must be a non-negative int, got {v!r}")
+            if getattr(self, f) < 0:
+                raise ValueError(f"{self.name}: {f} must be a non-negative int, got {getattr(self, f)!r}")
 
     def score(self, view: LayerView) -> Tensor:  # pragma: no cover - abstract
         """Importance of each cached entry, (B, Hkv, N); higher is kept."""
@@ -101,6 +100,14 @@ class Press:
     def ragged(self) -> bool:
         """True if budgets differ between layers or heads (needs ragged storage)."""
         return False
+
+
+def check_window(press: Press, window: int, kernel: int | None = None) -> None:
+    """An observation window of >= 1 queries and an odd pooling kernel >= 1 (SnapKV's max-pooling keeps
+    the length only for odd kernels)."""
+    check_range(press.name, "window", window, 1, hint=" (queries in the observation window)")
+    if kernel is not None and (kernel < 1 or kernel % 2 == 0):
+        raise ValueError(f"{press.name}: kernel must be an odd int >= 1 (1 = no pooling), got {kernel!r}")
 
 
 def register(name: str) -> Callable[[type[Press]], type[Press]]:
@@ -133,6 +140,8 @@ def parse_press(spec: str, keep: float) -> Press:
 
 
 def _value(raw: str) -> Any:
+    if raw.lower() in ("true", "false"):
+        return raw.lower() == "true"
     for cast in (int, float):
         try:
             return cast(raw)

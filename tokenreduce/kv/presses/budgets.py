@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 from torch import Tensor
 
-from .base import LayerView, Press, make_press, register
+from .base import LayerView, Press, check_window, make_press, register
 
 
 @dataclass(frozen=True)
@@ -30,6 +30,7 @@ class _Budgeted(Press):
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        check_window(self, self.window, self.kernel)
         if not 0.0 <= self.min_share <= 1.0:
             raise ValueError(f"{self.name}: min_share must be in [0, 1], got {self.min_share!r}")
         if self.scorer in ("adakv", "pyramidkv"):

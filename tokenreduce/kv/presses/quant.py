@@ -67,8 +67,6 @@ class ZipCachePress(Press):
             raise ValueError(f"zipcache: salient must be in [0, 1], got {self.salient!r}")
         if self.window < 1 or self.stride < 1:
             raise ValueError(f"zipcache: window and stride must be >= 1, got {self.window}, {self.stride}")
-        if self.key_channels not in (True, False, 0, 1):
-            raise ValueError(f"zipcache: key_channels must be a bool, got {self.key_channels!r}")
         if self.scorer in ("zipcache", "adakv", "pyramidkv", "decoding"):
             raise ValueError(f"zipcache: scorer must be a dense eviction press, got {self.scorer!r}")
         if self.scorer:
