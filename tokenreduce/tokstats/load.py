@@ -93,12 +93,12 @@ def _hf(tok: Any) -> Callable[[str], list[int]]:
 
 
 def tokenizers_dir(data_dir: str | Path | None) -> Path:
-    from ..bench.tasks import default_data_dir
-
-    base = Path(data_dir) if data_dir is not None else default_data_dir()
-    if base is None:
-        raise FileNotFoundError("no data folder found for the named tokenizers: pass --data-dir or a local path")
-    return base / "tokenizers"
+    """The folder holding the named tokenizers' files (the library never guesses where data lives:
+    the caller, e.g. the CLI, passes the data folder)."""
+    if data_dir is None:
+        raise FileNotFoundError("the named tokenizers need a data folder: pass data_dir (CLI: --data-dir) "
+                                "or a local tokenizer path")
+    return Path(data_dir) / "tokenizers"
 
 
 def load_tok(name: str, data_dir: str | Path | None = None) -> Tok:
