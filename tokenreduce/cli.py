@@ -22,6 +22,7 @@ import torch
 from . import methods as list_methods
 from .cli_errors import user_error
 from .methods.base import REGISTRY
+from .spec import parse_spec
 
 # (words on the command line) -> module with ``main(argv: list[str] | None) -> int``
 COMMANDS: dict[tuple[str, ...], tuple[str, str]] = {
@@ -57,22 +58,9 @@ def _floats(text: str) -> list[float]:
 
 
 def parse_config(text: str) -> tuple[str, dict]:
-    """``"tome:keep=0.4,schedule=decreasing"`` -> ``("tome", {"keep": 0.4, "schedule": "decreasing"})``."""
-    name, _, rest = text.partition(":")
-    params: dict = {}
-    for item in filter(None, rest.split(",")):
-        key, sep, val = item.partition("=")
-        if not sep:
-            raise ValueError(f"bad --config item {item!r}: expected KEY=VALUE")
-        for conv in (int, float):
-            try:
-                params[key.strip()] = conv(val)
-                break
-            except ValueError:
-                continue
-        else:
-            params[key.strip()] = {"true": True, "false": False, "none": None}.get(val.lower(), val)
-    return name.strip(), params
+    """``"tome:keep=0.4,schedule=decreasing"`` -> ``("tome", {"keep": 0.4, "schedule": "decreasing"})``
+    (the one spec grammar, :func:`tokenreduce.spec.parse_spec`)."""
+    return parse_spec(text)
 
 
 def _names(text: str) -> list[str]:
