@@ -10,8 +10,8 @@ from transformers import AttentionInterface
 
 from tokenreduce.kv import apply_press, make_press
 from tokenreduce.kv import cache as kvc
-from tokenreduce.kv.generate import Session, prefill
 from tokenreduce.kv.ragged import RaggedLayer
+from tokenreduce.kv.session import Session, prefill
 
 N, T = 48, 6
 
@@ -56,8 +56,7 @@ def test_per_head_selection_equals_per_head_masking(family, press):
     model = tiny_lm(family)
     ids, cont = random_ids(1, N, seed=4), random_ids(1, T, seed=3)
     s = Session(model, kvc.new_cache(model), ids[:, :0])
-    with torch.no_grad(), apply_press(model, make_press(press, keep=0.3, window=8)) as runner:
-        runner.auto = False
+    with torch.no_grad(), apply_press(model, make_press(press, keep=0.3, window=8), auto=False) as runner:
         prefill(s, ids, torch.ones_like(ids), runner)
         got = s.feed(cont)
     with torch.no_grad():

@@ -10,9 +10,9 @@ from kv_models import padded_batch, random_ids, tiny_lm
 
 from tokenreduce.kv import apply_press, generate_ids, kv_bytes, make_press
 from tokenreduce.kv import cache as kvc
-from tokenreduce.kv.generate import Session
 from tokenreduce.kv.kvzip import compress_cache, reconstruction_scores
 from tokenreduce.kv.ragged import RaggedLayer
+from tokenreduce.kv.session import Session
 
 PROMPT = torch.tensor([5, 7, 11])
 

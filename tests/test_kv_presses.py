@@ -8,8 +8,8 @@ from kv_models import FAMILIES, padded_batch, random_ids, tiny_lm
 
 from tokenreduce.kv import apply_press, generate_ids, kv_bytes, make_press, presses
 from tokenreduce.kv import cache as kvc
-from tokenreduce.kv.generate import Session, prefill
 from tokenreduce.kv.hooks import attention_modules
+from tokenreduce.kv.session import Session, prefill
 
 DENSE = ["random", "streaming_llm", "key_norm", "snapkv", "tova", "h2o", "keyformer"]
 
@@ -54,8 +54,7 @@ def test_model_generate_with_press(models, name):
 
 def _compressed_session(m, ids, press):
     s = Session(m, kvc.new_cache(m), ids[:, :0])
-    with torch.no_grad(), apply_press(m, press) as runner:
-        runner.auto = False
+    with torch.no_grad(), apply_press(m, press, auto=False) as runner:
         prefill(s, ids, torch.ones_like(ids), runner)
     return s
 
@@ -174,8 +173,7 @@ def test_decode_time_compression_bounds_the_cache(models):
     press = make_press("decoding", scorer="key_norm", target=30, interval=4)
     s = Session(m, kvc.new_cache(m), ids[:, :0])
     lengths = []
-    with torch.no_grad(), apply_press(m, press) as runner:
-        runner.auto = False
+    with torch.no_grad(), apply_press(m, press, auto=False) as runner:
         logits = prefill(s, ids, mask, runner)
         assert kvc.seq_length(s.cache) == 40  # the prompt itself is not compressed (keep=1)
         for _ in range(12):

@@ -10,9 +10,9 @@ from kv_models import COMMON, random_ids, tiny_lm
 
 from tokenreduce.kv import apply_press, generate_ids, kv_bytes, make_press
 from tokenreduce.kv import cache as kvc
-from tokenreduce.kv.generate import Session, prefill
 from tokenreduce.kv.mixed import MixedLayer, salient_positions
 from tokenreduce.kv.quant import channel_scale, dequantize, pack4, quantize, unpack4
+from tokenreduce.kv.session import Session, prefill
 
 HEAD_DIM = COMMON["hidden_size"] // COMMON["num_attention_heads"]
 
@@ -64,8 +64,7 @@ def test_constant_groups_are_exact():
 
 def _compressed(model, ids, press, mask=None):
     s = Session(model, kvc.new_cache(model), ids[:, :0])
-    with torch.no_grad(), apply_press(model, press) as runner:
-        runner.auto = False
+    with torch.no_grad(), apply_press(model, press, auto=False) as runner:
         prefill(s, ids, torch.ones_like(ids) if mask is None else mask, runner)
     return s
 

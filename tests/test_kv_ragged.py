@@ -49,15 +49,14 @@ def test_batch_row_independent(model):
 @pytest.mark.parametrize("name", ["adakv", "pyramidkv"])
 def test_bytes_held_equal_the_budget(model, name):
     from tokenreduce.kv import cache as kvc
-    from tokenreduce.kv.generate import Session, prefill
     from tokenreduce.kv.hooks import apply_press
+    from tokenreduce.kv.session import Session, prefill
 
     n, keep = 64, 0.25
     ids = random_ids(1, n, seed=2)
     press = make_press(name, keep=keep, window=8)
     s = Session(model, kvc.new_cache(model), ids[:, :0])
-    with torch.no_grad(), apply_press(model, press) as runner:
-        runner.auto = False
+    with torch.no_grad(), apply_press(model, press, auto=False) as runner:
         prefill(s, ids, torch.ones_like(ids), runner)
     cfg = model.config
     hkv, d, layers = cfg.num_key_value_heads, cfg.hidden_size // cfg.num_attention_heads, cfg.num_hidden_layers

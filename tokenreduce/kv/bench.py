@@ -15,10 +15,13 @@ from torch import Tensor, nn
 
 from . import cache as kvc
 from .data import Sample
-from .generate import Session, greedy
+from .gemfilter import gemfilter_ids
+from .generate import generate_ids
 from .hooks import attention_modules, compress_layer
+from .kvzip import compress_cache, prompt_ids
 from .presses.base import Press, label
 from .ragged import ragged_attention_for
+from .session import Session, greedy
 
 
 @dataclass
@@ -58,8 +61,6 @@ def press_cache(model: nn.Module, pre: Prefill, press: Press | None, tokenizer=N
         return cache
     press.check_model(model)
     if getattr(press, "reconstructs", False):
-        from .kvzip import compress_cache, prompt_ids
-
         return compress_cache(model, cache, pre.ids, None, press, prompt_ids(press, tokenizer))
     mods = attention_modules(model)
     valid = torch.ones(1, pre.n, dtype=torch.bool)
@@ -163,7 +164,6 @@ def speed_rows(
     medians), peak allocator memory of prefill+compression (hook path) and of decoding."""
     from ..bench.memory import peak_memory
     from ..bench.timing import time_pair
-    from .generate import generate_ids
 
     pre = capture_prefill(model, ids)
     full = press_cache(model, pre, None)
@@ -194,7 +194,6 @@ def gemfilter_row(model, ids: Tensor, keep: float, layer: int | None = None, rep
     interleaved median wall time and peak allocator memory."""
     from ..bench.memory import peak_memory
     from ..bench.timing import time_pair
-    from .gemfilter import gemfilter_ids
 
     def full():
         Session(model, kvc.new_cache(model), ids[:, :0]).feed(ids, last_only=True)

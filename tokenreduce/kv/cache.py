@@ -10,6 +10,7 @@ Later 2D masks (one column per token seen) are rewritten to ``prefix_mask + new 
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 
 import torch
@@ -46,8 +47,6 @@ def ensure_cache(model, kwargs: dict) -> Cache | None:
 
 def clone(cache: Cache) -> Cache:
     """A cache sharing the stored tensors (copy-on-write: updates and presses make new tensors)."""
-    import copy
-
     out = copy.copy(cache)
     out.layers = [copy.copy(layer) for layer in cache.layers]
     return out

@@ -8,7 +8,8 @@ from pathlib import Path
 
 from ..bench.report import format_table, machine_info
 from ..cli_errors import user_error
-from .data import PASSKEY_PROMPT, PASSKEY_QUESTION
+from .bench import gemfilter_row, quality_rows, speed_rows
+from .data import PASSKEY_PROMPT, PASSKEY_QUESTION, haystack, passkeys, windows
 from .presses.base import label, parse_press, presses
 
 DEFAULT_PRESSES = ("streaming_llm,snapkv,snapkv:kernel=11,tova,h2o,keyformer,key_norm,adakv,adakv:kernel=11,"
@@ -68,8 +69,6 @@ def main(argv: list[str] | None = None) -> int:
     from tqdm import tqdm
 
     from ..llm import load_causal_lm
-    from .bench import quality_rows, speed_rows
-    from .data import haystack, passkeys, windows
 
     try:
         text, source = haystack(data_dir)
@@ -95,8 +94,6 @@ def main(argv: list[str] | None = None) -> int:
         print(format_table(speed, SPEED_COLS))
         out["speed"] = speed
     if args.gemfilter:
-        from .bench import gemfilter_row
-
         ids = (samples or needles)[0].context
         gem = [gemfilter_row(model, ids, k) for k in keeps]
         print(f"\nGemFilter vs full prefill, same process ({ids.shape[1]} tokens, interleaved medians)")

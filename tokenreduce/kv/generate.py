@@ -1,107 +1,23 @@
-"""Greedy generation and teacher forcing with a compressed KV cache (batch > 1 with left padding).
+"""Greedy generation with a compressed KV cache (batch > 1 with left padding).
 
-The loop is explicit so that positions, masks and chunked prefill are under our control:
-positions come from the 2D mask over all tokens seen (so compressed caches keep the original
-positions), and the mask is mapped onto the compressed cache by the press hooks.
+The loop is explicit (:mod:`tokenreduce.kv.session`) so that positions, masks and chunked prefill are
+under our control: positions come from the 2D mask over all tokens seen (so compressed caches keep the
+original positions), and the mask is mapped onto the compressed cache by the press hooks.
 """
 
 from __future__ import annotations
 
 import warnings
-from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
 
 from . import cache as kvc
-from .hooks import PressRunner, apply_press
+from .hooks import apply_press
+from .kvzip import compress_cache, prompt_ids
 from .presses.base import Press, make_press
 from .ragged import ragged_attention_for
-
-
-@dataclass
-class Session:
-    """A cache plus the full 2D mask of every token fed so far (columns = tokens seen)."""
-
-    model: nn.Module
-    cache: object
-    mask: Tensor  # (B, seen) long
-
-    @torch.no_grad()
-    def feed(
-        self, ids: Tensor, mask: Tensor | None = None, runner: PressRunner | None = None, compress: bool = False,
-        last_only: bool = False,
-    ) -> Tensor:
-        """Run ``ids`` (B, q) through the model after what was fed before; returns logits (B, q, V)
-        (``last_only``: (B, 1, V), skipping the vocabulary projection of the other positions)."""
-        mask = torch.ones_like(ids) if mask is None else mask
-        full = torch.cat([self.mask, mask.to(self.mask.dtype)], dim=1)
-        pos = (full.cumsum(-1) - 1).clamp(min=0)[:, -ids.shape[1] :]
-        if runner is not None:
-            runner.force_next = compress
-        mapped = kvc.rewrite_mask(self.cache, full)  # onto the compressed cache's entries
-        out = self.model(input_ids=ids, attention_mask=mapped, position_ids=pos, cache=self.cache, use_cache=True,
-                         logits_to_keep=1 if last_only else 0)
-        self.mask = full
-        return out.logits
-
-
-def left_pad(tokenizer, texts: list[str], add_special_tokens: bool = True) -> tuple[Tensor, Tensor]:
-    """Token ids and mask (B, N), padded on the left."""
-    side = tokenizer.padding_side
-    tokenizer.padding_side = "left"
-    try:
-        enc = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=add_special_tokens)
-    finally:
-        tokenizer.padding_side = side
-    return enc.input_ids, enc.attention_mask
-
-
-def pack_left(ids: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
-    """Move each row's padding to the left, real tokens keeping their order (two left-padded blocks
-    side by side leave padding in the middle, and window presses would score the last columns, not
-    a row's last tokens)."""
-    order = mask.argsort(dim=1, stable=True)  # padding (0) first
-    return ids.gather(1, order), mask.gather(1, order)
-
-
-def prefill(
-    session: Session, ids: Tensor, mask: Tensor, runner: PressRunner | None, chunk_size: int | None = None
-) -> Tensor:
-    """Feed the prompt (in chunks of ``chunk_size`` tokens if given); compress once, after the last chunk.
-
-    Returns the logits of the last chunk. The scoring window of window-based presses lies in the last chunk.
-    """
-    n = ids.shape[1]
-    step = n if chunk_size is None else chunk_size
-    logits = None
-    for s in range(0, n, step):
-        e = min(n, s + step)
-        logits = session.feed(ids[:, s:e], mask[:, s:e], runner, compress=runner is not None and e == n, last_only=True)
-    return logits
-
-
-def greedy(
-    session: Session, logits: Tensor, max_new_tokens: int, eos: int | None, runner=None, steps: list | None = None
-) -> Tensor:
-    """Greedy continuation from the last logits; returns new ids (B, T) (rows stop after ``eos``).
-
-    ``steps``, if given, receives the logits (B, V) each new token was chosen from."""
-    out = []
-    done = torch.zeros(logits.shape[0], dtype=torch.bool)
-    last = logits[:, -1]
-    for t in range(max_new_tokens):
-        nxt = last.argmax(-1)
-        out.append(nxt)
-        if steps is not None:
-            steps.append(last)
-        if eos is not None:
-            done |= nxt == eos
-            if bool(done.all()):
-                break
-        if t + 1 < max_new_tokens:
-            last = session.feed(nxt[:, None], runner=runner)[:, -1]
-    return torch.stack(out, dim=1)
+from .session import Session, greedy, left_pad, pack_left, prefill
 
 
 @torch.no_grad()
@@ -172,8 +88,6 @@ def _generate(model, context_ids, context_mask, question_ids, press, question_ma
             logits = session.feed(question_ids, question_mask)
         return greedy(session, logits, max_new_tokens, eos, steps=steps)
     if getattr(press, "reconstructs", False):  # KVzip: full prefill, then a scoring pass over the context
-        from .kvzip import compress_cache, prompt_ids
-
         press.check_model(model)
         logits = prefill(session, context_ids, context_mask, None, chunk_size)
         compress_cache(model, session.cache, context_ids, context_mask, press, prompt_ids(press, tokenizer))
@@ -181,8 +95,7 @@ def _generate(model, context_ids, context_mask, question_ids, press, question_ma
             if question_ids is not None:
                 logits = session.feed(question_ids, question_mask)
             return greedy(session, logits, max_new_tokens, eos, steps=steps)
-    with apply_press(model, press) as runner:
-        runner.auto = False
+    with apply_press(model, press, auto=False) as runner:
         logits = prefill(session, context_ids, context_mask, runner, chunk_size)
         if question_ids is not None:
             logits = session.feed(question_ids, question_mask, runner)

@@ -10,6 +10,7 @@ so kept keys need no re-rotation.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from contextlib import contextmanager
 
 import torch
@@ -74,25 +75,40 @@ def attention_modules(model: nn.Module) -> list[nn.Module]:
 
 
 class PressRunner:
-    """Hook state for one ``apply_press`` context: the press, and the mask of the forward in flight."""
+    """Hook state for one ``apply_press`` context: the press, and the mask of the forward in flight.
 
-    def __init__(self, model: nn.Module, press: Press):
+    Which forwards compress is set by :func:`apply_press`'s ``auto`` and by :meth:`compress_next`,
+    nothing else: ``auto`` compresses the first multi-token forward on an empty cache (``model.generate``);
+    an explicit loop (:func:`tokenreduce.kv.session.prefill`) passes ``auto=False`` and calls
+    :meth:`compress_next` before its last prefill chunk.
+    """
+
+    def __init__(self, model: nn.Module, press: Press, auto: bool = True):
         self.model, self.press, self.modules = model, press, attention_modules(model)
         self.n_layers = len(self.modules)
         self.mask: torch.Tensor | None = None  # 2D mask of the current forward, mapped onto the cache
         self.armed = False  # compress in the current forward
-        self.auto = True  # compress the first multi-token forward on an empty cache (model.generate)
-        self.force_next = False  # set by tokenreduce.kv.generate for the last prefill chunk
+        self._auto = auto
+        self._force_next = False  # set by compress_next() for the next forward only
         self.active: Press | None = press  # the press applied in the current forward
         self.budgets: torch.Tensor | None = None  # per-row entry budgets of a decode-time compression
+
+    @property
+    def auto(self) -> bool:
+        """True if the first multi-token forward on an empty cache compresses (fixed at construction)."""
+        return self._auto
+
+    def compress_next(self) -> None:
+        """Compress the cache after the next forward, whatever its length (the last chunk of a prefill)."""
+        self._force_next = True
 
     def pre_forward(self, module, args, kwargs):
         cache = kvc.ensure_cache(self.model, kwargs)  # model(**enc, use_cache=True) compresses too
         ids = kwargs.get("input_ids", args[0] if args else None)
         q_len = (ids if ids is not None else kwargs["inputs_embeds"]).shape[1]
         empty = cache is None or kvc.n_layers(cache) == 0 or kvc.seq_length(cache) == 0
-        self.armed = cache is not None and (self.force_next or (self.auto and empty and q_len > 1))
-        self.force_next = False
+        self.armed = cache is not None and (self._force_next or (self._auto and empty and q_len > 1))
+        self._force_next = False
         self.active, self.budgets = self.press, None
         mask = kwargs.get("attention_mask")
         state = kvc.get_state(cache) if cache is not None else None
@@ -138,15 +154,19 @@ class PressRunner:
 
 
 @contextmanager
-def apply_press(model: nn.Module, press: Press):
-    """Compress the KV cache after prefill inside the ``with`` block; yields the :class:`PressRunner`."""
+def apply_press(model: nn.Module, press: Press, *, auto: bool = True) -> Iterator[PressRunner]:
+    """Compress the KV cache after prefill inside the ``with`` block; yields the :class:`PressRunner`.
+
+    ``auto=True`` (``model.generate``, ``model(**enc)``): the first multi-token forward on an empty cache
+    compresses. ``auto=False``: only forwards announced by :meth:`PressRunner.compress_next` do (chunked
+    prefill), plus decode-time compression."""
     if not isinstance(press, Press):
         raise TypeError(f"press must be a Press (see tokenreduce.kv.make_press), got {type(press).__name__}")
     if getattr(press, "reconstructs", False):
         raise ValueError(f"{press.name} scores with a second pass over the context and cannot run inside "
                          "model.generate; use tokenreduce.kv.generate / generate_ids")
     press.check_model(model)
-    runner = PressRunner(model, press)
+    runner = PressRunner(model, press, auto)
     handles = [model.register_forward_pre_hook(runner.pre_forward, with_kwargs=True)]
     handles += [m.register_forward_hook(runner.after_attention, with_kwargs=True) for m in runner.modules]
     try:

@@ -13,12 +13,14 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from ..bench.timing import time_pair
 from . import cache as kvc
 from . import scoring
 from .hooks import attention_modules, keep_ragged, keep_scored
 from .presses.base import Press
 from .ragged import select_shared
 from .select import protect
+from .session import Session
 
 
 def prompt_ids(press: Press, tokenizer=None) -> Tensor:
@@ -56,8 +58,6 @@ def reconstruction_scores(
     feeding those tokens again after a copy of the cache cut before them) and keeps the larger score:
     what the next tokens will read, which the reconstruction alone under-weights. The square root puts
     a mean over many queries on the scale of the reconstruction's per-query maxima."""
-    from .generate import Session
-
     mods = attention_modules(model)
     valid = mask.bool()
     b, n = ids.shape
@@ -136,9 +136,6 @@ def compress_cache(
 
 def prefill_time_row(model: nn.Module, ids: Tensor, press: Press, tokenizer=None, repeats: int = 3) -> dict:
     """Plain prefill vs prefill + KVzip scoring + compression of ``ids`` (1, N), same process, interleaved medians."""
-    from ..bench.timing import time_pair
-    from .generate import Session
-
     prompt = prompt_ids(press, tokenizer)
 
     def plain():

@@ -22,6 +22,8 @@ from transformers.cache_utils import DynamicLayer
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
+from .select import row_budgets
+
 NAME = "tokenreduce_ragged"
 
 
@@ -131,8 +133,6 @@ def select_shared(scores: Tensor, valid: Tensor, keep: float, min_share: float) 
     head (KVzip's cross-layer ranking for S > 1, AdaKV's per-layer sharing for S = 1); each (layer, head)
     is guaranteed ``floor(min_share * ceil(keep * n_b))`` entries. Scores must be comparable across heads
     (and layers), e.g. attention probabilities."""
-    from .select import row_budgets
-
     n_layers, b_size, hkv, n = scores.shape
     budgets = row_budgets(valid, keep)
     out: list[list[list[Tensor]]] = [[] for _ in range(n_layers)]
