@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .checks import check_config
 from .methods import Plan, register_prompt_method, sentence_priority
 from .segment import Segmentation
 
@@ -28,6 +29,9 @@ class RandomSentences(_Baseline):
 
     name = "random"
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        check_config(self, {"seed": 0})
 
     def plan(self, seg: Segmentation, question: str | None) -> Plan:
         n = int(seg.sent[-1]) + 1 if len(seg) else 0

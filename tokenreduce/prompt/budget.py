@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .segment import Segmentation
+from .segment import Segmentation, safe_cut
 
 
 @dataclass(frozen=True)
@@ -94,3 +94,33 @@ def fit_budget(
         if t <= target:
             keep, got = m, t
     return Fit(keep, got, False)
+
+
+def longest_prefix(text: str, start: int, end: int, target: int, count: Callable[[str], int]) -> int:
+    """The largest ``cut`` in [start, end] with ``count(text[start:cut]) <= target`` (binary search: counts of
+    prefixes grow with their length), moved back so it splits no user-perceived character."""
+    lo, hi = start, end + 1  # count(text[start:lo]) <= target < count(text[start:hi]) (hi = end + 1: unknown)
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if count(text[start:mid]) <= target:
+            lo = mid
+        else:
+            hi = mid
+    while start < lo < end and safe_cut(text, lo, start, end) != lo:
+        lo -= 1
+    return lo
+
+
+def fit_inside(seg: Segmentation, piece: int, target: int, count: Callable[[str], int]) -> tuple[Segmentation, Fit]:
+    """When no whole piece fits: keep the longest prefix of ``piece`` that does, cut at a character. If not
+    even its first character fits, that character is kept over budget: the output is never empty."""
+    s, e = int(seg.starts[piece]), int(seg.ends[piece])
+    cut = longest_prefix(seg.text, s, e, target, count)
+    if cut == s:
+        cut = safe_cut(seg.text, s + 1, s, e)
+    if cut < e:
+        seg = seg.split(piece, cut)
+    keep = np.zeros(len(seg), dtype=bool)
+    keep[piece] = True
+    tokens = count(seg.text[s:cut])
+    return seg, Fit(keep, tokens, tokens > target)

@@ -10,7 +10,18 @@ from typing import Any
 
 import numpy as np
 
-from .budget import fit_budget
+from .budget import Fit, fit_budget, fit_inside
+from .checks import (
+    check_budget,
+    check_context,
+    check_documents,
+    check_keep,
+    check_kinds_arg,
+    check_method,
+    check_question,
+    check_rate,
+    check_target_tokens,
+)
 from .counting import TokenCounter, resolve_counter
 from .methods import Plan, make_prompt_method
 from .protect import find_protected, user_spans, validate_kinds
@@ -23,23 +34,32 @@ DOC_SEPARATOR = "\n\n"
 
 def target_budget(original_tokens: int, rate: float | None, target_tokens: int | None) -> int:
     """Token budget from exactly one of ``rate`` (fraction kept, in (0, 1]) or ``target_tokens`` (>= 1)."""
-    if (rate is None) == (target_tokens is None):
-        raise ValueError("give exactly one of rate (fraction of tokens kept, 0 < rate <= 1) or target_tokens")
+    check_budget(rate, target_tokens)
     if rate is not None:
-        if not (isinstance(rate, (int, float)) and 0 < rate <= 1):
-            raise ValueError(f"rate must be in (0, 1] (fraction of tokens kept; 0.25 = 4x), got {rate!r}")
-        return max(1, round(rate * original_tokens))
-    if not isinstance(target_tokens, (int, np.integer)) or isinstance(target_tokens, bool) or target_tokens < 1:
-        raise ValueError(f"target_tokens must be a positive int, got {target_tokens!r}")
-    return int(target_tokens)
+        return max(1, round(check_rate(rate) * original_tokens))
+    return check_target_tokens(target_tokens)
+
+
+def _check_inputs(context, question, protect, force, keep) -> str | list[str]:
+    """Types and values of the per-call inputs (lone surrogates included), before any compute; returns the
+    context with its documents in a list (an iterator is read once)."""
+    check_context(context)
+    if not isinstance(context, str):
+        context = list(context)
+        check_documents(context)
+    check_question(question)
+    check_kinds_arg(protect, "protect")
+    check_kinds_arg(force, "force")
+    validate_kinds(protect, "protect")
+    validate_kinds(force, "force")
+    check_keep(keep)
+    return context
 
 
 def _join_documents(context: str | Sequence[str]) -> tuple[str, list[int] | None]:
     if isinstance(context, str):
         return context, None
     docs = list(context)
-    if not all(isinstance(d, str) for d in docs):
-        raise TypeError("context must be a string or a sequence of strings (documents)")
     starts, pos = [], 0
     for d in docs:
         starts.append(pos)
@@ -75,6 +95,7 @@ class PromptCompressor:
     """A method with its models loaded and a target tokenizer; call it like :func:`compress_prompt`."""
 
     def __init__(self, method: str | Any = "extractive", tokenizer: Any = None, **params: Any) -> None:
+        check_method(method)
         cfg = make_prompt_method(method, **params) if isinstance(method, str) else method
         if params and not isinstance(method, str):
             raise ValueError("method parameters go with a method name, not with a method object")
@@ -106,9 +127,8 @@ class PromptCompressor:
         keep: Iterable[str | re.Pattern | tuple[int, int]] | None = None,
     ) -> Prepared:
         """Segment, protect and score once; :meth:`fit` then applies any number of budgets."""
+        context = _check_inputs(context, question, protect, force, keep)
         text, doc_starts = _join_documents(context)
-        validate_kinds(protect, "protect")
-        validate_kinds(force, "force")
         kinds = tuple(dict.fromkeys([*protect, *force]))
         found = find_protected(text, kinds)
         declared = user_spans(text, keep)
@@ -136,16 +156,43 @@ class PromptCompressor:
             labels[prep.requires[prep.requires >= 0]] = True
             priority = priority[~labels[priority]]
         fit = fit_budget(seg, priority, target, self.counter.count, prep.forced, prep.requires, plan.order)
-        if fit.over_budget:
+        order, cut = plan.order, False
+        if not fit.keep.any():  # no whole piece fits: cut the best one rather than return nothing
+            seg, fit, cut = self._fit_inside(seg, priority if len(priority) else plan.priority, target)
+            order = None
+        elif fit.over_budget:
             warnings.warn(
                 f"forced/protected spans alone need {fit.tokens} tokens > target {target}; returning only them",
                 stacklevel=3,
             )
-        out = seg.join(fit.keep, plan.order)
-        reordered = plan.order is not None
-        return self._result(seg, fit.keep, out, prep.original_tokens, fit.tokens, target, fit.over_budget, reordered)
+        out = seg.join(fit.keep, order)
+        reordered = order is not None
+        return self._result(
+            seg, fit.keep, out, prep.original_tokens, fit.tokens, target, fit.over_budget, reordered, cut
+        )
 
-    def _result(self, seg, keep, out, orig, comp, target, over, reordered) -> CompressionResult:
+    def _fit_inside(self, seg: Segmentation, priority: np.ndarray, target: int) -> tuple[Segmentation, Fit, bool]:
+        """The longest prefix of the best piece (:func:`.budget.fit_inside`), with a warning when that piece is
+        a protected block (cut after all, since it alone exceeds the budget) or not one character fits; the
+        flag says whether a protected block was cut."""
+        piece = int(priority[0]) if len(priority) else 0
+        cut_seg, fit = fit_inside(seg, piece, target, self.counter.count)
+        s, e = int(seg.starts[piece]), int(seg.ends[piece])
+        if fit.over_budget:
+            warnings.warn(
+                f"not even one character fits in {target} tokens; returning the first ({fit.tokens} tokens)",
+                stacklevel=4,
+            )
+        cut = bool(seg.atomic[piece] and cut_seg.ends[piece] < e)
+        if cut and not fit.over_budget:
+            warnings.warn(
+                f"the protected block at characters {s}:{e} alone exceeds the budget of {target} tokens and "
+                "nothing else fits; returning its beginning, cut to fit",
+                stacklevel=4,
+            )
+        return cut_seg, fit, cut
+
+    def _result(self, seg, keep, out, orig, comp, target, over, reordered, cut=False) -> CompressionResult:
         return CompressionResult(
             text=out,
             original=seg.text,
@@ -158,6 +205,7 @@ class PromptCompressor:
             method=self.scorer.name,
             over_budget=over,
             reordered=reordered,
+            protected_cut=cut,
         )
 
 
@@ -181,6 +229,16 @@ def compress_prompt(
     The output is an order-preserving subsequence of the input (unless a method reorders); ``protect``
     kinds are never cut (kept whole or dropped whole), ``force`` kinds and ``keep`` spans are always kept.
     Loads the method's models on each call; use :class:`PromptCompressor` to reuse them.
+
+    The output is never empty for a non-empty input: when no whole piece fits the budget (a text that is one
+    long protected block, say), the best piece is cut to its longest prefix that fits, with a warning when it
+    was a protected block. Long words (over 64 characters: CJK runs without spaces, minified blobs) are cut
+    into pieces of about 16 characters. All arguments are checked before any model loads: wrong types
+    raise :class:`.checks.ArgTypeError` (a TypeError and a ValueError), bad values ``ValueError``; text with
+    a lone surrogate (not valid Unicode) is refused with its index.
     """
+    check_budget(rate, target_tokens)
+    check_method(method)
+    context = _check_inputs(context, question, protect, force, keep)
     comp = PromptCompressor(method, tokenizer, **params)
     return comp(context, question, rate=rate, target_tokens=target_tokens, protect=protect, force=force, keep=keep)

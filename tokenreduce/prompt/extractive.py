@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from .chains import chain_scores, question_coverage, within_doc_rank
+from .checks import check_config
 from .lexical import bm25_scores
 from .linking import doc_texts, doc_titles, heading_sentences, link_matrix, link_scores, named_in
 from .methods import Plan, register_prompt_method, sentence_priority
@@ -52,6 +53,9 @@ class Extractive:
     reorder: bool = False
     batch_size: int = 16  # small length-sorted batches: least padding, cache-friendly (fastest on 2 CPU cores)
     max_length: int = 128
+
+    def __post_init__(self) -> None:
+        check_config(self, {"hop_k": 1, "link_k": 0, "batch_size": 1, "max_length": 1})
 
     def load(self) -> ExtractiveScorer:
         from ..bench.encoder import load_text_encoder

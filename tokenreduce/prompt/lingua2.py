@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from .checks import check_config
 from .lm_scores import aggregate_to_pieces
 from .methods import Plan, register_prompt_method, word_priority
 from .segment import Segmentation
@@ -84,6 +85,9 @@ class LLMLingua2:
     chunk_tokens: int = 512
     keep_label: int = 1
     sub_batch: int = 8
+
+    def __post_init__(self) -> None:
+        check_config(self, {"chunk_tokens": 1, "keep_label": 0, "sub_batch": 1})
 
     def load(self, objects: tuple[Any, Any] | None = None) -> Lingua2Scorer:
         if objects is None:

@@ -22,6 +22,7 @@ _LABEL = re.compile(r"^\s*(?:#+\s*|(?:title|heading|document|doc)\s*[:\-]\s*)", 
 _PAREN = re.compile(r"\s*\([^)]*\)\s*$")
 _NONWORD = re.compile(r"[^\w]+", re.UNICODE)
 MAX_TITLE_WORDS = 12
+MAX_TITLE_CHARS = 200  # longer first lines are not titles (and would cost _PAREN quadratic time)
 
 
 def _norm(text: str) -> str:
@@ -32,7 +33,7 @@ def title_variants(first_line: str) -> list[str]:
     """Normalized match strings of a heading line (with and without a trailing parenthetical); [] when the
     line is not a usable title (too long, or only stopwords)."""
     t = _LABEL.sub("", first_line).strip()
-    if not t or len(t.split()) > MAX_TITLE_WORDS:
+    if not t or len(t) > MAX_TITLE_CHARS or len(t.split()) > MAX_TITLE_WORDS:
         return []
     out = []
     for v in dict.fromkeys([t, _PAREN.sub("", t)]):

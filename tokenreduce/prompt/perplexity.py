@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from .checks import check_config
 from .lm_scores import aggregate_to_pieces, window_scores
 from .methods import Plan, register_prompt_method, word_priority
 from .segment import Segmentation
@@ -55,6 +56,9 @@ class Perplexity:
     w_sentence: float = 0.5
     sub_batch: int = 2
 
+    def __post_init__(self) -> None:
+        check_config(self, {"window": 1, "sub_batch": 1})
+
     def load(self, lm: tuple[Any, Any] | None = None) -> LMScorer:
         return LMScorer(self, *(lm or _load_lm(self.model)))
 
@@ -69,6 +73,9 @@ class LongLLMLingua:
     window: int = 512
     w_token: float = 1.5
     sub_batch: int = 2
+
+    def __post_init__(self) -> None:
+        check_config(self, {"window": 1, "sub_batch": 1})
 
     def load(self, lm: tuple[Any, Any] | None = None) -> LMScorer:
         return LMScorer(self, *(lm or _load_lm(self.model)))

@@ -10,12 +10,25 @@ from __future__ import annotations
 
 import json
 import re
+from bisect import bisect_left
 from collections.abc import Iterable, Sequence
 
 STRUCTURE_KINDS = ("json", "code", "url", "number", "speaker")
-_FENCE = re.compile(r"(?ms)^[ \t]*(```|~~~)[^\n]*\n.*?^[ \t]*\1[ \t]*$|`[^`\n]+`")
+# code: a fenced block (an opening ``` or ~~~ line, up to the first bare closing line of the same fence) or
+# inline `code`. Scanned in one pass with the closing lines looked up by bisection: the single regex
+# (?ms)^[ \t]*(```|~~~)[^\n]*\n.*?^[ \t]*\1[ \t]*$|`[^`\n]+` it replaces matches the same spans but
+# rescans the rest of the text for every unclosed opening line (quadratic).
+_CODE_START = re.compile(r"(?m)^[ \t]*(?:```|~~~)|`[^`\n]+`")
+_FENCE_OPEN = re.compile(r"(?m)^[ \t]*(```|~~~)[^\n]*\n")
+_FENCE_CLOSE = re.compile(r"(?m)^[ \t]*(```|~~~)[ \t]*$")
+_INLINE_CODE = re.compile(r"`[^`\n]+`")
 _URL = re.compile(r"(?:https?://|ftp://|www\.)[^\s<>\"']+")
-_NUMBER = re.compile(r"[^\s]*\d[^\s]*")
+_WORD = re.compile(r"\S+")
+_DIGIT = re.compile(r"\d")
+# where a JSON object or array can start (JSON whitespace, then a key / value / closing bracket): positions that
+# cannot start one are not handed to the parser, whose error message alone costs O(position) to build
+_JSON_OPEN = re.compile(r"\{(?=\s*[\"}])|\[(?=\s*[\[{\"\-0-9\]tfnNI])")
+_JSON_CLOSE = re.compile(r"[\]}]")
 _SPEAKER = re.compile(r"(?m)^[ \t]*(?:[A-Z][\w.'\-]*(?: [\w.'\-]+){0,3}|\[[^\]\n]{1,40}\]):(?=\s)")
 _TRAIL = ".,;:!?)]}'\""
 
@@ -27,7 +40,27 @@ def _trim(text: str, s: int, e: int) -> tuple[int, int]:
 
 
 def code_spans(text: str) -> list[tuple[int, int]]:
-    return [m.span() for m in _FENCE.finditer(text)]
+    """Fenced code blocks and inline code, leftmost first, a fence preferred to inline code at one position."""
+    closers: dict[str, tuple[list[int], list[int]]] = {"```": ([], []), "~~~": ([], [])}
+    for m in _FENCE_CLOSE.finditer(text):
+        closers[m.group(1)][0].append(m.start())
+        closers[m.group(1)][1].append(m.end())
+    out: list[tuple[int, int]] = []
+    pos = 0
+    while m := _CODE_START.search(text, pos):
+        p, span = m.start(), None
+        if o := _FENCE_OPEN.match(text, p):
+            starts, ends = closers[o.group(1)]
+            k = bisect_left(starts, o.end())
+            span = (p, ends[k]) if k < len(starts) else None
+        if span is None and (i := _INLINE_CODE.match(text, p)):
+            span = i.span()
+        if span is None:
+            pos = p + 1
+        else:
+            out.append(span)
+            pos = span[1]
+    return out
 
 
 def url_spans(text: str) -> list[tuple[int, int]]:
@@ -35,10 +68,14 @@ def url_spans(text: str) -> list[tuple[int, int]]:
 
 
 def number_spans(text: str) -> list[tuple[int, int]]:
-    """Numbers and IDs: whitespace-delimited strings containing a digit (dates, versions, UUIDs, 1,234.5)."""
+    """Numbers and IDs: whitespace-delimited strings containing a digit (dates, versions, UUIDs, 1,234.5).
+    Whole words are tested for a digit (linear; a regex like ``\\S*\\d\\S*`` backtracks quadratically on a
+    long word without digits)."""
     out = []
-    for m in _NUMBER.finditer(text):
+    for m in _WORD.finditer(text):
         s, e = m.span()
+        if not _DIGIT.search(text, s, e):
+            continue
         while s < e and text[s] in "([{'\"":
             s += 1
         out.append(_trim(text, s, e))
@@ -50,18 +87,21 @@ def speaker_spans(text: str) -> list[tuple[int, int]]:
 
 
 def json_spans(text: str, min_chars: int = 8) -> list[tuple[int, int]]:
-    """Balanced JSON objects/arrays that parse (``json.JSONDecoder.raw_decode``), outermost only."""
+    """Balanced JSON objects/arrays that parse (``json.JSONDecoder.raw_decode``), outermost only. Nesting
+    too deep for the parser is not JSON here (nothing up to the next closing bracket is protected)."""
     dec = json.JSONDecoder()
     out: list[tuple[int, int]] = []
-    i, n = 0, len(text)
-    while i < n:
-        j = min((p for p in (text.find("{", i), text.find("[", i)) if p >= 0), default=-1)
-        if j < 0:
-            break
+    i = 0
+    while m := _JSON_OPEN.search(text, i):
+        j = m.start()
         try:
             obj, end = dec.raw_decode(text, j)
         except ValueError:
             i = j + 1
+            continue
+        except RecursionError:  # nested deeper than the parser goes: skip to the next closing bracket
+            close = _JSON_CLOSE.search(text, j)
+            i = close.end() if close else len(text)
             continue
         if end - j >= min_chars and isinstance(obj, (dict, list)) and obj:
             out.append((j, end))

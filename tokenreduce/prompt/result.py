@@ -10,7 +10,9 @@ import numpy as np
 @dataclass(frozen=True)
 class CompressionResult:
     """``text`` is the compressed context; ``keep[i]`` says whether piece i (characters
-    ``offsets[i, 0]:offsets[i, 1]`` of ``original``) was kept. Token counts are in ``tokenizer``."""
+    ``offsets[i, 0]:offsets[i, 1]`` of ``original``) was kept. Token counts are in ``tokenizer``.
+    ``protected_cut``: the one exception to "protected blocks are kept or dropped whole" (the output is never
+    empty, so a text that is one protected block larger than the budget comes back as its beginning)."""
 
     text: str
     original: str
@@ -23,6 +25,7 @@ class CompressionResult:
     method: str
     over_budget: bool = False
     reordered: bool = False
+    protected_cut: bool = False  # a protected block alone exceeded the budget, nothing else fitted: its prefix kept
 
     @property
     def ratio(self) -> float:

@@ -1,4 +1,5 @@
 """Split a text into pieces (words or atomic protected blocks), sentences and documents, with offsets.
+Words longer than LONG_WORD characters are cut into shorter pieces (see :func:`split_long_word`).
 
 Pieces partition the text: piece i covers ``text[starts[i]:ends[i]]``, a word with its trailing
 whitespace (the first piece also holds any leading whitespace), so any subset of pieces joined in
@@ -8,6 +9,7 @@ order is an order-preserving subsequence of the input with words still separated
 from __future__ import annotations
 
 import re
+import unicodedata
 from dataclasses import dataclass
 
 import numpy as np
@@ -27,6 +29,60 @@ def ends_sentence(word: str) -> bool:
     """Whether ``word`` (a whitespace-delimited token) ends a sentence: sentence-final punctuation that is
     not the full stop of an initial or of a common abbreviation."""
     return bool(_SENT_END.search(word)) and not _ABBREV.match(word)
+
+
+# words longer than LONG_WORD characters (a CJK run without spaces, a minified JSON or base64 blob, an emoji run)
+# are cut into pieces of at most CHUNK characters, after CJK sentence ends where there are some, so the budget
+# can keep part of them and a whole text that is one such word never has to be dropped whole
+LONG_WORD = 64
+CHUNK = 16
+_CJK_SENT_END = re.compile(r"[。！？][\"')\]»”’]*")
+
+
+def _joins_previous(text: str, i: int) -> bool:
+    """Whether a cut before ``text[i]`` would split a user-perceived character: a combining mark, a variation
+    selector, an emoji skin-tone modifier or tag, either side of a zero-width joiner, or inside a flag pair."""
+    c, p = text[i], text[i - 1]
+    if c == "\u200d" or p == "\u200d" or unicodedata.category(c)[0] == "M":
+        return True
+    if "\U0001f3fb" <= c <= "\U0001f3ff" or "\U000e0020" <= c <= "\U000e007f":
+        return True
+    if _regional(c) and _regional(p):
+        run = 0
+        while i - run - 1 >= 0 and _regional(text[i - run - 1]):
+            run += 1
+        return run % 2 == 1
+    return False
+
+
+def _regional(c: str) -> bool:
+    return "\U0001f1e6" <= c <= "\U0001f1ff"
+
+
+def safe_cut(text: str, i: int, start: int, end: int) -> int:
+    """The first position >= ``i`` in (start, end] where a cut splits no user-perceived character (``end`` if none
+    within 8 characters: a pathological run of combining marks is cut anyway)."""
+    for j in range(i, min(i + 8, end)):
+        if j > start and not _joins_previous(text, j):
+            return j
+    return end if i + 8 >= end else i
+
+
+def split_long_word(text: str, s: int, e: int) -> list[tuple[int, int]]:
+    """``text[s:e]`` as pieces of at most about CHUNK characters, cut after CJK sentence ends first."""
+    if e - s <= LONG_WORD:
+        return [(s, e)]
+    bounds = [m.end() for m in _CJK_SENT_END.finditer(text, s, e) if m.end() < e] + [e]
+    out, a = [], s
+    for b in bounds:
+        while b - a > CHUNK:
+            cut = safe_cut(text, a + CHUNK, a, b)
+            out.append((a, cut))
+            a = cut
+        if b > a:
+            out.append((a, b))
+            a = b
+    return out
 
 
 _LIST_ITEM = re.compile(r"[-*•#>|]|\d+[.)]\s")
@@ -65,6 +121,17 @@ class Segmentation:
         t, s, e = self.text, self.starts, self.ends
         return "".join(t[s[i] : e[i]] for i in idx)
 
+    def split(self, piece: int, at: int) -> Segmentation:
+        """This segmentation with ``piece`` cut in two at character ``at`` (both halves in its sentence)."""
+        return Segmentation(
+            self.text,
+            np.insert(self.starts, piece + 1, at),
+            np.insert(self.ends, piece, at),
+            np.insert(self.sent, piece, self.sent[piece]),
+            np.insert(self.doc, piece, self.doc[piece]),
+            np.insert(self.atomic, piece, self.atomic[piece]),
+        )
+
     def sentence_texts(self) -> list[str]:
         bounds = np.flatnonzero(np.r_[True, self.sent[1:] != self.sent[:-1]])
         stops = np.r_[bounds[1:], len(self)]
@@ -74,7 +141,8 @@ class Segmentation:
 def segment(text: str, protected: list[tuple[int, int]], doc_starts: list[int] | None = None) -> Segmentation:
     """Pieces, sentence and document ids. Words overlapping a protected span merge into one atomic piece;
     sentences never end inside one. Documents start at ``doc_starts`` (character offsets) or at blank lines."""
-    words = [m.span() for m in _WORD.finditer(text)] or ([(0, len(text))] if text else [])
+    words = [p for m in _WORD.finditer(text) for p in split_long_word(text, *m.span())]
+    words = words or ([(0, len(text))] if text else [])
     if not words:
         z = np.zeros(0, dtype=np.int64)
         return Segmentation(text, z, z, z, z, np.zeros(0, dtype=bool))
