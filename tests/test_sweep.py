@@ -53,13 +53,58 @@ def test_grid_expansion_order_and_dedup():
         (_cfg(settings={"repeats": 0}), "settings.repeats"),
         (_cfg(extra=1), "unknown config keys"),
         (_cfg(tasks=[]), "tasks"),
-        ({"tasks": ["x"]}, "no methods"),
-        ({"tasks": ["x"], "methods": {"none": {"keep": 0.5}}}, "baseline"),
+        ({"tasks": ["stdlib-code:8"]}, "no methods"),
+        ({"tasks": ["stdlib-code:8"], "methods": {"none": {"keep": 0.5}}}, "baseline"),
     ],
 )
 def test_bad_configs_fail_before_compute(cfg, msg):
     with pytest.raises(ValueError, match=msg):
         parse_sweep(cfg)
+
+
+@pytest.mark.parametrize(
+    "cfg, field, value, valid",
+    [
+        (_cfg(tasks=["nosuchtask:8"]), "tasks: unknown task", "'nosuchtask:8'", "stdlib-code:N"),
+        (_cfg(tasks=["stdlib-code:0"]), "tasks: bad item count", "'stdlib-code:0'", "positive int"),
+        (_cfg(tasks=["nq:x"]), "tasks: bad item count", "'nq:x'", "positive int"),
+        (_cfg(tasks=["stsb-xx"]), "tasks: bad stsb spec", "'stsb-xx'", "LANG in de"),
+        (_cfg(tasks=["stsb:5"]), "tasks: bad stsb spec", "'stsb:5'", "no item count"),
+        (_cfg(settings={"threads": True}), "settings.threads", "True", ">= 1"),
+        (_cfg(settings={"threads": 0}), "settings.threads", "0", ">= 1"),
+        (_cfg(settings={"seed": "abc"}), "settings.seed", "'abc'", "[0, 4294967295]"),
+        (_cfg(settings={"seed": -1}), "settings.seed", "-1", "[0, 4294967295]"),
+        (_cfg(settings={"seed": False}), "settings.seed", "False", "[0, 4294967295]"),
+        (_cfg(settings={"batch_size": True}), "settings.batch_size", "True", ">= 1"),
+        (_cfg(settings={"repeats": 2.5}), "settings.repeats", "2.5", ">= 1"),
+        (_cfg(settings={"pooling": "max"}), "settings.pooling", "'max'", "'mean' or 'cls'"),
+        (_cfg(params={"keep": True}), "parameter keep", "True", "float | None"),
+        (_cfg(params={"keep": "0.5"}), "parameter keep", "'0.5'", "float | None"),
+        (_cfg(methods={"tome": {"keep": 0.5, "prop_attn": "yes"}}), "parameter prop_attn", "'yes'", "bool"),
+        (_cfg(models=[3]), "models", "3", "non-empty string"),
+        (_cfg(name=["x"]), "name", "['x']", "non-empty string"),
+        (_cfg(store=5), "store", "5", "non-empty string"),
+        (_cfg(data_dir=True), "data_dir", "True", "non-empty string"),
+    ],
+)
+def test_config_values_checked_before_any_model_loads(cfg, field, value, valid):
+    """Each message names the field, the bad value and what is valid."""
+    with pytest.raises(ValueError) as e:
+        parse_sweep(cfg)
+    msg = str(e.value)
+    assert field in msg and value in msg and valid in msg, msg
+
+
+def test_good_values_still_pass():
+    s = parse_sweep(
+        _cfg(
+            tasks=["stdlib-code:8", "nq", "nq:3", "stsb", "stsb-de", "stsb-en-dev"],
+            settings={"threads": None, "seed": 4294967295},
+            methods={"tome": {"keep": 1, "prop_attn": False}, "random": {"r": [1, 2]}},
+            params={},
+        )
+    )
+    assert len(s.points) == 6 * 3
 
 
 def test_key_covers_config():

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from ..cli_errors import user_error
-from .config import DEFAULT_STORE, load_sweep
+from .config import DEFAULT_STORE, Sweep, load_sweep, missing_models
 from .results import query, table
 from .runner import BACKENDS, run_sweep
-from .store import Store
+from .store import Store, StoreError, open_existing, warn_if_partial
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -32,18 +33,37 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+def dry_run(sweep: Sweep, store_path: str) -> int:
+    """List the points and their stored status; the store is only read (and not created when missing)."""
+    missing = missing_models(sweep)
+    if missing:
+        raise FileNotFoundError(
+            f"model folder(s) not found: {', '.join(missing)} (sweep models load offline: the bundled "
+            "all-MiniLM-L6-v2 or a local Hugging Face folder)"
+        )
+    have: dict[str, str] = {}
+    if Path(store_path).exists():
+        with open_existing(store_path) as store:
+            have = store.statuses()
+            warn_if_partial(store)
+    for p in sweep.points:
+        print(f"{p.key[:12]}  {have.get(p.key, 'pending'):8s} {p.model}  {'+'.join(p.tasks)}  {p.label}")
+    todo = sum(p.key not in have for p in sweep.points)
+    where = store_path if have or Path(store_path).exists() else f"{store_path} (not created yet)"
+    print(f"\n{sweep.name}: {len(sweep.points)} points, {todo} pending -> {where}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     a = _parser().parse_args(argv)
     try:
         if a.num_cpus is not None and a.num_cpus < 1:
             raise ValueError(f"--num-cpus must be >= 1, got {a.num_cpus}")
         sweep = load_sweep(a.config)
-        with Store(a.store or sweep.store or DEFAULT_STORE) as store:
-            have = store.statuses()
-            if a.dry_run:
-                for p in sweep.points:
-                    print(f"{p.key[:12]}  {have.get(p.key, 'pending'):8s} {p.model}  {'+'.join(p.tasks)}  {p.label}")
-                return 0
+        store_path = a.store or sweep.store or DEFAULT_STORE
+        if a.dry_run:
+            return dry_run(sweep, store_path)
+        with Store(store_path) as store:
             s = run_sweep(
                 sweep,
                 store,
@@ -64,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
             if any(r["status"] == "failed" for r in rows):
                 print("failed points: see `tokenreduce results --status failed`; re-run with --retry-failed")
             return 1 if s.failed else 0
-    except (ValueError, TypeError, FileNotFoundError) as e:
+    except (ValueError, TypeError, FileNotFoundError, StoreError) as e:
         return user_error(e)
 
 

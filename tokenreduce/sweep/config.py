@@ -104,7 +104,43 @@ def _validate(method: str, params: dict[str, Any], where: str) -> dict[str, Any]
         raise ValueError(f"{where}: {method}: {e}") from e
     except (ValueError, KeyError) as e:
         raise ValueError(f"{where}: {e}") from e
+    _check_param_types(method, params, where)
     return {k: (list(v) if isinstance(v, tuple) else v) for k, v in params.items()}
+
+
+def _fits(value: Any, annotation: str) -> bool:
+    """Does a YAML value match one alternative of a method field's annotation (``int | None``, ...)?"""
+    for alt in (a.strip() for a in annotation.split("|")):
+        if alt == "None" and value is None:
+            return True
+        if alt == "bool" and isinstance(value, bool):
+            return True
+        if isinstance(value, bool):
+            continue  # bool is an int to Python, never to a sweep config
+        if (alt == "int" and isinstance(value, int)) or (alt == "float" and isinstance(value, (int, float))):
+            return True
+        if alt == "str" and isinstance(value, str):
+            return True
+        if alt.startswith("tuple[") and isinstance(value, (list, tuple)):
+            return all(isinstance(v, int) and not isinstance(v, bool) for v in value)
+        if alt not in ("None", "bool", "int", "float", "str") and not alt.startswith("tuple["):
+            return True  # an annotation this check does not know: the method validates it
+    return False
+
+
+def _check_param_types(method: str, params: Mapping[str, Any], where: str) -> None:
+    """Reject values of the wrong type (``keep: true``, ``keep: "0.5"``) that the method would keep as given."""
+    import dataclasses
+
+    from ..methods.base import REGISTRY
+
+    cls = REGISTRY.get(method)
+    if not dataclasses.is_dataclass(cls):
+        return
+    types = {f.name: f.type for f in dataclasses.fields(cls) if isinstance(f.type, str)}  # postponed annotations
+    for k, v in params.items():
+        if k in types and not _fits(v, types[k]):
+            raise ValueError(f"{where}: {method}: parameter {k} must be {types[k]}, got {v!r}")
 
 
 def _method_specs(cfg: Mapping[str, Any]) -> list[tuple[str, dict[str, Any]]]:
@@ -133,6 +169,14 @@ def _method_specs(cfg: Mapping[str, Any]) -> list[tuple[str, dict[str, Any]]]:
     return out
 
 
+def _is_int(v: Any) -> bool:
+    """An int that is not a bool (YAML ``true`` must not pass as 1)."""
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+SEED_RANGE = (0, 2**32 - 1)
+
+
 def _settings(raw: Any) -> dict[str, Any]:
     raw = raw or {}
     if not isinstance(raw, Mapping):
@@ -142,13 +186,37 @@ def _settings(raw: Any) -> dict[str, Any]:
         raise ValueError(f"settings: unknown keys {sorted(unknown)}; valid: {sorted(SETTINGS_DEFAULTS)}")
     s = {**SETTINGS_DEFAULTS, **raw}
     for k in ("batch_size", "timing_batches", "repeats", "max_length"):
-        if not isinstance(s[k], int) or isinstance(s[k], bool) or s[k] < 1:
-            raise ValueError(f"settings.{k} must be a positive int, got {s[k]!r}")
-    if s["threads"] is not None and (not isinstance(s["threads"], int) or s["threads"] < 1):
-        raise ValueError(f"settings.threads must be a positive int or null, got {s['threads']!r}")
+        if not _is_int(s[k]) or s[k] < 1:
+            raise ValueError(f"settings.{k} must be a positive int (>= 1), got {s[k]!r}")
+    if s["threads"] is not None and (not _is_int(s["threads"]) or s["threads"] < 1):
+        raise ValueError(f"settings.threads must be a positive int (>= 1) or null, got {s['threads']!r}")
+    lo, hi = SEED_RANGE
+    if not _is_int(s["seed"]) or not lo <= s["seed"] <= hi:
+        raise ValueError(f"settings.seed must be an int in [{lo}, {hi}], got {s['seed']!r}")
     if s["pooling"] not in ("mean", "cls"):
         raise ValueError(f"settings.pooling must be 'mean' or 'cls', got {s['pooling']!r}")
     return s
+
+
+def _check_task_spec(spec: str) -> None:
+    """The checks of ``bench.tasks.load_task`` on a spec string, without loading any data."""
+    from ..bench.tasks import STSB_LANGS, STSB_SPLITS, TASK_SPECS
+
+    name, sep, count = spec.strip().partition(":")
+    if name in ("stdlib-code", "nq"):
+        if sep and (not count.strip().isdigit() or int(count) < 1):
+            raise ValueError(f"tasks: bad item count in {spec!r}: N in {name}:N must be a positive int (>= 1)")
+        return
+    if name == "stsb" or name.startswith("stsb-"):
+        parts = name.split("-")[1:]
+        ok = not sep and len(parts) <= 2 and (not parts or parts[0] in STSB_LANGS)
+        if not ok or (len(parts) == 2 and parts[1] not in STSB_SPLITS):
+            raise ValueError(
+                f"tasks: bad stsb spec {spec!r}: stsb[-LANG[-SPLIT]] with LANG in {', '.join(STSB_LANGS)}, "
+                f"SPLIT in {', '.join(STSB_SPLITS)} (no item count)"
+            )
+        return
+    raise ValueError(f"tasks: unknown task {spec!r}; valid specs: {', '.join(TASK_SPECS)}")
 
 
 def _task_sets(raw: Any) -> list[tuple[str, ...]]:
@@ -161,7 +229,36 @@ def _task_sets(raw: Any) -> list[tuple[str, ...]]:
     for s in sets:
         if not s or not all(isinstance(t, str) and t.strip() for t in s):
             raise ValueError(f"tasks: each task set must be non-empty task spec strings, got {list(s)!r}")
+        for t in s:
+            _check_task_spec(t)
     return sets
+
+
+def _optional_str(cfg: Mapping[str, Any], key: str) -> str | None:
+    v = cfg.get(key)
+    if v is not None and (not isinstance(v, str) or not v.strip()):
+        raise ValueError(f"{key} must be a non-empty string, got {v!r}")
+    return v
+
+
+def _models(raw: Any) -> list[str]:
+    models = _as_list(raw or ["all-MiniLM-L6-v2"])
+    for m in models:
+        if not isinstance(m, str) or not m.strip():
+            raise ValueError(f"models: each model must be a name or a local folder (a non-empty string), got {m!r}")
+    return models
+
+
+def missing_models(sweep: Sweep) -> list[str]:
+    """Models of ``sweep`` that are neither the bundled default nor an existing local folder.
+
+    The text encoders load offline only (``bench.encoder.load_text_encoder``), so a model that is
+    not the default name must be a local path, and its absence is certain before anything loads.
+    """
+    from ..bench.encoder import DEFAULT_MODEL
+
+    models = dict.fromkeys(p.model for p in sweep.points)
+    return [m for m in models if m != DEFAULT_MODEL and not Path(m).expanduser().exists()]
 
 
 def parse_sweep(cfg: Mapping[str, Any], default_name: str = "sweep") -> Sweep:
@@ -171,7 +268,10 @@ def parse_sweep(cfg: Mapping[str, Any], default_name: str = "sweep") -> Sweep:
     unknown = set(cfg) - _TOP_KEYS
     if unknown:
         raise ValueError(f"unknown config keys {sorted(unknown)}; valid: {sorted(_TOP_KEYS)}")
-    models = [str(m) for m in _as_list(cfg.get("models") or ["all-MiniLM-L6-v2"])]
+    name = _optional_str(cfg, "name")
+    store = _optional_str(cfg, "store")
+    data_dir = _optional_str(cfg, "data_dir")
+    models = _models(cfg.get("models"))
     task_sets = _task_sets(cfg.get("tasks"))
     specs = _method_specs(cfg)
     settings = _settings(cfg.get("settings"))
@@ -181,10 +281,7 @@ def parse_sweep(cfg: Mapping[str, Any], default_name: str = "sweep") -> Sweep:
         if p.key not in seen:  # a grid may list the same point twice; it runs once
             seen.add(p.key)
             points.append(p)
-    store = cfg.get("store")
-    return Sweep(
-        str(cfg.get("name") or default_name), tuple(points), None if store is None else str(store), cfg.get("data_dir")
-    )
+    return Sweep(name or default_name, tuple(points), store, data_dir)
 
 
 def load_sweep(path: str | Path) -> Sweep:

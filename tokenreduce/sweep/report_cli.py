@@ -8,7 +8,7 @@ import sys
 from ..cli_errors import user_error
 from .config import DEFAULT_STORE
 from .report import write_report
-from .store import open_existing
+from .store import StoreError, open_existing, warn_if_partial
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -30,11 +30,12 @@ def main(argv: list[str] | None = None) -> int:
     a = _parser().parse_args(argv)
     try:
         with open_existing(a.store) as store:
+            warn_if_partial(store)
             paths = write_report(store, a.out, sweep=a.sweep, title=a.title, note=a.note, png=not a.no_png)
         for p in paths:
             print(f"wrote {p}")
         return 0
-    except (ValueError, TypeError, FileNotFoundError) as e:
+    except (ValueError, TypeError, FileNotFoundError, StoreError) as e:
         return user_error(e)
 
 

@@ -8,7 +8,7 @@ import sys
 from ..cli_errors import user_error
 from .config import DEFAULT_STORE
 from .results import parse_where, query, table, write_csv, write_parquet
-from .store import open_existing
+from .store import StoreError, open_existing, warn_if_partial
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -40,6 +40,7 @@ def main(argv: list[str] | None = None) -> int:
             if getattr(a, col) is not None:
                 where[col] = getattr(a, col)
         with open_existing(a.store) as store:
+            warn_if_partial(store)
             rows = query(store, where)
             errors = {r["key"][:12]: r["error"] for r in store.rows() if r["error"]} if a.errors else {}
         cols = [c.strip() for c in a.columns.split(",") if c.strip()] if a.columns else None
@@ -54,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
         if a.parquet:
             print(f"wrote {write_parquet(rows, a.parquet)}")
         return 0
-    except (ValueError, TypeError, FileNotFoundError) as e:
+    except (ValueError, TypeError, FileNotFoundError, StoreError) as e:
         return user_error(e)
 
 

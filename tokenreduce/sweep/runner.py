@@ -62,12 +62,16 @@ def run_sweep(
     if not todo:
         return summary
     bar = tqdm(total=len(todo), desc=f"sweep {sweep.name}", unit="point", disable=not progress)
+    outcomes = _outcomes(todo, backend, data_dir or sweep.data_dir, ray_address, ray_num_cpus, progress)
     try:
-        for out in _outcomes(todo, backend, data_dir or sweep.data_dir, ray_address, ray_num_cpus, progress):
+        for out in outcomes:
             store.record(sweep.name, out, backend)
             (summary.ok if out.ok else summary.failed).append(out.key)
             bar.set_postfix_str(f"{out.point.label}: {'ok' if out.ok else 'FAILED'}", refresh=False)
             bar.update(1)
-    finally:
+    finally:  # a store error stops the sweep: close the backend now (Ray shuts down), not at garbage collection
+        close = getattr(outcomes, "close", None)
+        if close is not None:
+            close()
         bar.close()
     return summary
