@@ -7,8 +7,7 @@ import torch
 from vlm_models import llava_inputs, qwen2vl_inputs, tiny_llava, tiny_qwen2vl
 
 import tokenreduce
-from tokenreduce.vlm import make_vlm_method
-from tokenreduce.vlm import reduce as R
+from tokenreduce.vlm import make_vlm_method, reduce
 from tokenreduce.vlm.state import get_state
 
 BEFORE = ["fastervlm", "visionzip", "visual-tome", "visual-random", "visual-pool"]
@@ -325,8 +324,8 @@ def test_errors_are_clear(llava, qwen):
 
 def test_pool_matches_loop_reference():
     emb = torch.randn(6 * 8, 5, dtype=torch.float64)
-    idx, out = R.pool(emb, (6, 8), 12)
-    a, b = R.pool_shape(6, 8, 12)
+    idx, out = reduce.pool(emb, (6, 8), 12)
+    a, b = reduce.pool_shape(6, 8, 12)
     assert (a, b) == (3, 4) and out.shape == (12, 5)
     grid = emb.view(6, 8, 5)
     for i in range(a):
@@ -340,7 +339,7 @@ def test_merge_into_targets_matches_loop_reference():
     torch.manual_seed(0)
     emb, keys = torch.randn(10, 4, dtype=torch.float64), torch.randn(10, 3, dtype=torch.float64)
     kept, targets = torch.tensor([1, 7]), torch.tensor([0, 4, 9])
-    idx, out = R.merge_into_targets(emb, keys, kept, targets)
+    idx, out = reduce.merge_into_targets(emb, keys, kept, targets)
     assert idx.tolist() == [0, 1, 4, 7, 9]
     groups = {int(t): [int(t)] for t in targets}
     kn = torch.nn.functional.normalize(keys, dim=-1)
@@ -358,9 +357,9 @@ def test_bipartite_merge_keeps_mass_and_count():
     torch.manual_seed(0)
     emb = torch.randn(37, 6, dtype=torch.float64)
     for k in (36, 20, 9, 1):
-        idx, out = R.bipartite_merge(emb, k)
+        idx, out = reduce.bipartite_merge(emb, k)
         assert len(idx) == k and torch.all(idx[1:] > idx[:-1])
-    idx, out = R.bipartite_merge(emb, 37)
+    idx, out = reduce.bipartite_merge(emb, 37)
     assert torch.equal(out, emb)
 
 

@@ -11,9 +11,8 @@ import torch
 from vlm_models import IMAGE_TOKEN, llava_next_inputs, next_num_tokens, tiny_llava_next
 
 import tokenreduce
-from tokenreduce.vlm import make_vlm_method
-from tokenreduce.vlm import next as NX
-from tokenreduce.vlm.families import find_vlm
+from tokenreduce.vlm import make_vlm_method, reduce
+from tokenreduce.vlm.families import find_vlm, llava_next
 from tokenreduce.vlm.methods import FasterVLM, VisionZip
 from tokenreduce.vlm.state import get_state
 
@@ -63,7 +62,7 @@ _RANDOM_SIZES = tuple(map(tuple, torch.randint(4, 120, (40, 2), generator=torch.
 )
 def test_layout_matches_model_packing(model, sizes):
     sizes = torch.tensor(sizes)
-    lays = NX.layouts_from_sizes(find_vlm(model), sizes)
+    lays = llava_next.layouts_from_sizes(find_vlm(model), sizes)
     for lay, ref in zip(lays, _packed_ids(model, sizes), strict=True):
         crop = torch.where(lay.crop >= 0, lay.crop + lay.offset, -1)
         assert torch.equal(crop, ref[:, 0]) and torch.equal(lay.patch, ref[:, 1])
@@ -83,11 +82,11 @@ def test_layouts_inferred_from_generate_features_match_sizes(model, sizes):
         vision_feature_layer=model.config.vision_feature_layer, vision_feature_select_strategy="default",
     )
     parts = find_vlm(model)
-    got = NX.layouts_from_features(parts, {}, feats)
+    got = llava_next.layouts_from_features(parts, {}, feats)
     # the 16x16 image unpads to 4x4 tokens, which 1x2, 2x1, 1x3 and 3x1 crops (cut evenly) all give:
     # only the check against the vision tower's features tells them apart
-    assert len(NX._candidates(4, 4, 16, 4, model.config.image_grid_pinpoints, 0)) == 4
-    want = NX.layouts_from_sizes(parts, x["image_sizes"])
+    assert len(llava_next._candidates(4, 4, 16, 4, model.config.image_grid_pinpoints, 0)) == 4
+    want = llava_next.layouts_from_sizes(parts, x["image_sizes"])
     for a, b in zip(got, want, strict=True):
         assert (a.tiles, a.window, a.offset) == (b.tiles, b.window, b.offset)
         assert torch.equal(a.crop, b.crop) and torch.equal(a.patch, b.patch)
@@ -103,8 +102,8 @@ def test_layouts_follow_beam_search_expansion(model, inputs):
     )
     feats.pooler_output = list(feats.pooler_output) * 2
     parts = find_vlm(model)
-    got = NX.layouts_from_features(parts, {}, feats)
-    want = NX.layouts_from_sizes(parts, inputs["image_sizes"]) * 2
+    got = llava_next.layouts_from_features(parts, {}, feats)
+    want = llava_next.layouts_from_sizes(parts, inputs["image_sizes"]) * 2
     assert [(a.tiles, a.window, a.offset) for a in got] == [(b.tiles, b.window, b.offset) for b in want]
     ref = model.generate(**inputs, max_new_tokens=3, num_beams=2, do_sample=False)
     with tokenreduce.patched(model, "fastervlm", keep=1.0):
@@ -175,7 +174,7 @@ def test_per_crop_budgets_and_newlines_kept(method, model, inputs):
         assert kept_nl == n_nl > 0  # every newline token stays
         for c, (kept, n) in crops.items():
             if method == "visual-pool":  # pooling keeps the largest grid within the budget
-                a, b = NX.R.pool_shape(*grids[c], m.budget(n))
+                a, b = reduce.pool_shape(*grids[c], m.budget(n))
                 assert kept == a * b <= m.budget(n)
             elif method in INSIDE:
                 assert kept == min(n, m.counts(n, depth)[-1])
@@ -302,13 +301,13 @@ def _thumbnail_mass_reference(cls_thumb, lay, k):
 
 def test_allot_is_proportional_capped_and_exact():
     w = torch.tensor([5.0, 1.0, 1.0, 3.0])
-    assert NX.allot(w, [10, 10, 10, 10], 10) == [5, 1, 1, 3]
+    assert llava_next.allot(w, [10, 10, 10, 10], 10) == [5, 1, 1, 3]
     # 5/10 of 10 is over the cap 2; the other 8 go 1:1:3 -> 1.6, 1.6, 4.8 -> floors 1, 1, 4 and the two
     # leftover tokens to the largest remainders (.8, then .6 at the lower index)
-    assert NX.allot(w, [2, 10, 10, 10], 10) == [2, 2, 1, 5]
-    assert NX.allot(w, [1, 1, 1, 1], 10) == [1, 1, 1, 1]
-    assert sum(NX.allot(torch.rand(7), [3, 9, 4, 4, 8, 1, 6], 13)) == 13
-    assert NX.allot(torch.tensor([1.0, 1.0, 1.0]), [5, 5, 5], 4) == [2, 1, 1]  # ties: lower index first
+    assert llava_next.allot(w, [2, 10, 10, 10], 10) == [2, 2, 1, 5]
+    assert llava_next.allot(w, [1, 1, 1, 1], 10) == [1, 1, 1, 1]
+    assert sum(llava_next.allot(torch.rand(7), [3, 9, 4, 4, 8, 1, 6], 13)) == 13
+    assert llava_next.allot(torch.tensor([1.0, 1.0, 1.0]), [5, 5, 5], 4) == [2, 1, 1]  # ties: lower index first
 
 
 @torch.no_grad()
@@ -318,14 +317,14 @@ def test_thumbnail_guidance_budgets_follow_thumbnail_attention(cls_method, model
     cols, last = _kept_of(model, inputs, m)
     refs = _packed_ids(model, inputs["image_sizes"])
     cls = _cls_attention_eager(inputs)
-    lays = NX.layouts_from_sizes(find_vlm(model), inputs["image_sizes"])
+    lays = llava_next.layouts_from_sizes(find_vlm(model), inputs["image_sizes"])
     budgets = []
     for lay in lays:
         sizes = [int((lay.crop == k).sum()) for k in range(lay.crops)]
         mass = torch.stack([_thumbnail_mass_reference(cls[lay.offset], lay, k) for k in range(1, lay.crops)])
-        torch.testing.assert_close(mass, NX.thumbnail_mass(lay, cls[lay.offset]), rtol=1e-3, atol=1e-6)
+        torch.testing.assert_close(mass, llava_next.thumbnail_mass(lay, cls[lay.offset]), rtol=1e-3, atol=1e-6)
         total = sum(m.budget(n) for n in sizes[1:])
-        share = NX.allot(mass, sizes[1:], total)
+        share = llava_next.allot(mass, sizes[1:], total)
         assert sum(share) == total and share != [m.budget(n) for n in sizes[1:]]
         budgets.append([m.budget(sizes[0]), *share])
     idx, emb = _reference_reduction(model, inputs, m, refs, cls, budgets)

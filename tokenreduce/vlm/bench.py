@@ -17,8 +17,8 @@ from torch import nn
 
 from ..bench.flops import measured_flops
 from ..kv.bench import kl_rows
-from .families import find_vlm
-from .flops import DecoderShape, prefill_macs
+from .families import Llava, find_vlm
+from .flops import DecoderShape, prefill_macs, token_counts
 from .methods import VisualMethod, make_vlm_method
 from .patch import patch_vlm
 
@@ -128,12 +128,12 @@ def bench_vlm(
     progress: Callable[[str], None] | None = None,
 ) -> list[dict]:
     """One row per (method, visual tokens kept per image), plus the unpruned baseline row."""
-    parts = find_vlm(model)
-    if parts is None or parts.kind != "llava":
+    family = find_vlm(model)
+    if type(family) is not Llava:  # one fixed-grid image; LLaVA-NeXT's crops would need their own layouts
         raise ValueError("bench vlm runs on LLaVA-1.5-style models (LlavaForConditionalGeneration)")
     configs: list[VisualMethod | None] = [None] + [make_vlm_method(m, tokens=t) for t in tokens for m in methods]
     grid = _grid(model)
-    n, text_after = x["input_ids"].shape[1], int(x["input_ids"].shape[1] - 1 - _last_image(x, parts.image_token_id))
+    n, text_after = x["input_ids"].shape[1], int(x["input_ids"].shape[1] - 1 - _last_image(x, family.image_token_id))
     shape = DecoderShape.of(model.config.text_config)
     vision_width = model.config.vision_config.hidden_size
     base_logits, base_toks, rows = None, None, []
@@ -210,7 +210,5 @@ def _last_image(x: dict, image_token: int) -> int:
 
 
 def _avg_tokens(shape: DecoderShape, cfg, n: int, grid) -> float:
-    from .flops import token_counts
-
     counts = token_counts(cfg, n, [grid], shape.layers)
     return sum(counts) / len(counts)

@@ -4,15 +4,14 @@ Counts what PyTorch executes (the same convention as ``FlopCounterMode``, with F
 projections, SDPA as a full N x N score matrix and weighted sum (no causal halving), the gated MLP,
 the LM head on the rows whose logits are kept, and the scoring cost of inside-LLM methods (the
 previous layer's keys recomputed for all tokens, queries for the rating window, and their products).
-A test checks this formula against ``FlopCounterMode`` on a tiny LLaVA.
+Each method owns its part (``token_counts``, ``extra_macs``); this module only sums. A test checks the
+formula against ``FlopCounterMode`` on a tiny LLaVA.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-
-from .methods import BeforeMethod, InsideMethod, VisualMethod, VisualPool
-from .reduce import pool_shape
+from typing import Protocol
 
 
 @dataclass(frozen=True)
@@ -54,59 +53,25 @@ def scoring_macs(s: DecoderShape, n: int, window: int) -> int:
     )
 
 
-def token_counts(method: VisualMethod | None, n: int, images: list[tuple[int, int]], depth: int) -> list[int]:
+class Costed(Protocol):
+    """What a visual-token method tells the cost model (every registered method is one)."""
+
+    def token_counts(self, n: int, images: list[tuple[int, int]], depth: int) -> list[int]: ...
+
+    def extra_macs(
+        self, shape: DecoderShape, counts: list[int], images: list[tuple[int, int]], text_after: int,
+        vision_width: int,
+    ) -> int: ...
+
+
+def token_counts(method: Costed | None, n: int, images: list[tuple[int, int]], depth: int) -> list[int]:
     """Tokens each of ``depth`` layers processes for a sequence of ``n`` tokens holding ``images`` grids."""
-    n_vis = sum(h * w for h, w in images)
-    if method is None:
-        return [n] * depth
-    if isinstance(method, BeforeMethod):
-        kept = 0
-        for h, w in images:
-            k = method.budget(h * w)
-            if isinstance(method, VisualPool) and k < h * w:
-                a, b = pool_shape(h, w, k)
-                k = a * b
-            kept += k
-        return [n - n_vis + kept] * depth
-    assert isinstance(method, InsideMethod)
-    counts, cur = [], n
-    stages = dict(zip(method.stages(depth), method.counts(n_vis, depth)))
-    for i in range(depth):
-        if i in stages:
-            cur = n - n_vis + min(stages[i], n_vis)
-        counts.append(cur)
-    return counts
-
-
-def before_scoring_macs(method: VisualMethod, images: list[tuple[int, int]], hidden: int, vision_width: int) -> int:
-    """What a before-LLM method adds: [CLS] attention rows (q for [CLS], k for all, their product, per image)
-    and the similarity products of merging (bipartite rounds; VisionZip's rest x targets)."""
-    from .methods import FasterVLM, VisionZip, VisualToMe
-
-    total = 0
-    for h, w in images:
-        n = h * w
-        k = method.budget(n)
-        if k >= n:
-            continue
-        if method.needs_cls:
-            t = n + 1
-            total += vision_width * vision_width * (1 + t) + t * vision_width
-        if isinstance(method, VisualToMe):
-            while n > k:
-                a, b = (n + 1) // 2, n // 2
-                total += a * b * hidden
-                n -= min(n - k, a, b)
-        elif isinstance(method, VisionZip) and not isinstance(method, FasterVLM):
-            kd = min(k, max(1, round(method.dominant * k)))
-            kc = min(k - kd, n - kd)
-            total += (n - kd - kc) * kc * hidden if kc else 0
-    return total
+    return [n] * depth if method is None else method.token_counts(n, images, depth)
 
 
 def prefill_macs(
     s: DecoderShape,
-    method: VisualMethod | None,
+    method: Costed | None,
     n: int,
     images: list[tuple[int, int]],
     text_after: int,
@@ -120,11 +85,6 @@ def prefill_macs(
     """
     counts = token_counts(method, n, images, s.layers)
     total = sum(layer_macs(s, c) for c in counts) + head_rows * s.hidden * s.vocab
-    if isinstance(method, BeforeMethod):
-        total += before_scoring_macs(method, images, s.hidden, vision_width)
-    if isinstance(method, InsideMethod):
-        window = 1 if method.window == "last" else text_after
-        for st in method.stages(s.layers):
-            if counts[st] < counts[st - 1]:
-                total += scoring_macs(s, counts[st - 1], window)
+    if method is not None:
+        total += method.extra_macs(s, counts, images, text_after, vision_width)
     return total

@@ -12,17 +12,17 @@ from typing import Any
 
 from torch import nn
 
-from .families import VLMParts, find_vlm
+from .families import VLMFamily, find_vlm
 from .methods import InsideMethod, VisualMethod, make_vlm_method
 from .runner import VLMRunner
 
 
 @dataclass
 class VLMHandle:
-    """An active VLM patch: the method, the model's parts, and the hook handles to remove."""
+    """An active VLM patch: the method, the model's family adapter, and the hook handles to remove."""
 
     method: VisualMethod
-    parts: VLMParts
+    family: VLMFamily
     handles: list = field(default_factory=list)
 
     def remove(self) -> None:
@@ -33,23 +33,23 @@ class VLMHandle:
 
 def patch_vlm(model: nn.Module, method: str | VisualMethod, **params: Any) -> VLMHandle:
     """Register ``method``'s hooks on ``model`` (validated first; nothing changes on error)."""
-    parts = find_vlm(model)
-    if parts is None:
+    family = find_vlm(model)
+    if family is None:
         raise TypeError(f"{type(model).__name__} is not a supported vision-language model")
     m = make_vlm_method(method, **params)
-    runner = VLMRunner(parts, m)
-    h = VLMHandle(m, parts)
+    runner = VLMRunner(family, m)
+    h = VLMHandle(m, family)
     reg = h.handles.append
-    reg(parts.outer.register_forward_pre_hook(runner.outer_pre, with_kwargs=True))
-    reg(parts.outer.register_forward_hook(runner.outer_post, with_kwargs=True, always_call=True))
-    reg(parts.lm.register_forward_pre_hook(runner.lm_pre, with_kwargs=True))
-    reg(parts.lm.register_forward_hook(runner.lm_post, with_kwargs=True))
+    reg(family.outer.register_forward_pre_hook(runner.outer_pre, with_kwargs=True))
+    reg(family.outer.register_forward_hook(runner.outer_post, with_kwargs=True, always_call=True))
+    reg(family.lm.register_forward_pre_hook(runner.lm_pre, with_kwargs=True))
+    reg(family.lm.register_forward_hook(runner.lm_post, with_kwargs=True))
     if m.needs_cls:
-        reg(parts.cls_module.register_forward_hook(runner.vision_hook, with_kwargs=True))
-        reg(parts.outer.vision_tower.register_forward_hook(runner.tower_post, with_kwargs=True))
-    for i, layer in enumerate(parts.layers):
+        reg(family.cls_module.register_forward_hook(runner.vision_hook, with_kwargs=True))
+        reg(family.outer.vision_tower.register_forward_hook(runner.tower_post, with_kwargs=True))
+    for i, layer in enumerate(family.layers):
         reg(layer.register_forward_pre_hook(functools.partial(runner.layer_pre, i), with_kwargs=True))
     if isinstance(m, InsideMethod):
-        for s in m.stages(len(parts.layers)):
-            reg(parts.layers[s - 1].self_attn.register_forward_pre_hook(runner.attn_pre, with_kwargs=True))
+        for s in m.stages(len(family.layers)):
+            reg(family.layers[s - 1].self_attn.register_forward_pre_hook(runner.attn_pre, with_kwargs=True))
     return h

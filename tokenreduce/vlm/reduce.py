@@ -13,6 +13,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..core.assign import apply_assignment
+from ..core.merge import bipartite_soft_matching
+
 
 def top_k(scores: Tensor, k: int) -> Tensor:
     """Ascending indices of the ``k`` largest ``scores`` (ties: lower index first, so results are stable)."""
@@ -52,29 +55,37 @@ def merge_into_targets(emb: Tensor, keys: Tensor, kept: Tensor, targets: Tensor)
 def bipartite_merge(emb: Tensor, k: int) -> tuple[Tensor, Tensor]:
     """ToMe-style bipartite soft matching (Bolya et al., ICLR 2023) repeated until ``k`` tokens remain.
 
-    Tokens alternate between sets A and B; the most similar A tokens merge into their best B match
-    (size-weighted mean). Rounds remove at most half the tokens each.
+    ``emb`` is one image (n, C) or a batch of same-size images (B, n, C), merged together by the shared
+    :func:`~tokenreduce.core.merge.bipartite_soft_matching` and size-weighted
+    :func:`~tokenreduce.core.assign.apply_assignment` (at least float32). Tokens alternate between sets A
+    and B; the most similar A tokens merge into their best B match. Rounds remove at most half the tokens
+    each; a merged token stands at its B target's index.
     """
-    idx = torch.arange(emb.shape[0], device=emb.device)
-    x, size = emb.double(), torch.ones(emb.shape[0], dtype=torch.float64, device=emb.device)
-    while x.shape[0] > k:
-        a, b = torch.arange(0, x.shape[0], 2), torch.arange(1, x.shape[0], 2)
-        r = min(x.shape[0] - k, len(a), len(b))
-        xn = F.normalize(x, dim=-1)
-        sim = xn[a] @ xn[b].T
-        best_val, best = sim.max(dim=1)
-        merged_a = torch.sort(best_val, descending=True, stable=True).indices[:r]
-        stay = torch.ones(len(a), dtype=torch.bool)
-        stay[merged_a] = False
-        xb, sb = x[b] * size[b, None], size[b].clone()
-        xb.index_add_(0, best[merged_a], x[a[merged_a]] * size[a[merged_a], None])
-        sb.index_add_(0, best[merged_a], size[a[merged_a]])
-        keep_idx = torch.cat([idx[a[stay]], idx[b]])
-        keep_x = torch.cat([x[a[stay]], xb / sb[:, None]])
-        keep_s = torch.cat([size[a[stay]], sb])
-        order = torch.argsort(keep_idx)
-        idx, x, size = keep_idx[order], keep_x[order], keep_s[order]
-    return idx, x.to(emb.dtype)
+    single = emb.ndim == 2
+    x = emb[None] if single else emb
+    b, n, _ = x.shape
+    idx = torch.arange(n, device=x.device).expand(b, n)
+    work = x.to(torch.promote_types(x.dtype, torch.float32))
+    size = work.new_ones(b, n)
+    valid = torch.ones(b, n, dtype=torch.bool, device=x.device)
+    while work.shape[1] > k:
+        cur = work.shape[1]
+        r = min(cur - k, cur // 2)
+        dst, n_out = bipartite_soft_matching(
+            work, torch.full((b,), r, device=x.device), valid[:, :cur], protected=0, n_out=cur - r
+        )
+        work, size = apply_assignment(work, size, dst, n_out)
+        idx = _slot_owners(idx, dst, n_out)
+    out = x if work.shape[1] == n else work.to(x.dtype)
+    return (idx[0], out[0]) if single else (idx, out)
+
+
+def _slot_owners(idx: Tensor, dst: Tensor, n_out: int) -> Tensor:
+    """Original index of the token each slot stands for after a bipartite round: the B token where A tokens
+    merged into it, else the A token that kept its own slot (B tokens, at odd positions, are written last)."""
+    own = idx.new_empty(idx.shape[0], n_out)
+    own.scatter_(1, dst[:, 0::2], idx[:, 0::2])
+    return own.scatter_(1, dst[:, 1::2], idx[:, 1::2])
 
 
 def pool_shape(h: int, w: int, k: int) -> tuple[int, int]:
@@ -102,3 +113,16 @@ def pool(emb: Tensor, grid: tuple[int, int], k: int) -> tuple[Tensor, Tensor]:
     cols = [((j * w) // b + (-((-(j + 1) * w) // b)) - 1) // 2 for j in range(b)]
     idx = torch.tensor([r * w + c for r in rows for c in cols], device=emb.device)
     return idx, out.contiguous()
+
+
+def keep_top_in_groups(group: Tensor, scores: Tensor, quota: Tensor) -> Tensor:
+    """(B, N) keep mask: tokens of group -1 stay; of group g, the ``quota[g]`` best-scored stay (ties: lower
+    index first). Batched: one sort by score, one stable sort by group, rank within group by searchsorted."""
+    n = group.shape[1]
+    by_score = torch.sort(scores.float(), dim=1, descending=True, stable=True).indices
+    by_group = torch.sort(group.gather(1, by_score), dim=1, stable=True).indices
+    order = by_score.gather(1, by_group)  # group-major, best first within a group
+    g = group.gather(1, order)
+    rank = torch.arange(n, device=group.device) - torch.searchsorted(g.contiguous(), g.contiguous())
+    keep_sorted = (g < 0) | (rank < quota[g.clamp(min=0)])
+    return torch.zeros_like(keep_sorted).scatter_(1, order, keep_sorted)

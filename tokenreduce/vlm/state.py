@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from .families import Image
+from .families.base import Image
 
 _STATE_ATTR = "_tokenreduce_vlm_state"
 

@@ -1,0 +1,51 @@
+"""Qwen2-VL / Qwen2.5-VL: image grids from ``image_grid_thw`` and 3-D M-RoPE positions; no [CLS].
+
+Every kept token keeps its (t, h, w) position (the runner gathers the 3-D ``position_ids``). Under
+``generate`` the image grids come from those positions, and a decode step over a shortened cache gets
+its true positions here, since the model would count them from the cache length.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from .base import VLMFamily, runs
+
+
+class Qwen2VL(VLMFamily):
+    name = "qwen2-vl"
+    model_classes = frozenset({"Qwen2VLModel", "Qwen2_5_VLModel"})
+
+    def image_grids(self, inputs):
+        thw = inputs.get("image_grid_thw")
+        if thw is None:
+            return self._grids_from_mrope(inputs)
+        m = self.outer.config.vision_config.spatial_merge_size
+        return [(int(t) * int(h) // m, int(w) // m) for t, h, w in thw.tolist()]
+
+    def _grids_from_mrope(self, inputs: dict) -> list[tuple[int, int]]:
+        """``generate`` passes no grid, only 3-D positions: each image's rows/cols are its h/w ranges."""
+        pos, ids = inputs.get("position_ids"), inputs["input_ids"]
+        if pos is None or pos.ndim != 3:
+            raise ValueError("Qwen2-VL: pass image_grid_thw (or M-RoPE position_ids) with the image features")
+        pos = pos[-3:]  # (t, h, w) rows; a leading text row may precede them
+        grids = []
+        for r in range(ids.shape[0]):
+            for i, j in runs((ids[r] == self.image_token_id).tolist()):
+                span = pos[:, r, i:j]
+                t, h, w = (int(span[a].max() - span[a].min()) + 1 for a in range(3))
+                grids.append((t * h, w))
+        return grids
+
+    def decode_positions(self, inputs: dict, seen: int) -> Tensor | None:
+        """Without a mask the model derives decode positions from the (shortened) cache length; give
+        ``seen`` + step + the rope delta instead (with a mask it counts from the mask, which is right)."""
+        deltas = getattr(self.outer, "rope_deltas", None)
+        if inputs.get("position_ids") is not None or inputs.get("attention_mask") is not None or deltas is None:
+            return None
+        ids = inputs.get("input_ids")
+        ref = ids if ids is not None else inputs["inputs_embeds"]
+        b, q = ref.shape[:2]
+        pos = torch.arange(seen, seen + q, device=ref.device).view(1, 1, q).expand(3, b, q)
+        return pos + deltas.to(ref.device).view(1, -1, 1)

@@ -1,0 +1,180 @@
+"""What every visual-token method is: a frozen dataclass with one budget, registered by name.
+
+Two stages share one budget, ``keep`` (fraction of each image's visual tokens) or ``tokens`` (count per
+image). ``BeforeMethod`` shrinks each image's tokens as they enter the LLM; ``InsideMethod`` drops visual
+tokens between decoder layers, rated by attention rebuilt from the previous layer's projections (so SDPA
+keeps working). Each method also owns its cost: the tokens every LLM layer processes and the MACs its own
+scoring adds (:mod:`..flops` sums them).
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from dataclasses import dataclass
+from typing import Any, ClassVar, NamedTuple
+
+from torch import Tensor, nn
+
+from ...kv.scoring import window_attention, window_keys, window_queries
+from ...registry import Registry, check_field_types, check_range
+from ..flops import DecoderShape, scoring_macs
+
+
+def is_real(value: Any) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(float(value))
+
+
+def is_int(value: Any) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+@dataclass(frozen=True)
+class VisualMethod:
+    keep: float | None = None
+    tokens: int | None = None
+
+    name: ClassVar[str] = ""
+    stage: ClassVar[str] = "before"  # "before" the LLM or "inside" it (reports and docs)
+    needs_cls: ClassVar[bool] = False  # ranks by the vision tower's [CLS] attention
+
+    def __post_init__(self) -> None:
+        check_field_types(self, self.name)
+        if (self.keep is None) == (self.tokens is None):
+            raise ValueError(f"{self.name}: give exactly one of keep (fraction in (0, 1]) or tokens (per image)")
+        if self.keep is not None:
+            if not is_real(self.keep):
+                raise ValueError(f"{self.name}: keep must be a real number (finite), got {self.keep!r}")
+            check_range(self.name, "keep", self.keep, 0.0, 1.0, low_open=True, hint=" (fraction of visual tokens)")
+        if self.tokens is not None and (not is_int(self.tokens) or self.tokens < 1):
+            raise ValueError(f"{self.name}: tokens must be a positive int, got {self.tokens!r}")
+
+    @property
+    def thumbnail_guided(self) -> bool:
+        """LLaVA-NeXT crop budgets follow the thumbnail's [CLS] attention (a field of some methods)."""
+        return bool(getattr(self, "thumbnail_guidance", False))
+
+    def budget(self, n: int) -> int:
+        """Tokens kept out of an image's ``n`` (at least 1, at most n)."""
+        k = self.tokens if self.tokens is not None else round(self.keep * n)
+        return max(1, min(n, k))
+
+    def token_counts(self, n: int, images: list[tuple[int, int]], depth: int) -> list[int]:
+        """Tokens each of ``depth`` LLM layers processes for ``n`` prompt tokens holding ``images`` grids."""
+        raise NotImplementedError  # pragma: no cover
+
+    def extra_macs(
+        self, shape: DecoderShape, counts: list[int], images: list[tuple[int, int]], text_after: int,
+        vision_width: int,
+    ) -> int:
+        """MACs the method's own scoring adds to a prefill whose layers process ``counts`` tokens."""
+        return 0
+
+
+REGISTRY: Registry[VisualMethod] = Registry("visual-token method", VisualMethod)
+
+
+def register(cls: type[VisualMethod]) -> type[VisualMethod]:
+    """Class decorator registering a visual-token method under its ``name``."""
+    return REGISTRY.register(cls.name)(cls)
+
+
+def vlm_methods() -> list[str]:
+    return REGISTRY.names()
+
+
+def make_vlm_method(method: str | VisualMethod, **params: Any) -> VisualMethod:
+    return REGISTRY.make(method, **params)
+
+
+def cls_row_macs(tokens: int, width: int) -> int:
+    """A [CLS] attention row in a vision block of ``width``: the [CLS] query, all keys, their products."""
+    return width * width * (1 + tokens) + tokens * width
+
+
+class Unit(NamedTuple):
+    """One image (or LLaVA-NeXT crop) to reduce: embeddings (n, C), token grid, [CLS] scores (n,), budget."""
+
+    emb: Tensor
+    grid: tuple[int, int]
+    cls: Tensor | None
+    k: int
+
+
+@dataclass(frozen=True)
+class BeforeMethod(VisualMethod):
+    """Shrinks each image's tokens before the LLM; every LLM layer sees the shortened sequence."""
+
+    def reduce(self, emb: Tensor, grid: tuple[int, int], cls: Tensor | None, k: int) -> tuple[Tensor, Tensor]:
+        """One image's (n, C) tokens -> ascending kept local indices (k,) and their embeddings (k, C)."""
+        raise NotImplementedError  # pragma: no cover
+
+    def reduce_all(self, units: list[Unit]) -> list[tuple[Tensor, Tensor]]:
+        """:meth:`reduce` for every unit of a forward; methods that batch across images override this."""
+        return [self.reduce(*u) for u in units]
+
+    def kept(self, grid: tuple[int, int]) -> int:
+        """Tokens an image of this grid keeps (the budget unless the method rounds it)."""
+        return self.budget(grid[0] * grid[1])
+
+    def image_macs(self, n: int, k: int, hidden: int, vision_width: int) -> int:
+        """Scoring MACs for one image of ``n`` tokens reduced to ``k``: the [CLS] row if the method reads it."""
+        return cls_row_macs(n + 1, vision_width) if self.needs_cls else 0
+
+    def token_counts(self, n, images, depth):
+        n_vis = sum(h * w for h, w in images)
+        return [n - n_vis + sum(self.kept(g) for g in images)] * depth
+
+    def extra_macs(self, shape, counts, images, text_after, vision_width):
+        total = 0
+        for h, w in images:
+            k = self.budget(h * w)
+            if k < h * w:
+                total += self.image_macs(h * w, k, shape.hidden, vision_width)
+        return total
+
+
+@dataclass(frozen=True)
+class InsideMethod(VisualMethod):
+    """Drops visual tokens at decoder layers ``stages(depth)``; ``counts`` says how many stay after each.
+
+    Tokens are rated by :meth:`scores`, by default the last token's attention in the previous layer."""
+
+    stage: ClassVar[str] = "inside"
+
+    def stages(self, depth: int) -> tuple[int, ...]:
+        raise NotImplementedError  # pragma: no cover
+
+    def counts(self, n: int, depth: int) -> tuple[int, ...]:
+        return tuple(self.budget(n) for _ in self.stages(depth))
+
+    def check(self, depth: int) -> None:
+        bad = [s for s in self.stages(depth) if not 1 <= s < depth]
+        if bad:
+            raise ValueError(f"{self.name}: pruning layers must be in [1, {depth - 1}] for a {depth}-layer LLM: {bad}")
+
+    def scores(self, attn: nn.Module, x: Tensor, cos: Tensor, sin: Tensor, vis: Tensor, valid: Tensor | None) -> Tensor:
+        """Rating (B, N) of every current token: the last token's head-averaged attention in layer ``attn``,
+        rebuilt from its input ``x`` and rotary ``cos``/``sin``; ``vis`` flags visual tokens."""
+        keys = window_keys(attn, x, cos, sin)
+        q = window_queries(attn, x[:, -1:], cos[:, -1:], sin[:, -1:])
+        return window_attention(q, keys, attn.scaling, valid).mean(1)[:, -1]
+
+    def rating_queries(self, text_after: int) -> int:
+        """Queries :meth:`scores` projects, given ``text_after`` tokens after the last image (for MACs)."""
+        return 1
+
+    def token_counts(self, n, images, depth):
+        n_vis = sum(h * w for h, w in images)
+        stages = dict(zip(self.stages(depth), self.counts(n_vis, depth)))
+        counts, cur = [], n
+        for i in range(depth):
+            if i in stages:
+                cur = n - n_vis + min(stages[i], n_vis)
+            counts.append(cur)
+        return counts
+
+    def extra_macs(self, shape, counts, images, text_after, vision_width):
+        window = self.rating_queries(text_after)
+        stages = [st for st in self.stages(shape.layers) if counts[st] < counts[st - 1]]  # those that dropped
+        return sum(scoring_macs(shape, counts[st - 1], window) for st in stages)
