@@ -201,43 +201,30 @@ class VLMRunner:
         return hidden
 
     def _before(self, fwd: Forward, hidden: Tensor) -> tuple[Tensor, Tensor]:
-        """Every image's run -> its reduced tokens, all units reduced in one call; text is kept.
-        Returns current-index kept (B, K) and the states."""
+        """Every image's run -> its reduced tokens (all pieces of all images reduced in one call); text is
+        kept. Returns current-index kept (B, K) and the states."""
         cls = torch.cat(fwd.cls) if fwd.cls else None
         units: list[Unit] = []
-        plans: list[list[tuple[Image, list]]] = []  # per row, per image: [(run positions, unit index | embeddings)]
+        todo: list[list] = []  # [run positions, embeddings] entries that wait for their unit's result
+        plans: list[list[tuple[Image, list[list]]]] = []  # per row, per image: its kept [positions, embeddings]
         for b, images in enumerate(fwd.images):
             plans.append([])
             for im in images:
-                steps = []
+                kept: list[list] = []
                 for p in self.family.pieces(self.method, im, cls, hidden.device):
                     emb = hidden[b, im.start + p.pos]
                     if p.k >= len(p.pos):
-                        steps.append((p.pos, emb))
+                        kept.append([p.pos, emb])
                     elif p.k > 0:
-                        steps.append((p.pos, len(units)))
                         units.append(Unit(emb, p.grid, p.cls, p.k))
-                plans[-1].append((im, steps))
-        done = self.method.reduce_all(units)
-        rows_idx, rows_x = [], []
-        for b, row in enumerate(plans):
-            idx_parts, x_parts, cursor = [], [], 0
-            for im, steps in row:
-                idx_parts.append(torch.arange(cursor, im.start, device=hidden.device))
-                x_parts.append(hidden[b, cursor : im.start])
-                pos = [p if isinstance(u, Tensor) else p[done[u][0]] for p, u in steps]
-                red = [u if isinstance(u, Tensor) else done[u][1] for _p, u in steps]
-                pos_all = torch.cat(pos)
-                order = torch.argsort(pos_all)
-                idx_parts.append(pos_all[order] + im.start)
-                x_parts.append(torch.cat(red)[order])
-                cursor = im.start + im.n
-            idx_parts.append(torch.arange(cursor, hidden.shape[1], device=hidden.device))
-            x_parts.append(hidden[b, cursor:])
-            rows_idx.append(torch.cat(idx_parts))
-            rows_x.append(torch.cat(x_parts))
-        _same_count(torch.tensor([len(r) for r in rows_idx]), "keep different numbers of tokens")
-        return torch.stack(rows_idx), torch.stack(rows_x)
+                        kept.append([p.pos, None])
+                        todo.append(kept[-1])
+                plans[-1].append((im, kept))
+        for entry, (loc, red) in zip(todo, self.method.reduce_all(units), strict=True):
+            entry[0], entry[1] = entry[0][loc], red
+        rows = [_assemble(hidden[b], row) for b, row in enumerate(plans)]
+        _same_count(torch.tensor([len(idx) for idx, _x in rows]), "keep different numbers of tokens")
+        return torch.stack([idx for idx, _x in rows]), torch.stack([x for _idx, x in rows])
 
     def _inside(self, index: int, fwd: Forward, hidden: Tensor) -> tuple[Tensor, Tensor]:
         """Rank the current visual tokens of every group by the method's scores; keep each group's count."""
@@ -262,3 +249,19 @@ class VLMRunner:
         _same_count(keep.sum(1), "keep different numbers of tokens")
         kept = keep.nonzero()[:, 1].view(b, -1)
         return kept, gather_tokens(hidden, kept)
+
+
+def _assemble(hidden: Tensor, images: list[tuple[Image, list[list]]]) -> tuple[Tensor, Tensor]:
+    """One row's kept indices (ascending) and states: its text, and each image's kept run positions."""
+    idx, x, cursor = [], [], 0
+    for im, kept in images:
+        idx.append(torch.arange(cursor, im.start, device=hidden.device))
+        x.append(hidden[cursor : im.start])
+        pos = torch.cat([p for p, _e in kept])
+        order = torch.argsort(pos)
+        idx.append(pos[order] + im.start)
+        x.append(torch.cat([e for _p, e in kept])[order])
+        cursor = im.start + im.n
+    idx.append(torch.arange(cursor, hidden.shape[0], device=hidden.device))
+    x.append(hidden[cursor:])
+    return torch.cat(idx), torch.cat(x)

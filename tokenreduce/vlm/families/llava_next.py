@@ -23,7 +23,7 @@ import torch
 from torch import Tensor
 from transformers.models.llava_next.modeling_llava_next import get_anyres_image_grid_shape, unpad_image
 
-from ..methods import VisualMethod
+from ..methods import BeforeMethod, VisualMethod
 from .base import Image, Piece, image_features, split_rows
 from .llava import Llava
 
@@ -33,7 +33,7 @@ class LlavaNext(Llava):
     model_classes = frozenset({"LlavaNextModel"})
 
     def guides(self, method: VisualMethod) -> bool:
-        return method.needs_cls and method.stage == "before"
+        return method.needs_cls and isinstance(method, BeforeMethod)
 
     def image_grids(self, inputs):
         return [lay.grid for lay in image_layouts(self, inputs)]
