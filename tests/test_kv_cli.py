@@ -26,11 +26,12 @@ def test_bad_input_is_a_clear_error(argv, msg, capsys):
 
 
 def test_press_specs_and_labels():
+    from tokenreduce.kv import TOVA
     from tokenreduce.kv.presses.base import label, parse_press
 
     p = parse_press("snapkv:kernel=11:window=16", 0.25)
     assert (p.keep, p.kernel, p.window) == (0.25, 11, 16)
     assert label(p) == "snapkv(window=16,kernel=11)"
     assert label(parse_press("snapkv", 0.5)) == "snapkv"
-    assert parse_press("adakv:scorer=tova", 0.5).scorer == "tova"
+    assert parse_press("adakv:scorer=tova", 0.5).scorer == TOVA(keep=0.5)  # the name becomes the press object
     assert parse_press("zipcache:keep=1.0:bits=8", 0.25).keep == 1.0

@@ -179,7 +179,7 @@ def test_normalized_attention_matches_eager_weights():
     """ZipCache's saliency from recomputed probe rows equals the same rule applied to eager attention."""
     from tokenreduce.kv.hooks import attention_modules
     from tokenreduce.kv.presses.base import LayerView
-    from tokenreduce.kv.presses.quant import normalized_attention
+    from tokenreduce.kv.presses.zipcache import normalized_attention
 
     eager = tiny_lm("llama", impl="eager")
     n, window, stride = 30, 4, 7

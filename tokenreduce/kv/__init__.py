@@ -1,7 +1,8 @@
 """KV-cache compression ("presses") for Hugging Face decoder LLMs.
 
-    from tokenreduce.kv import generate, make_press, apply_press
+    from tokenreduce.kv import AdaKV, SnapKV, apply_press, generate, make_press
     generate(model, tok, context, question, press="snapkv", keep=0.25)
+    generate(model, tok, context, question, press=AdaKV(keep=0.25, scorer=SnapKV(window=64, kernel=11)))
     with apply_press(model, make_press("streaming_llm", keep=0.25)):
         model.generate(**inputs)
 """
@@ -10,7 +11,35 @@ from .cache import kv_bytes
 from .gemfilter import gemfilter_ids, gemfilter_select
 from .generate import generate, generate_ids
 from .hooks import apply_press
-from .presses import LayerView, Press, make_press, presses, register
+from .presses import (
+    H2O,
+    TOVA,
+    AdaKV,
+    BudgetPress,
+    DecodeTimePress,
+    DecodingPress,
+    Keyformer,
+    KeyNorm,
+    KVzip,
+    LayerView,
+    MixedPrecisionPress,
+    Press,
+    PyramidKV,
+    RaggedPress,
+    RandomPress,
+    ReconstructionPress,
+    ScoringPress,
+    SnapKV,
+    StreamingLLM,
+    ZipCache,
+    make_press,
+    presses,
+    register,
+)
 
-__all__ = ["LayerView", "Press", "apply_press", "gemfilter_ids", "gemfilter_select", "generate", "generate_ids",
-           "kv_bytes", "make_press", "presses", "register"]
+__all__ = [
+    "H2O", "TOVA", "AdaKV", "BudgetPress", "DecodeTimePress", "DecodingPress", "KVzip", "KeyNorm", "Keyformer",
+    "LayerView", "MixedPrecisionPress", "Press", "PyramidKV", "RaggedPress", "RandomPress", "ReconstructionPress",
+    "ScoringPress", "SnapKV", "StreamingLLM", "ZipCache", "apply_press", "gemfilter_ids", "gemfilter_select",
+    "generate", "generate_ids", "kv_bytes", "make_press", "presses", "register",
+]

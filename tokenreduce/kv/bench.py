@@ -19,7 +19,7 @@ from .gemfilter import gemfilter_ids
 from .generate import generate_ids
 from .hooks import attention_modules, compress_layer
 from .kvzip import compress_cache, prompt_ids
-from .presses.base import Press, label
+from .presses import KVzip, Press, ReconstructionPress, label
 from .ragged import ragged_attention_for
 from .session import Session, greedy
 
@@ -60,7 +60,7 @@ def press_cache(model: nn.Module, pre: Prefill, press: Press | None, tokenizer=N
     if press is None:
         return cache
     press.check_model(model)
-    if getattr(press, "reconstructs", False):
+    if isinstance(press, KVzip):
         return compress_cache(model, cache, pre.ids, None, press, prompt_ids(press, tokenizer))
     mods = attention_modules(model)
     valid = torch.ones(1, pre.n, dtype=torch.bool)
@@ -127,7 +127,7 @@ def quality_rows(model, tokenizer, samples: list[Sample], needles: list[Sample],
             with ragged_attention_for(model, p):
                 text = answer(model, press_cache(model, pre, p, tokenizer), pre.n, pre.logits, s.question, tokenizer)
                 add(p, "passkey_agnostic", float(s.answer in text))
-                if getattr(p, "reconstructs", False):
+                if isinstance(p, ReconstructionPress):
                     continue  # KVzip is query-agnostic by design; skip its costly second scoring pass
                 text = answer(model, press_cache(model, aware, p, tokenizer), aware.n, aware.logits, None, tokenizer)
                 add(p, "passkey_aware", float(s.answer in text))

@@ -15,7 +15,7 @@ from torch import Tensor, nn
 from . import cache as kvc
 from .hooks import apply_press
 from .kvzip import compress_cache, prompt_ids
-from .presses.base import Press, make_press
+from .presses import KVzip, Press, make_press
 from .ragged import ragged_attention_for
 from .session import Session, greedy, left_pad, pack_left, prefill
 
@@ -87,7 +87,7 @@ def _generate(model, context_ids, context_mask, question_ids, press, question_ma
         if question_ids is not None:
             logits = session.feed(question_ids, question_mask)
         return greedy(session, logits, max_new_tokens, eos, steps=steps)
-    if getattr(press, "reconstructs", False):  # KVzip: full prefill, then a scoring pass over the context
+    if isinstance(press, KVzip):  # full prefill, then a scoring pass over the context
         press.check_model(model)
         logits = prefill(session, context_ids, context_mask, None, chunk_size)
         compress_cache(model, session.cache, context_ids, context_mask, press, prompt_ids(press, tokenizer))

@@ -17,13 +17,22 @@ import torch
 from torch import nn
 
 from . import cache as kvc
-from .presses.base import LayerView, Press
+from .presses.base import (
+    DecodeTimePress,
+    LayerView,
+    MixedPrecisionPress,
+    Press,
+    RaggedPress,
+    ReconstructionPress,
+    ScoringPress,
+)
 from .ragged import build_ragged, ragged_attention_for, select_ragged
 from .select import gather, protect, select
 
 
 def compress_layer(
-    press: Press, cache, module: nn.Module, n_layers: int, hidden, cos, sin, valid, budgets: torch.Tensor | None = None
+    press: ScoringPress, cache, module: nn.Module, n_layers: int, hidden, cos, sin, valid,
+    budgets: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Score layer ``module.layer_idx``'s cached entries with ``press`` and keep the best; returns the prefix mask.
 
@@ -44,15 +53,14 @@ def keep_scored(
     """Replace layer ``idx``'s entries with the best by ``scores`` (B, Hkv, N) (already protected); returns
     the prefix mask. Shared by :func:`compress_layer` and presses scored outside the layer (KVzip)."""
     keep = press.layer_keep(idx, n_layers) if budgets is None else budgets
-    if press.ragged:
+    if isinstance(press, RaggedPress) and press.ragged:
         return keep_ragged(cache, idx, keys, values, select_ragged(scores, valid, keep, press.min_share))
     kept, prefix_mask = select(scores, valid, keep)
     keys, values = gather(keys, kept), gather(values, kept)
-    layer = press.build_layer(keys, values, scores.gather(-1, kept), prefix_mask)
-    if layer is None:
-        kvc.set_layer_kv(cache, idx, keys, values)
+    if isinstance(press, MixedPrecisionPress):
+        kvc.replace_layer(cache, idx, press.build_layer(keys, values, scores.gather(-1, kept), prefix_mask))
     else:
-        kvc.replace_layer(cache, idx, layer)
+        kvc.set_layer_kv(cache, idx, keys, values)
     return prefix_mask
 
 
@@ -83,14 +91,14 @@ class PressRunner:
     :meth:`compress_next` before its last prefill chunk.
     """
 
-    def __init__(self, model: nn.Module, press: Press, auto: bool = True):
+    def __init__(self, model: nn.Module, press: ScoringPress, auto: bool = True):
         self.model, self.press, self.modules = model, press, attention_modules(model)
         self.n_layers = len(self.modules)
         self.mask: torch.Tensor | None = None  # 2D mask of the current forward, mapped onto the cache
         self.armed = False  # compress in the current forward
         self._auto = auto
         self._force_next = False  # set by compress_next() for the next forward only
-        self.active: Press | None = press  # the press applied in the current forward
+        self.active: ScoringPress = press  # the press applied in the current forward
         self.budgets: torch.Tensor | None = None  # per-row entry budgets of a decode-time compression
 
     @property
@@ -115,7 +123,7 @@ class PressRunner:
         if state is not None and mask is not None and mask.ndim == 2 and mask.shape[1] != kvc.seq_length(cache) + q_len:
             kwargs["attention_mask"] = kvc.rewrite_mask(cache, mask)  # one column per token seen -> per cache entry
         self.mask = kwargs.get("attention_mask")
-        if self.press.decodes and cache is not None:  # decode-time compression
+        if isinstance(self.press, DecodeTimePress) and cache is not None:  # decode-time compression
             if self.armed and self.press.keep >= 1.0:
                 self.armed = False
             elif not self.armed and not empty and q_len == 1:
@@ -160,11 +168,11 @@ def apply_press(model: nn.Module, press: Press, *, auto: bool = True) -> Iterato
     ``auto=True`` (``model.generate``, ``model(**enc)``): the first multi-token forward on an empty cache
     compresses. ``auto=False``: only forwards announced by :meth:`PressRunner.compress_next` do (chunked
     prefill), plus decode-time compression."""
-    if not isinstance(press, Press):
-        raise TypeError(f"press must be a Press (see tokenreduce.kv.make_press), got {type(press).__name__}")
-    if getattr(press, "reconstructs", False):
+    if isinstance(press, ReconstructionPress):
         raise ValueError(f"{press.name} scores with a second pass over the context and cannot run inside "
                          "model.generate; use tokenreduce.kv.generate / generate_ids")
+    if not isinstance(press, ScoringPress):
+        raise TypeError(f"press must be a scoring Press (see tokenreduce.kv.make_press), got {type(press).__name__}")
     press.check_model(model)
     runner = PressRunner(model, press, auto)
     handles = [model.register_forward_pre_hook(runner.pre_forward, with_kwargs=True)]

@@ -1,4 +1,4 @@
-"""KVzip's scoring pass and cache compression (see :mod:`tokenreduce.kv.presses.kvzip` for the paper).
+"""KVzip's scoring pass and cache compression (the paper and the parameters: :mod:`tokenreduce.kv.presses.kvzip`).
 
 The context's real tokens are reconstructed ``chunk`` at a time: each pass feeds ``prompt + chunk``
 (left-padded per row) after a copy of the full context cache, and a forward hook on every attention
@@ -17,15 +17,15 @@ from ..bench.timing import time_pair
 from . import cache as kvc
 from . import scoring
 from .hooks import attention_modules, keep_ragged, keep_scored
-from .presses.base import Press
+from .presses import KVzip
 from .ragged import select_shared
 from .select import protect
 from .session import Session
 
 
-def prompt_ids(press: Press, tokenizer=None) -> Tensor:
+def prompt_ids(press: KVzip, tokenizer=None) -> Tensor:
     """The reconstruction prompt's token ids (P,) (empty without a tokenizer: the context is repeated bare)."""
-    if tokenizer is None or not getattr(press, "prompt", ""):
+    if tokenizer is None or not press.prompt:
         return torch.zeros(0, dtype=torch.long)
     return torch.tensor(tokenizer(press.prompt, add_special_tokens=False).input_ids, dtype=torch.long)
 
@@ -112,7 +112,7 @@ def _cut(cache, length: int):
 
 @torch.no_grad()
 def compress_cache(
-    model: nn.Module, cache, ids: Tensor, mask: Tensor | None, press: Press, prompt: Tensor | None = None
+    model: nn.Module, cache, ids: Tensor, mask: Tensor | None, press: KVzip, prompt: Tensor | None = None
 ):
     """Compress the full context cache (of ``ids`` (B, N), left-padded by ``mask``) in place with KVzip scores."""
     mask = torch.ones_like(ids) if mask is None else mask
@@ -134,7 +134,7 @@ def compress_cache(
     return cache
 
 
-def prefill_time_row(model: nn.Module, ids: Tensor, press: Press, tokenizer=None, repeats: int = 3) -> dict:
+def prefill_time_row(model: nn.Module, ids: Tensor, press: KVzip, tokenizer=None, repeats: int = 3) -> dict:
     """Plain prefill vs prefill + KVzip scoring + compression of ``ids`` (1, N), same process, interleaved medians."""
     prompt = prompt_ids(press, tokenizer)
 

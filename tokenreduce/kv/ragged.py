@@ -22,6 +22,7 @@ from transformers.cache_utils import DynamicLayer
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
+from .presses.base import Press
 from .select import row_budgets
 
 NAME = "tokenreduce_ragged"
@@ -156,9 +157,9 @@ AttentionMaskInterface.register(NAME, sdpa_mask)
 
 
 @contextmanager
-def ragged_attention_for(model, press) -> Iterator[None]:
+def ragged_attention_for(model, press: Press | None) -> Iterator[None]:
     """Route the model's attention through :func:`ragged_attention` while ``press`` needs ragged storage."""
-    if not getattr(press, "ragged", False):
+    if press is None or not press.ragged:
         yield
         return
     old = model.config._attn_implementation

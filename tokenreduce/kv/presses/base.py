@@ -1,9 +1,11 @@
-"""Press base class, the per-layer view a press scores, and the registry of presses by name.
+"""Press base class and its capability types, the per-layer view a press scores, and the registry by name.
 
 A press is a small frozen dataclass: a ``score`` for every cached key of one layer (higher = keep)
 plus budget parameters. It holds no runtime state, so one press object serves many models and
 threads. Selection, storage and masking are shared (:mod:`tokenreduce.kv.select`,
-:mod:`tokenreduce.kv.hooks`), so a press is only its scoring rule (kvpress's design).
+:mod:`tokenreduce.kv.hooks`), so a press is only its scoring rule (kvpress's design). What else a
+press does (ragged budgets, decode-time compression, mixed-precision storage, a second pass) is
+declared by the capability types below and checked with ``isinstance``, never probed.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from functools import cached_property
 from typing import Any, ClassVar
 
 from torch import Tensor, nn
+from transformers.cache_utils import DynamicLayer
 
 from ...registry import Registry, check_field_types, check_range
 from .. import scoring
@@ -54,6 +57,11 @@ class Press:
     """``keep``: fraction of the prompt's KV entries kept in every layer and head (1.0 = no compression).
 
     ``sinks``/``recent``: first/last real tokens that are always kept (attention sinks, local window).
+
+    What a press can do is declared by its type, never probed: :class:`ScoringPress` (scores one layer's
+    entries), :class:`RaggedPress` (budgets differ between heads or layers), :class:`DecodeTimePress`
+    (compresses during decoding), :class:`MixedPrecisionPress` (stores entries in its own layer type),
+    :class:`ReconstructionPress` (scored by a second pass over the context).
     """
 
     keep: float = 1.0
@@ -63,7 +71,6 @@ class Press:
     name: ClassVar[str] = ""
     query_aware: ClassVar[bool] = False  # scores depend on the last queries (put the question in the window)
     needs_eager: ClassVar[bool] = False  # True if the press needs materialized attention weights
-    decodes: ClassVar[bool] = False  # True if the press also compresses during decoding (``decode_step``)
 
     def __post_init__(self) -> None:
         check_field_types(self, self.name)
@@ -72,42 +79,79 @@ class Press:
             if getattr(self, f) < 0:
                 raise ValueError(f"{self.name}: {f} must be a non-negative int, got {getattr(self, f)!r}")
 
-    def score(self, view: LayerView) -> Tensor:  # pragma: no cover - abstract
-        """Importance of each cached entry, (B, Hkv, N); higher is kept."""
-        raise NotImplementedError
-
-    def decode_step(self, counts: Tensor) -> tuple[Press, Tensor] | None:
-        """For presses that ``decodes``: the press and per-row entry budgets (B,) to compress to before
-        feeding one more token, given each row's real entries ``counts`` (B,), or None (not now)."""
-        return None
+    @property
+    def ragged(self) -> bool:
+        """True if budgets differ between layers or heads (ragged storage); see :class:`RaggedPress`."""
+        return False
 
     def layer_keep(self, layer: int, n_layers: int) -> float:
         """Fraction kept in ``layer`` (constant; PyramidKV overrides)."""
         return float(self.keep)
 
     def check_model(self, model: nn.Module) -> None:
-        """Raise ValueError if this press cannot run on ``model`` (called before any compute)."""
+        """Raise ValueError if this press (or a press it holds, e.g. its scorer) cannot run on ``model``
+        (called before any compute)."""
         if self.needs_eager and model.config._attn_implementation != "eager":
             raise ValueError(f"{self.name} needs eager attention: load the model with attn_implementation='eager'")
+        for f in fields(self):
+            inner = getattr(self, f.name)
+            if isinstance(inner, Press):
+                inner.check_model(model)
 
-    def build_layer(self, keys: Tensor, values: Tensor, scores: Tensor, valid: Tensor) -> Any:
-        """Custom storage for a layer's kept entries (B, Hkv, L, D) (None = plain dense tensors).
 
-        ``scores`` (B, Hkv, L) are the kept entries' scores, ``valid`` (B, L) marks real ones."""
-        return None
+class ScoringPress(Press):
+    """A press that scores every cached entry of one layer from a :class:`LayerView` (higher = keep).
+
+    Only scoring presses run inside :func:`tokenreduce.kv.apply_press`; a plain one (no other capability
+    below) can also score for another press (``AdaKV(scorer=SnapKV())``)."""
+
+    def score(self, view: LayerView) -> Tensor:  # pragma: no cover - abstract
+        """Importance of each cached entry, (B, Hkv, N); higher is kept."""
+        raise NotImplementedError
+
+
+class RaggedPress(Press):
+    """Budgets that differ between KV heads or layers: the kept entries are stored per (sequence, head)
+    (:mod:`tokenreduce.kv.ragged`). ``min_share`` (a field of each subclass) is the floor per head (and
+    layer) as a share of an even split (1.0 = equal heads)."""
+
+    min_share: float
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_range(self.name, "min_share", self.min_share, 0.0, 1.0)
 
     @property
     def ragged(self) -> bool:
-        """True if budgets differ between layers or heads (needs ragged storage)."""
-        return False
+        return True
 
 
-def check_window(press: Press, window: int, kernel: int | None = None) -> None:
-    """An observation window of >= 1 queries and an odd pooling kernel >= 1 (SnapKV's max-pooling keeps
-    the length only for odd kernels)."""
-    check_range(press.name, "window", window, 1, hint=" (queries in the observation window)")
-    if kernel is not None and (kernel < 1 or kernel % 2 == 0):
-        raise ValueError(f"{press.name}: kernel must be an odd int >= 1 (1 = no pooling), got {kernel!r}")
+class DecodeTimePress(ScoringPress):
+    """Also compresses during decoding: before each new token, :meth:`decode_step` may name a press and
+    per-row entry budgets to compress to."""
+
+    def decode_step(self, counts: Tensor) -> tuple[ScoringPress, Tensor] | None:  # pragma: no cover - abstract
+        """The scoring press and per-row entry budgets (B,) to compress to before feeding one more token,
+        given each row's real entries ``counts`` (B,), or None (not now)."""
+        raise NotImplementedError
+
+
+class MixedPrecisionPress(Press):
+    """Stores a layer's kept entries in its own cache layer type (e.g. salient entries in full precision,
+    the rest quantized) instead of plain dense tensors."""
+
+    def build_layer(self, keys: Tensor, values: Tensor, scores: Tensor, valid: Tensor) -> DynamicLayer:
+        """The storage layer for kept entries (B, Hkv, L, D); ``scores`` (B, Hkv, L) are their scores,
+        ``valid`` (B, L) marks real ones."""
+        raise NotImplementedError  # pragma: no cover - abstract
+
+
+class ReconstructionPress(Press):
+    """Scored by a second pass of the whole model over the context (KVzip), not from one layer's view:
+    it runs in :func:`tokenreduce.kv.generate` / ``generate_ids`` and the benchmark, not inside
+    ``apply_press``/``model.generate``. ``prompt`` is put before the repeated context."""
+
+    prompt: str
 
 
 def register(name: str) -> Callable[[type[Press]], type[Press]]:
@@ -151,10 +195,26 @@ def _value(raw: str) -> Any:
 
 
 def label(press: Press) -> str:
-    """The press's name plus its non-default parameters other than ``keep``, e.g. ``snapkv(kernel=11)``."""
-    changed = [f"{f.name}={getattr(press, f.name)}" for f in fields(press)
-               if f.name != "keep" and getattr(press, f.name) != f.default]
-    return f"{press.name}({','.join(changed)})" if changed else press.name
+    """The press's name plus its non-default parameters other than ``keep``, e.g. ``snapkv(kernel=11)``.
+
+    A press held in a field (a scorer) shows as ``scorer=label``; when it is that field's default press
+    (named by the field's default), its own changed parameters show inline, as a spec would give them:
+    ``adakv(kernel=11)`` is AdaKV over SnapKV(kernel=11)."""
+    return f"{press.name}({','.join(_changed(press))})" if _changed(press) else press.name
+
+
+def _changed(obj: Press) -> list[str]:
+    """``name=value`` for each field other than ``keep`` that differs from its default (nested presses inline)."""
+    out = []
+    for f in fields(obj):
+        value = getattr(obj, f.name)
+        if f.name == "keep" or value == f.default:
+            continue
+        if isinstance(value, Press):
+            out += _changed(value) if value.name == f.default else [f"{f.name}={label(value)}"]
+        else:
+            out.append(f"{f.name}={value}")
+    return out
 
 
 REGISTRY: Registry[Press] = Registry("press", Press)

@@ -7,17 +7,15 @@ After the context prefill, a prompt asking to repeat the context followed by the
 teacher-forced against the full cache; an entry's score is the largest attention any reconstruction
 query of its GQA group gives it. Entries the model needs to reproduce the context are the ones any
 later question may need, so one compressed cache serves every question. The scoring pass lives in
-:mod:`tokenreduce.kv.kvzip` (it needs the whole model, not one layer's view).
+:mod:`tokenreduce.kv.kvzip` (it needs the whole model, not one layer's view): a
+:class:`ReconstructionPress`, so it cannot run inside ``apply_press`` nor score for another press.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar
 
-from torch import Tensor
-
-from .base import LayerView, Press, register
+from .base import RaggedPress, ReconstructionPress, register
 
 BUDGETS = ("global", "head", "layer")
 REPEAT_PROMPT = "\n\nRepeat the previous context exactly:\n"
@@ -25,7 +23,7 @@ REPEAT_PROMPT = "\n\nRepeat the previous context exactly:\n"
 
 @register("kvzip")
 @dataclass(frozen=True)
-class KVzipPress(Press):
+class KVzip(RaggedPress, ReconstructionPress):
     """``chunk``: context tokens reconstructed per pass (memory O(chunk x N) per head).
 
     ``budget``: who competes for the kept entries. ``"global"`` (the paper): all layers and KV heads rank
@@ -44,8 +42,6 @@ class KVzipPress(Press):
     min_share: float = 0.2
     prompt: str = REPEAT_PROMPT
 
-    reconstructs: ClassVar[bool] = True  # scored by a second model pass, not from a LayerView
-
     def __post_init__(self) -> None:
         super().__post_init__()
         if not isinstance(self.chunk, int) or self.chunk < 1:
@@ -54,12 +50,6 @@ class KVzipPress(Press):
             raise ValueError(f"kvzip: window must be a non-negative int, got {self.window!r}")
         if self.budget not in BUDGETS:
             raise ValueError(f"kvzip: budget must be one of {', '.join(BUDGETS)}, got {self.budget!r}")
-        if not 0.0 <= self.min_share <= 1.0:
-            raise ValueError(f"kvzip: min_share must be in [0, 1], got {self.min_share!r}")
-
-    def score(self, view: LayerView) -> Tensor:
-        raise ValueError("kvzip scores with a reconstruction pass over the whole model; "
-                         "use tokenreduce.kv.kvzip.compress_cache or tokenreduce.kv.generate")
 
     @property
     def ragged(self) -> bool:
