@@ -1,6 +1,7 @@
 """Visual-token reduction for vision-language models (LLaVA-1.5, LLaVA-NeXT, Qwen2-VL / Qwen2.5-VL).
 
-``tokenreduce.patch(vlm, "fastv", keep=0.25)`` routes here; see :mod:`.methods` for the methods.
+``tokenreduce.patch(vlm, "fastv", keep=0.25)`` routes here. :mod:`.methods` has one module per method,
+:mod:`.families` one adapter per model family; ``runner.py`` holds the hooks between them.
 """
 
 from .families import find_vlm
