@@ -21,7 +21,7 @@ from test_sweep_utils import stored, sweep_config, tiny_model, write_config  # n
 import tokenreduce.bench.encoder  # noqa: F401 - imported up front, see yaml
 import tokenreduce.bench.report  # noqa: F401
 import tokenreduce.bench.tasks  # noqa: F401
-import tokenreduce.methods  # noqa: F401
+import tokenreduce.encoder.methods  # noqa: F401
 from tokenreduce.sweep import Store, load_sweep, parse_sweep
 from tokenreduce.sweep.cli import main as sweep_main
 from tokenreduce.sweep.config import Point
@@ -93,7 +93,7 @@ def readonly_store(open_tmp):
     db = media / "s.sqlite"
     pts = _finished_store(db)
     assert not (media / "s.sqlite-wal").exists()  # a clean close checkpoints the WAL away
-    (media / "s.sqlite.lock").unlink()
+    (media / "s.sqlite.lock").unlink(missing_ok=True)
     db.chmod(0o444)
     media.chmod(0o555)
     yield db, pts
@@ -264,7 +264,7 @@ def test_dry_run_creates_nothing_and_checks_model_folders(tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and f"model folder(s) not found: {missing}" in err
     _finished_store(db)
-    (tmp_path / "new.sqlite.lock").unlink()
+    (tmp_path / "new.sqlite.lock").unlink(missing_ok=True)
     snapshot = {p.name: (p.stat().st_mtime_ns, p.read_bytes()) for p in tmp_path.iterdir()}
     assert sweep_main([str(ok), "--store", str(db), "--dry-run"]) == 0
     assert {p.name: (p.stat().st_mtime_ns, p.read_bytes()) for p in tmp_path.iterdir()} == snapshot
