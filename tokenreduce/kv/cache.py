@@ -1,29 +1,26 @@
 """The one place that knows the transformers cache API (written against transformers 5.x).
 
 Everything else in :mod:`tokenreduce.kv` reads and replaces a layer's keys/values through these
-functions. A compressed cache holds fewer entries than tokens seen, so we also keep, on the cache
-object, the bookkeeping the model's 2D attention mask needs: ``KVState.prefix_mask`` (B, L) marks
-which of the L stored prefix entries are real (rows of a padded batch keep different counts and
-are left-aligned with masked filler entries), and ``seen`` is how many tokens that prefix stood for.
-Later 2D masks (one column per token seen) are rewritten to ``prefix_mask + new columns``.
+functions. A compressed cache holds fewer entries than tokens seen; which token each entry stands for is the
+shared :class:`tokenreduce.core.provenance.Provenance` map on the cache (the same record visual-token
+pruning writes, so the two compose). A press's map has ``prefix_mask`` (B, L): which of the L stored
+prefix entries are real (rows of a padded batch keep different counts and are left-aligned with masked
+filler entries), and ``seen``: how many tokens that prefix stood for. Later 2D masks (one column per
+token seen) are rewritten to ``prefix_mask + new columns``.
 """
 
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass
 
-import torch
 from torch import Tensor
 from transformers.cache_utils import Cache, DynamicCache, DynamicLayer
 
-_STATE_ATTR = "_tokenreduce_kv_state"
+from ..core import provenance as prov
+from ..core.provenance import Provenance
 
-
-@dataclass
-class KVState:
-    prefix_mask: Tensor  # (B, L) bool: stored prefix entries that are real tokens
-    seen: int  # tokens (mask columns) the stored prefix replaces
+# A press's map: ``KVState(prefix_mask, seen)`` (B, L) real entries standing for ``seen`` tokens.
+KVState = Provenance.pressed
 
 
 def new_cache(model) -> DynamicCache:
@@ -94,12 +91,14 @@ def kv_bytes(cache: Cache) -> int:
     return total
 
 
-def get_state(cache: Cache) -> KVState | None:
-    return getattr(cache, _STATE_ATTR, None)
+def get_state(cache: Cache) -> Provenance | None:
+    """The map of the cache's entries the model-wide 2D mask follows (layer 0's), or None."""
+    return prov.layer_map(cache, 0)
 
 
-def set_state(cache: Cache, state: KVState) -> None:
-    setattr(cache, _STATE_ATTR, state)
+def set_state(cache: Cache, state: Provenance) -> None:
+    """Record ``state`` for every layer (a press shortens all layers alike)."""
+    prov.set_maps(cache, state, range(max(1, n_layers(cache))))
 
 
 def rewrite_mask(cache: Cache | None, attention_mask: Tensor | None) -> Tensor | None:
@@ -107,7 +106,4 @@ def rewrite_mask(cache: Cache | None, attention_mask: Tensor | None) -> Tensor |
     state = get_state(cache) if cache is not None else None
     if state is None or attention_mask is None or attention_mask.ndim != 2:
         return attention_mask
-    if attention_mask.shape[1] < state.seen:
-        raise ValueError("attention mask is shorter than the tokens already in the compressed cache")
-    tail = attention_mask[:, state.seen :]
-    return torch.cat([state.prefix_mask.to(attention_mask.dtype), tail], dim=1)
+    return state.rewrite_mask(attention_mask)

@@ -16,6 +16,7 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
+from ..core.provenance import Provenance, layer_map
 from . import cache as kvc
 from .presses.base import (
     DecodeTimePress,
@@ -118,10 +119,9 @@ class PressRunner:
         self.armed = cache is not None and (self._force_next or (self._auto and empty and q_len > 1))
         self._force_next = False
         self.active, self.budgets = self.press, None
-        mask = kwargs.get("attention_mask")
         state = kvc.get_state(cache) if cache is not None else None
-        if state is not None and mask is not None and mask.ndim == 2 and mask.shape[1] != kvc.seq_length(cache) + q_len:
-            kwargs["attention_mask"] = kvc.rewrite_mask(cache, mask)  # one column per token seen -> per cache entry
+        if state is not None:  # one column per token seen -> per cache entry (once, if another hook has not)
+            kwargs["attention_mask"] = state.map_mask(kwargs.get("attention_mask"), kvc.seq_length(cache), q_len)
         self.mask = kwargs.get("attention_mask")
         if isinstance(self.press, DecodeTimePress) and cache is not None:  # decode-time compression
             if self.armed and self.press.keep >= 1.0:
@@ -147,18 +147,39 @@ class PressRunner:
         cos, sin = kwargs["position_embeddings"]
         idx = module.layer_idx
         n = kvc.seq_length(cache, idx)
-        valid = self._valid(hidden.shape[0], n, hidden.device)
+        state = layer_map(cache, idx)  # the entries' provenance so far (e.g. visual tokens pruned before the LLM)
+        _check_alike(cache, idx, state)
+        valid = self._valid(hidden.shape[0], n, hidden.device, state)
         prefix_mask = compress_layer(self.active, cache, module, self.n_layers, hidden, cos, sin, valid, self.budgets)
         if idx == self.modules[-1].layer_idx:  # the cache now stands for everything seen so far
-            state = kvc.get_state(cache)
-            seen = state.seen + n - state.prefix_mask.shape[1] if state else n  # tokens the n entries stood for
+            seen = state.tokens(n) if state else n  # tokens the n entries stood for
             kvc.set_state(cache, kvc.KVState(prefix_mask, seen))
         return output
 
-    def _valid(self, b: int, n: int, device) -> torch.Tensor:
+    def _valid(self, b: int, n: int, device, state: Provenance | None) -> torch.Tensor:
+        """Real entries (B, n) among the layer's n cached entries."""
         if self.mask is None or self.mask.ndim != 2:
             return torch.ones(b, n, dtype=torch.bool, device=device)
+        if state is not None and self.mask.shape[1] != n and self.mask.shape[1] == state.tokens(n):
+            return state.rewrite_mask(self.mask).bool()  # a mask over tokens, entries shortened in this forward
         return self.mask[:, -n:].bool() if self.mask.shape[1] >= n else self.mask.bool()
+
+
+def _check_alike(cache, idx: int, state: Provenance | None) -> None:
+    """A press keeps one map for the whole model: refuse caches whose layers were shortened differently."""
+    first = layer_map(cache, 0)
+    if state is not None and first is not None and state.length != first.length:
+        raise ValueError("a KV press needs every layer's cache to stand for the same tokens; visual-token methods "
+                         "that shorten only later layers (fastv, pyramiddrop) cannot be combined with a press -- "
+                         "use a method applied before the LLM (fastervlm, visionzip, ...)")
+
+
+def press_target(model: nn.Module) -> nn.Module:
+    """The module whose forward feeds the decoder layers: the model itself, or a vision-language model's
+    language model (its 2D mask and positions are over the tokens the LLM sees, after the vision merge)."""
+    inner = getattr(model, "model", None)
+    lm = getattr(inner, "language_model", None) if inner is not None else None
+    return lm if isinstance(lm, nn.Module) else model
 
 
 @contextmanager
@@ -167,12 +188,17 @@ def apply_press(model: nn.Module, press: Press, *, auto: bool = True) -> Iterato
 
     ``auto=True`` (``model.generate``, ``model(**enc)``): the first multi-token forward on an empty cache
     compresses. ``auto=False``: only forwards announced by :meth:`PressRunner.compress_next` do (chunked
-    prefill), plus decode-time compression."""
+    prefill), plus decode-time compression.
+
+    A vision-language model (``model.model.language_model``) is pressed in its language model, after the
+    visual tokens are merged in -- and after any visual-token pruning of ``tokenreduce.patched``, whose
+    provenance map the press composes with (see docs/KV.md, "VLM + KV press")."""
     if isinstance(press, ReconstructionPress):
         raise ValueError(f"{press.name} scores with a second pass over the context and cannot run inside "
                          "model.generate; use tokenreduce.kv.generate / generate_ids")
     if not isinstance(press, ScoringPress):
         raise TypeError(f"press must be a scoring Press (see tokenreduce.kv.make_press), got {type(press).__name__}")
+    model = press_target(model)
     press.check_model(model)
     runner = PressRunner(model, press, auto)
     handles = [model.register_forward_pre_hook(runner.pre_forward, with_kwargs=True)]

@@ -42,7 +42,8 @@ def patch_vlm(model: nn.Module, method: str | VisualMethod, **params: Any) -> VL
     reg = h.handles.append
     reg(family.outer.register_forward_pre_hook(runner.outer_pre, with_kwargs=True))
     reg(family.outer.register_forward_hook(runner.outer_post, with_kwargs=True, always_call=True))
-    reg(family.lm.register_forward_pre_hook(runner.lm_pre, with_kwargs=True))
+    # first among the LM's pre-hooks: it maps the token-level mask (a KV press's hook then finds it mapped)
+    reg(family.lm.register_forward_pre_hook(runner.lm_pre, with_kwargs=True, prepend=True))
     reg(family.lm.register_forward_hook(runner.lm_post, with_kwargs=True))
     if m.needs_cls:
         reg(family.cls_module.register_forward_hook(runner.vision_hook, with_kwargs=True))

@@ -3,9 +3,11 @@
 Prefill: the outer model's pre-hook asks the family adapter where each image's placeholder run is; the
 vision block's hook records [CLS] attention when a method needs it; decoder-layer pre-hooks shrink the
 sequence at the method's layers (layer 0 for ``before`` methods) and hand every later layer the matching
-rows of the position embeddings, position ids and mask. Decode: the cache remembers which original token
-each entry stands for (per layer, since inside methods shorten only later layers), and pre-hooks map masks
-and positions. Nothing here depends on the family beyond :class:`~.families.base.VLMFamily`'s hooks.
+rows of the position embeddings, position ids and mask. Each layer records on the cache which original
+token each entry stands for (a :class:`~tokenreduce.core.provenance.Provenance` map per layer, since inside
+methods shorten only later layers; a KV press composes with the same maps). Decode: pre-hooks map masks
+and positions through those maps, once. Nothing here depends on the family beyond
+:class:`~.families.base.VLMFamily`'s hooks.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from ..core.provenance import Provenance, layer_map, set_layer_map
 from .families.base import Image, VLMFamily, has_images, image_features
 from .methods import BeforeMethod, InsideMethod, Unit, VisualMethod
 from .reduce import keep_top_in_groups
@@ -20,18 +23,20 @@ from .state import (
     CLS_ATTR,
     CURRENT,
     PENDING_CLS,
-    CacheState,
     Forward,
     decode_mask,
     gather_mask,
     gather_tokens,
-    get_state,
-    set_state,
 )
 
 
 def _cache(kwargs: dict):
     return kwargs.get("cache", kwargs.get("past_key_values"))
+
+
+def _entries(cache, layer: int = 0) -> int:
+    """Entries ``layer`` of ``cache`` holds."""
+    return cache.get_seq_length(layer)
 
 
 def _empty(cache) -> bool:
@@ -77,10 +82,11 @@ class VLMRunner:
 
     def _decode_positions(self, ids: Tensor | None, args, kwargs: dict):
         """The family's true decode positions over a shortened cache, where it has them."""
-        st = get_state(_cache(kwargs))
-        if st is None:
+        cache = _cache(kwargs)
+        first = layer_map(cache, 0)
+        if first is None:
             return None
-        pos = self.family.decode_positions({**kwargs, "input_ids": ids}, st.seen)
+        pos = self.family.decode_positions({**kwargs, "input_ids": ids}, first.tokens(_entries(cache)))
         if pos is None:
             return None
         kwargs["position_ids"] = pos
@@ -116,38 +122,27 @@ class VLMRunner:
                 CURRENT.set(None)  # the outer post-hook will not run; leave no stale prefill state behind
                 raise ValueError("right-padded batch: pad on the left (tokenizer.padding_side = 'left')")
             return None
-        st = get_state(cache)
-        if st is None:
+        first = layer_map(cache, 0)
+        if first is None:
             return None
         emb = kwargs.get("inputs_embeds")
         q = (emb if emb is not None else kwargs["input_ids"]).shape[1]
-        mask = kwargs.get("attention_mask")
+        entries, device = _entries(cache), first.index.device
+        seen = first.tokens(entries)  # tokens before this forward
         if kwargs.get("position_ids") is None:  # the model would count from the (shortened) cache length
-            kwargs["position_ids"] = torch.arange(st.seen, st.seen + q, device=st.cols[0].device)[None]
-        b, device = st.cols[0].shape[0], st.cols[0].device
-        if mask is not None and mask.ndim == 2:
-            new = torch.arange(st.seen, st.seen + q, device=device).expand(b, q)
-            kwargs["attention_mask"] = mask.gather(1, torch.cat([st.cols[0], new], 1))
-        full = torch.ones(b, st.seen + q, dtype=torch.bool, device=device)
-        valid = mask.bool() if mask is not None and mask.ndim == 2 else full
-        CURRENT.set(Forward([], valid=valid, n=st.seen + q))  # decode: per-layer masks only
+            kwargs["position_ids"] = first.new_positions(entries, q, device)
+        mask = kwargs.get("attention_mask")
+        valid = None  # 2D mask over tokens, for layers whose cache is shortened differently
+        if mask is None:
+            valid = torch.ones(first.index.shape[0], seen + q, dtype=torch.bool, device=device)
+        elif mask.ndim == 2 and mask.shape[1] == seen + q:
+            valid = mask.bool()
+        kwargs["attention_mask"] = first.map_mask(mask, entries, q)  # onto the entries, once
+        CURRENT.set(Forward([], valid=valid, n=seen + q))  # decode: per-layer masks only
         return args, kwargs
 
     def lm_post(self, module, args, kwargs, output):
-        cache, fwd = getattr(output, "cache", None), CURRENT.get()
-        cache = _cache(kwargs) if cache is None else cache
-        if cache is None:
-            return output
-        st = get_state(cache)
-        if fwd is not None and fwd.images:  # prefill: record what each layer cached
-            b = len(fwd.images)
-            full = torch.arange(fwd.n, device=fwd.visual.device).expand(b, fwd.n)
-            cols = [fwd.cols.get(i, full) for i in range(len(self.family.layers))]
-            set_state(cache, CacheState(cols, fwd.n))
-        elif st is not None:
-            q = output.last_hidden_state.shape[1]
-            new = torch.arange(st.seen, st.seen + q, device=st.cols[0].device).expand(st.cols[0].shape[0], q)
-            set_state(cache, CacheState([torch.cat([c, new], 1) for c in st.cols], st.seen + q))
+        fwd = CURRENT.get()  # the maps were recorded by the layers; decode steps need none (see core.provenance)
         if fwd is not None and not fwd.images:
             CURRENT.set(None)
         return output
@@ -168,8 +163,8 @@ class VLMRunner:
         hidden = args[0] if args else kwargs["hidden_states"]
         if index in self.stages:
             hidden = self._reduce(index, fwd, hidden)
+        self._record(index, fwd, hidden, kwargs)
         if fwd.kept is not None:
-            fwd.cols[index] = fwd.kept
             kwargs["position_embeddings"] = tuple(gather_tokens(t, fwd.kept) for t in kwargs["position_embeddings"])
             pos = kwargs.get("position_ids")
             if pos is not None:
@@ -180,15 +175,28 @@ class VLMRunner:
             kwargs["hidden_states"] = hidden
         return args, kwargs
 
+    @staticmethod
+    def _record(index: int, fwd: Forward, hidden: Tensor, kwargs: dict) -> None:
+        """Put layer ``index``'s map on the cache before it caches anything: its entries are the tokens
+        kept so far (a press in this forward composes with it)."""
+        cache = _cache(kwargs)
+        if cache is None:
+            return
+        b, device = hidden.shape[0], hidden.device
+        if fwd.kept is None:
+            set_layer_map(cache, index, Provenance.identity(b, fwd.n, device))
+        else:
+            set_layer_map(cache, index, Provenance(fwd.kept, torch.ones_like(fwd.kept, dtype=torch.bool), fwd.n))
+
     def _decode_mask(self, index: int, args, kwargs):
         """A decode step on a layer whose cache is shorter than the first layer's gets its own mask."""
         cache, fwd = _cache(kwargs), CURRENT.get()
-        st = get_state(cache)
-        if st is None or fwd.valid is None or st.cols[index].shape[1] == st.cols[0].shape[1]:
+        own, first = layer_map(cache, index), layer_map(cache, 0)
+        if own is None or first is None or fwd.valid is None or own.length == first.length:
             return None
-        q = fwd.n - st.seen
-        dtype = kwargs["position_embeddings"][0].dtype
-        kwargs["attention_mask"] = decode_mask(fwd.valid, st.cols[index], st.seen, q, dtype)
+        entries = own.rewrite_mask(fwd.valid)  # (B, E + q) over this layer's entries
+        q = entries.shape[1] - _entries(cache, index)
+        kwargs["attention_mask"] = decode_mask(entries, q, kwargs["position_embeddings"][0].dtype)
         return args, kwargs
 
     # ---- reduction --------------------------------------------------------------------------------

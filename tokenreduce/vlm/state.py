@@ -1,8 +1,9 @@
 """Per-forward and per-cache bookkeeping for visual-token reduction (no module-level mutable state).
 
 ``Forward`` lives in a ContextVar for the duration of one prefill, so a patched model is reentrant
-across threads. ``CacheState`` rides on the cache object: which original token each layer's cache
-entries stand for, so decode-time masks and positions can be mapped onto a shortened cache.
+across threads. Which original token each layer's cache entries stand for is the shared
+:class:`tokenreduce.core.provenance.Provenance` map on the cache (the record KV presses compose with),
+so decode-time masks and positions can be mapped onto a shortened cache; :func:`get_state` reads it.
 """
 
 from __future__ import annotations
@@ -13,9 +14,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
+from ..core.provenance import layer_maps
 from .families.base import Image
-
-_STATE_ATTR = "_tokenreduce_vlm_state"
 
 
 @dataclass
@@ -26,7 +26,6 @@ class Forward:
     kept: Tensor | None = None  # (B, N_cur) original index of each current token; None = all
     visual: Tensor | None = None  # (B, N) visual flags of the original sequence
     valid: Tensor | None = None  # (B, N) 2D validity mask of the original sequence
-    cols: dict[int, Tensor] = field(default_factory=dict)  # layer -> (B, L) original indices it cached
     n: int = 0
 
 
@@ -37,18 +36,20 @@ PENDING_CLS: ContextVar[Tensor | None] = ContextVar("tokenreduce_vlm_pending_cls
 CLS_ATTR = "_tokenreduce_cls"
 
 
-@dataclass
+@dataclass(frozen=True)
 class CacheState:
-    cols: list[Tensor]  # per layer (B, L_l): original token index of each cached entry
-    seen: int  # tokens seen so far (original length)
+    """A read-only view of the cache's provenance maps, as the VLM tests and tools look at them."""
+
+    cols: list[Tensor]  # per layer (B, L_l): original token index of each mapped entry (-1: kept per KV head)
+    seen: int  # original tokens the mapped entries stand for
 
 
 def get_state(cache) -> CacheState | None:
-    return getattr(cache, _STATE_ATTR, None) if cache is not None else None
-
-
-def set_state(cache, state: CacheState | None) -> None:
-    object.__setattr__(cache, _STATE_ATTR, state)
+    """Every layer's mapped original indices, or None if no layer's cache was shortened or mapped."""
+    maps = layer_maps(cache)
+    if not maps:
+        return None
+    return CacheState([maps[i].index for i in sorted(maps)], maps[min(maps)].seen)
 
 
 def gather_tokens(x: Tensor, kept: Tensor, dim: int = 1) -> Tensor:
@@ -69,9 +70,11 @@ def gather_mask(mask: Tensor | None, kept: Tensor) -> Tensor | None:
     return gather_tokens(gather_tokens(mask, kept, 2), kept, 3)
 
 
-def decode_mask(valid: Tensor, cols: Tensor, seen: int, q: int, dtype: torch.dtype) -> Tensor:
-    """Additive mask (B, 1, q, L + q) for ``q`` new tokens over a cache whose entries are original ``cols``."""
-    prefix = valid.gather(1, cols).bool()[:, None, :].expand(-1, q, -1)
-    new = valid[:, seen : seen + q].bool()[:, None, :] & torch.ones(q, q, dtype=torch.bool, device=valid.device).tril()
+def decode_mask(entries: Tensor, q: int, dtype: torch.dtype) -> Tensor:
+    """Additive mask (B, 1, q, E + q) for ``q`` new tokens over E cached entries, from the 2D mask
+    ``entries`` (B, E + q) already mapped onto that layer's entries."""
+    e = entries.shape[1] - q
+    prefix = entries[:, :e].bool()[:, None, :].expand(-1, q, -1)
+    new = entries[:, e:].bool()[:, None, :] & torch.ones(q, q, dtype=torch.bool, device=entries.device).tril()
     allowed = torch.cat([prefix, new], dim=-1)[:, None]
-    return torch.zeros(allowed.shape, dtype=dtype, device=valid.device).masked_fill(~allowed, torch.finfo(dtype).min)
+    return torch.zeros(allowed.shape, dtype=dtype, device=entries.device).masked_fill(~allowed, torch.finfo(dtype).min)
