@@ -73,3 +73,37 @@ def test_parse_config():
     )
     assert main(["bench", "--config", "tome:keep"]) == 2
     assert main(["bench", "--config", "tome:keep=0.5,metric=nope"]) == 2
+
+
+def test_help_lists_every_command_without_importing_torch():
+    import subprocess
+    import sys
+
+    from tokenreduce.cli.commands import COMMANDS
+
+    code = ("import sys; from tokenreduce.cli import main; rc = main(['--help']); "
+            "assert 'torch' not in sys.modules, 'torch imported'; sys.exit(rc)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    for words in COMMANDS:
+        assert " ".join(words) in out.stdout
+    version = subprocess.run([sys.executable, "-m", "tokenreduce", "--version"], capture_output=True, text=True,
+                             timeout=120)
+    assert version.stdout.startswith("tokenreduce 0.")
+
+
+def test_typos_get_did_you_mean(capsys):
+    assert main(["bench", "vison"]) == 2
+    err = capsys.readouterr().err
+    assert "did you mean 'vision'" in err and "kv, vlm" in err
+    assert main(["bnech"]) == 2
+    assert "did you mean 'bench'" in capsys.readouterr().err
+
+
+def test_methods_lists_every_family(capsys):
+    assert main(["methods"]) == 0
+    out = capsys.readouterr().out
+    for title in ("encoder methods", "visual-token methods", "KV-cache presses", "prompt-compression methods"):
+        assert title in out
+    for name in ("tome", "fastervlm", "snapkv", "extractive"):
+        assert f"\n{name} " in out

@@ -7,10 +7,11 @@ import torch
 from models import vit
 
 import tokenreduce as tr
-from tokenreduce.adapters.patching import resolve_family
-from tokenreduce.bench.flops import encoder_cost, measured_flops, schedule_for_flops, total_macs
+from tokenreduce.bench.flops import measured_flops
 from tokenreduce.core.dims import ModelDims
-from tokenreduce.methods import LayerTensors, make_method
+from tokenreduce.encoder.adapters.patching import resolve_family
+from tokenreduce.encoder.cost import encoder_cost, schedule_for_flops, total_macs
+from tokenreduce.encoder.methods import LayerTensors, make_method
 
 
 def cos(u, v):

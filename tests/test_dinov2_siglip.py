@@ -9,9 +9,10 @@ from transformers import Dinov2Backbone, Dinov2Config, Dinov2ForImageClassificat
 from vision_models import dinov2, dinov2_registers, siglip2_inputs, siglip2_vision, siglip_full, siglip_vision
 
 import tokenreduce as tr
-from tokenreduce.adapters.patching import resolve_family
-from tokenreduce.adapters.runner import record_sources
-from tokenreduce.bench.flops import encoder_cost, layer_widths, measured_flops, total_macs
+from tokenreduce.bench.flops import measured_flops
+from tokenreduce.encoder.adapters.patching import resolve_family
+from tokenreduce.encoder.adapters.runner import record_sources
+from tokenreduce.encoder.cost import encoder_cost, layer_widths, total_macs
 
 MODELS = {
     "dinov2": dinov2,

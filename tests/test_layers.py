@@ -16,14 +16,11 @@ ROOT = Path(__file__).resolve().parents[1] / "tokenreduce"
 TOOLS = ("bench", "sweep", "cli")  # the layers above the library
 # Violations being removed (each entry must still exist, so the list only shrinks; empty is the goal).
 KNOWN_UPWARD: set[str] = {
-    "tokenreduce.kv.kvzip -> tokenreduce.bench.timing",
     "tokenreduce.prompt.extractive -> tokenreduce.bench.encoder",
     "tokenreduce.prompt.tiktoken_local -> tokenreduce.bench.tasks",
 }
 KNOWN_CYCLES: set[str] = {
-    "tokenreduce.kv.generate <-> tokenreduce.kv.kvzip",
     "tokenreduce.prompt.bench_cli <-> tokenreduce.prompt.bench_inputs",
-    "tokenreduce.vlm.families <-> tokenreduce.vlm.next_layout",
 }
 
 
@@ -66,7 +63,8 @@ def _layer(module: str) -> str:
 
 
 def _is_tool(module: str) -> bool:
-    return _layer(module) in TOOLS or module.split(".")[-1] in ("cli", "bench") or "bench_" in module
+    last = module.split(".")[-1]
+    return _layer(module) in TOOLS or last in ("cli", "bench", "__main__") or "bench_" in module
 
 
 def test_library_never_imports_bench_sweep_or_cli():

@@ -7,7 +7,7 @@ import torch
 
 import tokenreduce as tr
 from tokenreduce.bench.encoder import load_text_encoder
-from tokenreduce.methods.base import REGISTRY
+from tokenreduce.encoder.methods.base import REGISTRY
 
 SENTENCES = [
     "The first Nobel Prize in Physics was awarded in 1901 to Wilhelm Conrad Röntgen for his discovery of X-rays.",

@@ -10,8 +10,8 @@ from models import bert, block_inputs, clip_full, clip_vision, deit, pixels, rob
 from transformers import ViTForImageClassification
 
 import tokenreduce as tr
-from tokenreduce.adapters.patching import resolve_family
-from tokenreduce.bench.flops import layer_widths
+from tokenreduce.encoder.adapters.patching import resolve_family
+from tokenreduce.encoder.cost import layer_widths
 
 TEXT = {"bert": bert, "roberta": roberta, "xlmr": xlmr, "bert-eager": lambda: bert("eager")}
 VISION = {

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from tokenreduce.core.assign import apply_assignment
-from tokenreduce.methods import LayerTensors, make_method
+from tokenreduce.encoder.methods import LayerTensors, make_method
 
 
 def cos(u, v):

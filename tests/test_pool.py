@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from tokenreduce.core.assign import apply_assignment
-from tokenreduce.methods import LayerTensors, make_method
-from tokenreduce.methods.pooling import window_for_keep
+from tokenreduce.encoder.methods import LayerTensors, make_method
+from tokenreduce.encoder.methods.pooling import window_for_keep
 
 
 def pooled(method, x, protected):

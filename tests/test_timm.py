@@ -13,8 +13,9 @@ timm = pytest.importorskip("timm")
 from models import block_inputs, jitter_norms  # noqa: E402
 
 import tokenreduce as tr  # noqa: E402
-from tokenreduce.adapters.patching import resolve_family  # noqa: E402
-from tokenreduce.bench.flops import encoder_cost, layer_widths, measured_flops, total_macs  # noqa: E402
+from tokenreduce.bench.flops import measured_flops  # noqa: E402
+from tokenreduce.encoder.adapters.patching import resolve_family  # noqa: E402
+from tokenreduce.encoder.cost import encoder_cost, layer_widths, total_macs  # noqa: E402
 
 TINY = dict(pretrained=False, img_size=32, patch_size=4, embed_dim=32, depth=4, num_heads=4, num_classes=5)
 PATCHES = (32 // 4) ** 2

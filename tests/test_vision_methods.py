@@ -9,8 +9,9 @@ import torch
 from models import bert, clip_vision, deit, pixels, text_batch, vit
 
 import tokenreduce as tr
-from tokenreduce.adapters.patching import resolve_family
-from tokenreduce.bench.flops import encoder_cost, layer_widths, measured_flops, total_macs
+from tokenreduce.bench.flops import measured_flops
+from tokenreduce.encoder.adapters.patching import resolve_family
+from tokenreduce.encoder.cost import encoder_cost, layer_widths, total_macs
 
 REDUCING = [
     ("ats", {"keep": 0.5}),

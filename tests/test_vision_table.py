@@ -11,11 +11,11 @@ import torch
 pytest.importorskip("sklearn", reason="the digits testbed needs scikit-learn (the vision extra)")
 
 from tokenreduce.bench import vision_table as vt  # noqa: E402
-from tokenreduce.bench.flops import encoder_cost, total_macs  # noqa: E402
 from tokenreduce.bench.text_bench import RunConfig  # noqa: E402
 from tokenreduce.bench.vision_cli import main  # noqa: E402
 from tokenreduce.bench.vision_testbed import DigitsTestbed  # noqa: E402
-from tokenreduce.methods import make_method, methods  # noqa: E402
+from tokenreduce.encoder.cost import encoder_cost, total_macs  # noqa: E402
+from tokenreduce.encoder.methods import make_method, methods  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -60,8 +60,8 @@ def test_schedule_without_effect_is_not_run_twice():
 
 
 def test_vit_b16_dims_and_macs():
-    from tokenreduce.adapters.patching import resolve_family
     from tokenreduce.bench.vision_bench import vit_b16
+    from tokenreduce.encoder.adapters.patching import resolve_family
 
     model = vit_b16(num_layers=1)
     fam, _ = resolve_family(model)

@@ -11,9 +11,9 @@ from models import clip_full, deit, pixels, vit
 from vision_models import dinov2_registers, siglip_vision
 
 import tokenreduce as tr
-from tokenreduce.adapters.runner import record_sources
-from tokenreduce.bench.flops import layer_widths
 from tokenreduce.core.assign import restore
+from tokenreduce.encoder.adapters.runner import record_sources
+from tokenreduce.encoder.cost import layer_widths
 from tokenreduce.viz import render, trace, visualize
 from tokenreduce.viz.cli import main as viz_main
 from tokenreduce.viz.render import paint_groups

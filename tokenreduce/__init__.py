@@ -5,25 +5,30 @@ Public API::
     tokenreduce.patch(model, "tome", keep=0.5)   # or r=8, schedule="decreasing", ...
     tokenreduce.unpatch(model)
     with tokenreduce.patched(model, "evit", keep=0.7): ...
-    tokenreduce.methods()                          # registered method names
+    tokenreduce.methods()                          # registered encoder method names
     tokenreduce.compress_prompt(context, question, rate=0.25)   # prompt / context compression
     tokenreduce.generate(model, tok, context, question, press="snapkv", keep=0.25)  # KV-cache presses
     tokenreduce.visualize(vit, "photo.jpg", "tome", r=8, out="tome.png")
     tokenreduce.export_onnx(patched_vit, pixel_values, "vit.onnx")  # returns max |ONNX - PyTorch|
 
-The last four load their subpackages on first use, so ``import tokenreduce`` stays light.
+Everything loads on first use, so ``import tokenreduce`` (and ``tokenreduce --help``) stays light.
 """
 
 from importlib import import_module
 from typing import Any
 
-from .adapters import families, patch, patched, unpatch
-from .adapters.patching import patch_info
-from .methods import Method, make_method, methods, register
-
-__version__ = "0.1.0"
+from ._version import __version__
 
 _LAZY = {
+    "families": "tokenreduce.encoder",
+    "patch": "tokenreduce.encoder",
+    "patched": "tokenreduce.encoder",
+    "unpatch": "tokenreduce.encoder",
+    "patch_info": "tokenreduce.encoder",
+    "Method": "tokenreduce.encoder",
+    "make_method": "tokenreduce.encoder",
+    "methods": "tokenreduce.encoder.methods",
+    "register": "tokenreduce.encoder",
     "compress_prompt": "tokenreduce.prompt",
     "PromptCompressor": "tokenreduce.prompt",
     "generate": "tokenreduce.kv",

@@ -41,6 +41,8 @@ def check_field_types(obj: Any, owner: str) -> None:
     for f in fields(obj):
         kind = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", "")
         value = getattr(obj, f.name)
+        if kind.endswith(" | None"):  # optional: None, or the type named
+            kind = kind[: -len(" | None")] if value is not None else ""
         if kind in _KINDS and not _fits(value, kind):
             finite = " (finite)" if kind == "float" else ""
             raise ValueError(f"{owner}: {f.name} must be {_KINDS[kind]}{finite}, got {value!r}")
@@ -74,6 +76,11 @@ class Registry(Generic[T]):
             return cls
 
         return wrap
+
+    def unregister(self, name: str) -> None:
+        """Remove ``name`` (a plugin unloading, or a test that registered a toy)."""
+        self.get(name)
+        del self._classes[name]
 
     def names(self) -> list[str]:
         return sorted(self._classes)

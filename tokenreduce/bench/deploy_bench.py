@@ -17,9 +17,9 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from ..adapters import patch
 from ..cli_errors import user_error
-from ..methods import make_method
+from ..encoder.adapters import patch
+from ..encoder.methods import make_method
 from .report import machine_info
 from .text_bench import RunConfig
 from .timing import time_pair

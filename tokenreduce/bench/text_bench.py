@@ -17,11 +17,11 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from ..adapters import patch, unpatch
-from ..adapters.patching import resolve_family
-from ..methods import make_method
+from ..encoder.adapters import patch, unpatch
+from ..encoder.adapters.patching import resolve_family
+from ..encoder.cost import encoder_cost, total_macs
+from ..encoder.methods import make_method
 from .encoder import TextEncoder
-from .flops import encoder_cost, total_macs
 from .memory import peak_memory
 from .metrics import cosine_fidelity, retrieval_metrics, sts_spearman
 from .report import machine_info, pareto_front

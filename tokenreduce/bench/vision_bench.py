@@ -14,10 +14,10 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from ..adapters import patch, unpatch
-from ..adapters.patching import resolve_family
-from ..methods import make_method
-from .flops import encoder_cost, layer_widths, total_macs
+from ..encoder.adapters import patch, unpatch
+from ..encoder.adapters.patching import resolve_family
+from ..encoder.cost import encoder_cost, layer_widths, total_macs
+from ..encoder.methods import make_method
 from .report import machine_info
 from .text_bench import RunConfig
 from .timing import time_pair

@@ -42,7 +42,8 @@ COLUMNS = [
 
 
 def _parser() -> argparse.ArgumentParser:
-    from ..cli import _floats, _names
+    from ..cli.args import floats as _floats
+    from ..cli.args import names as _names
 
     p = argparse.ArgumentParser(
         prog="tokenreduce bench vision",

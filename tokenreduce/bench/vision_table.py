@@ -20,8 +20,8 @@ import torch
 from tqdm.auto import tqdm
 
 from ..core.dims import ModelDims
-from ..methods import make_method, methods
-from .flops import encoder_cost, layer_widths, total_macs
+from ..encoder.cost import encoder_cost, layer_widths, total_macs
+from ..encoder.methods import make_method, methods
 from .report import machine_info, pareto_front
 from .text_bench import RunConfig
 from .vision_testbed import DigitsTestbed
@@ -221,7 +221,7 @@ def run_vision_table(
 
 
 def _small_dims(tb: DigitsTestbed) -> ModelDims:
-    from ..adapters.patching import resolve_family
+    from ..encoder.adapters.patching import resolve_family
 
     fam, _ = resolve_family(tb.model)
     return fam.dims(tb.model)

@@ -25,9 +25,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..adapters import patch, unpatch
-from ..methods import make_method
-from ..methods.base import Method
+from ..encoder.adapters import patch, unpatch
+from ..encoder.methods import make_method
+from ..encoder.methods.base import Method
 
 ASSET_DIR = Path(__file__).resolve().parent.parent / "assets" / "vit_digits"
 IMAGE_SIZE = 32

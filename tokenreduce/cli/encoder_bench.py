@@ -1,12 +1,8 @@
-"""The ``tokenreduce`` command.
+"""``tokenreduce bench [text|vit]``: the accuracy-vs-cost table of encoder methods.
 
 tokenreduce bench                 # all encoder methods × keep rates on all-MiniLM-L6-v2 (offline)
 tokenreduce bench --data nq,stsb  # the NaturalQuestions retrieval and STS-B sets (../shared/data)
 tokenreduce bench vit             # ViT-B/16 speed: ToMe r=8 / r=13 vs unreduced
-tokenreduce methods               # registered methods and their parameters
-
-Larger command groups live next to their code and are dispatched by name (see ``COMMANDS``);
-each such module exposes ``main(argv) -> int`` with its own parser.
 """
 
 from __future__ import annotations
@@ -14,69 +10,26 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from dataclasses import fields
 from pathlib import Path
 
 import torch
 
-from . import methods as list_methods
-from .cli_errors import user_error
-from .methods.base import REGISTRY
-from .spec import parse_spec
-
-# (words on the command line) -> module with ``main(argv: list[str] | None) -> int``
-COMMANDS: dict[tuple[str, ...], tuple[str, str]] = {
-    ("bench", "kv"): ("tokenreduce.kv.cli", "KV-cache presses on a causal LM (SmolLM2 by default)"),
-    ("bench", "deploy"): ("tokenreduce.bench.deploy_bench", "ViT under eager, torch.compile and ONNX Runtime"),
-    ("bench", "vision"): ("tokenreduce.bench.vision_cli", "vision methods: FLOPs, speed, accuracy table"),
-    ("visualize",): ("tokenreduce.viz.cli", "PNG of merged / pruned patches for an image"),
-    ("sweep",): ("tokenreduce.sweep.cli", "run a resumable sweep from a YAML config"),
-    ("results",): ("tokenreduce.sweep.results_cli", "list, filter and export stored sweep results"),
-    ("report",): ("tokenreduce.sweep.report_cli", "HTML + PNG report of a sweep's results"),
-    ("bench", "prompt"): ("tokenreduce.prompt.bench_cli", "prompt compression: rate adherence, speed, retention"),
-    ("bench", "vlm"): ("tokenreduce.vlm.cli", "visual-token methods on a LLaVA-1.5-shaped VLM: MACs, prefill time, KV"),
-    ("compress",): ("tokenreduce.prompt.cli", "compress a prompt / context file"),
-    ("tokenizers",): ("tokenreduce.tokstats.cli", "tokenizer efficiency: fertility, parity, vocabulary audit"),
-}
-
-
-def _dispatch(argv: list[str]) -> int | None:
-    """Run an external command group if ``argv`` starts with one; None otherwise."""
-    import importlib
-
-    for words, (module, _) in sorted(COMMANDS.items(), key=lambda kv: -len(kv[0])):
-        if tuple(argv[: len(words)]) == words:
-            return importlib.import_module(module).main(argv[len(words) :])
-    return None
-
-
-def _floats(text: str) -> list[float]:
-    try:
-        return [float(v) for v in text.split(",") if v]
-    except ValueError as e:
-        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from e
-
-
-def parse_config(text: str) -> tuple[str, dict]:
-    """``"tome:keep=0.4,schedule=decreasing"`` -> ``("tome", {"keep": 0.4, "schedule": "decreasing"})``
-    (the one spec grammar, :func:`tokenreduce.spec.parse_spec`)."""
-    return parse_spec(text)
-
-
-def _names(text: str) -> list[str]:
-    return [v.strip() for v in text.split(",") if v.strip()]
+from ..cli_errors import user_error
+from ..encoder.methods import methods as list_methods
+from ..encoder.methods.base import REGISTRY
+from ..spec import parse_spec
+from .args import floats as _floats
+from .args import names as _names
+from .commands import BENCH_GROUPS
 
 
 def _parser() -> argparse.ArgumentParser:
-    more = "\n".join(f"  {' '.join(w):16s} {h}" for w, (_, h) in COMMANDS.items())
-    p = argparse.ArgumentParser(
-        prog="tokenreduce",
-        description="Training-free token reduction, measured.",
-        epilog=f"more commands (each has --help):\n{more}",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+    b = argparse.ArgumentParser(
+        prog="tokenreduce bench",
+        description="Accuracy-vs-cost table of encoder methods (text: all-MiniLM-L6-v2; vit: ViT-B/16 speed).",
+        epilog="other benchmarks: " + ", ".join(f"tokenreduce bench {w}" for w in BENCH_GROUPS),
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    sub = p.add_subparsers(dest="command", required=True)
-    b = sub.add_parser("bench", help="accuracy-vs-cost table for encoder methods")
     b.add_argument(
         "target", nargs="?", default="text", choices=["text", "vit"], help="text encoder (default) or ViT speed"
     )
@@ -108,25 +61,11 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     b.add_argument("--out", default=None, help="write results to OUT.json and OUT.csv")
     b.add_argument("--no-progress", action="store_true")
-    sub.add_parser("methods", help="list registered methods and their parameters")
-    return p
-
-
-def _cmd_methods() -> int:
-    from .vlm.methods import REGISTRY as VLM
-
-    for title, reg in (("encoder methods", REGISTRY), ("vision-language (visual-token) methods", VLM)):
-        print(f"# {title}")
-        for name in reg.names():
-            cls = reg.get(name)
-            params = ", ".join(f"{f.name}={f.default!r}" for f in fields(cls))
-            doc = " ".join((cls.__doc__ or "").strip().split("\n\n")[0].split())
-            print(f"{name:13s} {doc}\n{'':13s} params: {params}")
-    return 0
+    return b
 
 
 def _print_text(result: dict) -> None:
-    from .bench.report import format_table
+    from ..bench.report import format_table
 
     meta, rows = result["meta"], result["rows"]
     qcols = [k for k in rows[0] if ":" in k and not k.endswith("rel_change")]
@@ -161,19 +100,19 @@ def _log_row(row: dict) -> None:
 
 
 def _cmd_bench(a: argparse.Namespace) -> int:
-    from .bench.report import format_table, write_results
-    from .bench.text_bench import DEFAULT_KEEPS, RunConfig, grid
+    from ..bench.report import format_table, write_results
+    from ..bench.text_bench import DEFAULT_KEEPS, RunConfig, grid
 
     if a.threads:
         torch.set_num_threads(a.threads)
     start = time.perf_counter()
     if a.target == "vit":
-        from .bench.vision_bench import run_vision_bench, vit_b16
+        from ..bench.vision_bench import run_vision_bench, vit_b16
 
         rs = [int(v) for v in (a.r or [8, 13])]
         configs = [RunConfig(m, {"r": r}) for m in (a.methods or ["tome"]) for r in rs]
         for c in configs:
-            from .methods import make_method
+            from ..encoder.methods import make_method
 
             make_method(c.method, **c.params)
         result = run_vision_bench(
@@ -191,17 +130,17 @@ def _cmd_bench(a: argparse.Namespace) -> int:
             "MACs analytic; speedup = median of interleaved runs vs unreduced"
         )
     else:
-        from .bench.encoder import load_text_encoder
-        from .bench.tasks import load_task
-        from .bench.text_bench import run_text_bench
-        from .methods import make_method
+        from ..bench.encoder import load_text_encoder
+        from ..bench.tasks import load_task
+        from ..bench.text_bench import run_text_bench
+        from ..encoder.methods import make_method
 
         names = a.methods or [m for m in list_methods() if not getattr(REGISTRY.get(m), "requires_grid", False)]
         keeps = a.keep if a.keep is not None else ([] if a.config and not a.methods else DEFAULT_KEEPS)
         extra = {"min_tokens": a.min_tokens} if a.min_tokens else None
         configs = grid(names, keeps, a.schedule, extra)  # validates before loading anything
         for text in a.config:
-            name, params = parse_config(text)
+            name, params = parse_spec(text)
             make_method(name, **params)
             configs.append(RunConfig(name, params))
         tasks = [load_task(spec, a.data_dir) for spec in a.data]
@@ -225,18 +164,8 @@ def _cmd_bench(a: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    code = _dispatch(argv)
-    if code is not None:
-        return code
     a = _parser().parse_args(argv)
     try:
-        if a.command == "methods":
-            return _cmd_methods()
         return _cmd_bench(a)
     except (ValueError, TypeError, FileNotFoundError) as e:
         return user_error(e)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

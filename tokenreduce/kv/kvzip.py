@@ -13,7 +13,6 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from ..bench.timing import time_pair
 from . import cache as kvc
 from . import scoring
 from .hooks import attention_modules, keep_ragged, keep_scored
@@ -132,21 +131,3 @@ def compress_cache(
             prefix = keep_scored(press, cache, m.layer_idx, len(mods), keys, values, s, valid)
     kvc.set_state(cache, kvc.KVState(prefix, ids.shape[1]))
     return cache
-
-
-def prefill_time_row(model: nn.Module, ids: Tensor, press: KVzip, tokenizer=None, repeats: int = 3) -> dict:
-    """Plain prefill vs prefill + KVzip scoring + compression of ``ids`` (1, N), same process, interleaved medians."""
-    prompt = prompt_ids(press, tokenizer)
-
-    def plain():
-        return Session(model, kvc.new_cache(model), ids[:, :0]).feed(ids, last_only=True)
-
-    def zipped():
-        s = Session(model, kvc.new_cache(model), ids[:, :0])
-        s.feed(ids, last_only=True)
-        compress_cache(model, s.cache, ids, None, press, prompt)
-
-    with torch.no_grad():
-        tp, tz = time_pair(plain, zipped, repeats=repeats)
-    return {"press": "kvzip", "keep": float(press.keep), "tokens": ids.shape[1], "prefill_s_full": tp.median_s,
-            "prefill_s": tz.median_s, "prefill_time_ratio": tz.median_s / tp.median_s}

@@ -92,7 +92,7 @@ def _param_grid(params: Mapping[str, Any], where: str) -> list[dict[str, Any]]:
 
 
 def _validate(method: str, params: dict[str, Any], where: str) -> dict[str, Any]:
-    from ..methods import make_method
+    from ..encoder.methods import make_method
 
     if method == BASELINE:
         if params:
@@ -132,7 +132,7 @@ def _check_param_types(method: str, params: Mapping[str, Any], where: str) -> No
     """Reject values of the wrong type (``keep: true``, ``keep: "0.5"``) that the method would keep as given."""
     import dataclasses
 
-    from ..methods.base import REGISTRY
+    from ..encoder.methods.base import REGISTRY
 
     cls = REGISTRY.get(method)
     if not dataclasses.is_dataclass(cls):

@@ -84,7 +84,7 @@ def _params(a: argparse.Namespace) -> dict:
 def main(argv: list[str] | None = None) -> int:
     a = _parser().parse_args(argv)
     try:
-        from ..methods import make_method
+        from ..encoder.methods import make_method
         from .visualize import render, trace
 
         params = _params(a)

@@ -14,7 +14,7 @@ from typing import NamedTuple
 
 from torch import nn
 
-from ..adapters.patching import resolve_family
+from ..encoder.adapters.patching import resolve_family
 
 IMAGENET = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 CLIP = ((0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711))

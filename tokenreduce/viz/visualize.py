@@ -14,10 +14,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..adapters.patching import patch_info, patched
-from ..adapters.runner import SourceRecord, record_sources
-from ..methods import make_method
-from ..methods.pruning import ScorePruner
+from ..encoder.adapters.patching import patch_info, patched
+from ..encoder.adapters.runner import SourceRecord, record_sources
+from ..encoder.methods import make_method
+from ..encoder.methods.pruning import ScorePruner
 from .render import figure, paint_groups
 from .spec import VisionSpec, vision_spec
 

@@ -11,7 +11,7 @@ from typing import NamedTuple, Protocol
 import torch
 from torch import Tensor, nn
 
-from ..core.dims import ModelDims
+from ...core.dims import ModelDims
 
 
 class AttnOut(NamedTuple):

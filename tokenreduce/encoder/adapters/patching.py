@@ -63,7 +63,7 @@ def patch(model: nn.Module, method: str | Method, *, restore_length: bool = True
     """
     if getattr(model, _ATTR, None) is not None:
         raise RuntimeError("model is already patched; call tokenreduce.unpatch(model) first")
-    from ..vlm import find_vlm, patch_vlm
+    from ...vlm import find_vlm, patch_vlm
 
     if find_vlm(model) is not None:  # vision-language model: visual-token methods (tokenreduce.vlm)
         object.__setattr__(model, _ATTR, patch_vlm(model, method, **params))

@@ -24,7 +24,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ..core.assign import apply_assignment, attention_bias, gather_assignment, restore, update_sources
+from ...core.assign import apply_assignment, attention_bias, gather_assignment, restore, update_sources
+from ...core.attention import query_rows
 from ..methods.base import LayerTensors, Method
 from .base import AttnOut, Family, valid_from_mask
 
@@ -113,11 +114,16 @@ def _reduces(r: Tensor | int) -> bool:
     return r > 0 if isinstance(r, int) else bool((r > 0).any())
 
 
+def _rows(q: Tensor, k: Tensor, scaling: float, sizes: Tensor, prop: bool) -> Tensor:
+    """Softmax rows of the queries ``q`` over every key, with padding masked and, under proportional
+    attention, log(size) added to each key (exactly the bias the fused kernel gets)."""
+    log_sizes = sizes.float().clamp(min=1e-6).log() if prop else None
+    return query_rows(q, k, scaling, key_mask=sizes > 0, log_sizes=log_sizes)
+
+
 def _cls_attention(q: Tensor, k: Tensor, scaling: float, sizes: Tensor, prop: bool) -> Tensor:
     """Attention row of the first token, averaged over heads: O(N·d), no N×N matrix."""
-    logits = (q[:, :, :1].float() @ k.float().transpose(-1, -2)).squeeze(2) * scaling  # (B, H, N)
-    logits = logits + attention_bias(sizes, prop, torch.float32)[:, :, 0, :]
-    return logits.softmax(-1).mean(1)
+    return _rows(q[:, :, :1], k, scaling, sizes, prop)[:, :, 0].mean(1)
 
 
 NEEDS = frozenset({"keys", "cls_attn", "cls_attn_heads", "values", "attn", "target"})
@@ -125,15 +131,13 @@ NEEDS = frozenset({"keys", "cls_attn", "cls_attn_heads", "values", "attn", "targ
 
 def _cls_attention_heads(q: Tensor, k: Tensor, scaling: float, sizes: Tensor, prop: bool) -> Tensor:
     """Attention row of the first token per head (B, H, N): O(N·d), no N×N matrix."""
-    logits = (q[:, :, :1].float() @ k.float().transpose(-1, -2)).squeeze(2) * scaling
-    return (logits + attention_bias(sizes, prop, torch.float32)[:, :, 0, :]).softmax(-1)
+    return _rows(q[:, :, :1], k, scaling, sizes, prop)[:, :, 0]
 
 
 def _full_attention(q: Tensor, k: Tensor, scaling: float, sizes: Tensor, prop: bool) -> Tensor:
     """Explicit attention probabilities (B, H, N, N), recomputed next to the fused kernel for methods
     that need every row (attention received, PageRank); costs one extra Q·Kᵀ, counted in FLOPs."""
-    logits = (q.float() @ k.float().transpose(-1, -2)) * scaling
-    return (logits + attention_bias(sizes, prop, torch.float32)).softmax(-1)
+    return _rows(q, k, scaling, sizes, prop)
 
 
 def reduced_forward(

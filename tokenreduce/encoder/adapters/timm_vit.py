@@ -23,7 +23,7 @@ custom ``block_fn``) and other attentions (``DiffAttention``, ``AttentionRope``)
 VisionTransformers (BEiT's relative position bias, CaiT's talking heads,
 NaFlexViT's padding masks, PiT, CrossViT, MobileViT) are not found at all (``find_layers`` returns None).
 
-Caveat: the FLOP model (``bench.flops``) does not count the ``gate`` projection of gated attention.
+Caveat: the FLOP model (``encoder.cost``) does not count the ``gate`` projection of gated attention.
 """
 
 from __future__ import annotations

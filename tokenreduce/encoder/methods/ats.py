@@ -11,7 +11,7 @@ when a few tokens dominate. ``K`` is the schedule's nominal count for the layer 
 Rows of one batch then differ in length: they are padded to the longest row (padding has size 0
 and is masked), so batched cost and wall time follow the *largest* row; a padded slot costs as
 much as a real one. The analytic FLOP counter reports the nominal schedule (an upper bound); pass
-the measured widths to :func:`tokenreduce.bench.flops.encoder_cost` for the exact count.
+the measured widths to :func:`tokenreduce.encoder.cost.encoder_cost` for the exact count.
 """
 
 from __future__ import annotations
@@ -22,9 +22,9 @@ from typing import ClassVar
 import torch
 from torch import Tensor
 
-from ..core.assign import compact
-from ..core.dims import ModelDims
-from ..core.scoring import ats_significance, inverse_cdf_sample
+from ...core.assign import compact
+from ...core.dims import ModelDims
+from ...core.scoring import ats_significance, inverse_cdf_sample
 from .base import LayerTensors, Method, Plan, register
 
 

@@ -13,9 +13,9 @@ from typing import Any, ClassVar, NamedTuple
 
 from torch import Tensor
 
-from ..core.dims import ModelDims
-from ..core.schedule import SHAPES, Schedule, schedule_from
-from ..registry import Registry
+from ...core.dims import ModelDims
+from ...core.schedule import SHAPES, Schedule, schedule_from
+from ...registry import Registry, check_field_types
 
 
 class LayerTensors(NamedTuple):
@@ -64,6 +64,7 @@ class Method:
     drops: ClassVar[bool] = False  # some tokens leave without being merged anywhere
 
     def __post_init__(self) -> None:
+        check_field_types(self, self.name)
         if self.r is None and self.keep is None:
             raise ValueError(f"{self.name}: give r (tokens removed per layer) or keep (fraction kept, in (0, 1])")
         if self.schedule not in SHAPES:

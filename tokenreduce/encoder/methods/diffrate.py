@@ -11,7 +11,7 @@ attention. DiffRate learns ``(p, m)`` per layer by gradient descent; here the sc
   and merging by ``prune_share``;
 * or the usual ``keep`` / ``r`` budget, split by ``prune_share``.
 
-:func:`tokenreduce.bench.flops.schedule_for_flops` turns a FLOP target into ``prune``/``merge``.
+:func:`tokenreduce.encoder.cost.schedule_for_flops` turns a FLOP target into ``prune``/``merge``.
 """
 
 from __future__ import annotations
@@ -23,10 +23,10 @@ from typing import ClassVar
 import torch
 from torch import Tensor
 
-from ..core.dims import ModelDims
-from ..core.matching import merge_into, merge_least_important, rank_of
-from ..core.schedule import Schedule, per_row
-from ..core.scoring import cosine_matrix
+from ...core.dims import ModelDims
+from ...core.matching import merge_into, merge_least_important, rank_of
+from ...core.schedule import Schedule, per_row
+from ...core.scoring import cosine_matrix
 from .base import LayerTensors, Method, Plan, register
 
 

@@ -12,7 +12,7 @@ from typing import ClassVar
 
 from torch import Tensor
 
-from ..core.dims import ModelDims
+from ...core.dims import ModelDims
 from .base import LayerTensors, register
 from .pruning import ScorePruner
 

@@ -22,9 +22,9 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from ..core.dims import ModelDims
-from ..core.matching import NEG, bidirectional_merge, merge_into
-from ..core.scoring import attention_received, cosine_matrix
+from ...core.dims import ModelDims
+from ...core.matching import NEG, bidirectional_merge, merge_into
+from ...core.scoring import attention_received, cosine_matrix
 from .base import LayerTensors, Method, Plan, register
 
 INFO = ("attn", "cls", "none")

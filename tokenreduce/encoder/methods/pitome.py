@@ -16,9 +16,9 @@ from typing import ClassVar
 import torch
 from torch import Tensor
 
-from ..core.dims import ModelDims
-from ..core.matching import energy_merge, merge_into
-from ..core.scoring import cosine_matrix, pitome_energy
+from ...core.dims import ModelDims
+from ...core.matching import energy_merge, merge_into
+from ...core.scoring import cosine_matrix, pitome_energy
 from .base import LayerTensors, Method, Plan, register
 
 

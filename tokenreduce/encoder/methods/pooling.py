@@ -16,8 +16,8 @@ from typing import ClassVar
 
 from torch import Tensor
 
-from ..core.matching import grid_pool
-from ..core.schedule import per_row
+from ...core.matching import grid_pool
+from ...core.schedule import per_row
 from .base import LayerTensors, Method, Plan, register
 
 

@@ -13,7 +13,7 @@ from typing import ClassVar
 import torch
 from torch import Tensor
 
-from ..core.prune import topk_assignment
+from ...core.prune import topk_assignment
 from .base import LayerTensors, Method, Plan
 
 

@@ -12,8 +12,8 @@ from typing import ClassVar
 
 from torch import Tensor
 
-from ..core.dims import ModelDims
-from ..core.merge import bipartite_soft_matching
+from ...core.dims import ModelDims
+from ...core.merge import bipartite_soft_matching
 from .base import LayerTensors, Method, Plan, register
 
 

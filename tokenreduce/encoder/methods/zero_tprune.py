@@ -24,10 +24,10 @@ from typing import ClassVar
 import torch
 from torch import Tensor
 
-from ..core.assign import compact
-from ..core.dims import ModelDims
-from ..core.matching import prune_duplicates, rank_of
-from ..core.scoring import cosine_matrix, weighted_pagerank
+from ...core.assign import compact
+from ...core.dims import ModelDims
+from ...core.matching import prune_duplicates, rank_of
+from ...core.scoring import cosine_matrix, weighted_pagerank
 from .base import LayerTensors, Method, Plan, register
 
 

@@ -1,0 +1,7 @@
+"""``python -m tokenreduce.cli``: the ``tokenreduce`` command."""
+
+import sys
+
+from . import main
+
+sys.exit(main())

@@ -1,0 +1,25 @@
+"""The command tree: words on the command line -> module with ``main(argv) -> int``, and a one-line help.
+
+Pure data, so that ``tokenreduce --help`` lists every command without importing torch or any family.
+"""
+
+from __future__ import annotations
+
+COMMANDS: dict[tuple[str, ...], tuple[str, str]] = {
+    ("bench",): ("tokenreduce.cli.encoder_bench",
+                 "encoder methods × keep rates: FLOPs, speed-up, quality (text: all-MiniLM-L6-v2; `bench vit`)"),
+    ("bench", "kv"): ("tokenreduce.kv.cli", "KV-cache presses on a causal LM (SmolLM2 by default)"),
+    ("bench", "vlm"): ("tokenreduce.vlm.cli", "visual-token methods on a LLaVA-1.5-shaped VLM: MACs, prefill, KV"),
+    ("bench", "vision"): ("tokenreduce.bench.vision_cli", "vision methods: FLOPs, speed, accuracy table"),
+    ("bench", "prompt"): ("tokenreduce.prompt.bench_cli", "prompt compression: rate adherence, speed, retention"),
+    ("bench", "deploy"): ("tokenreduce.bench.deploy_bench", "ViT under eager, torch.compile and ONNX Runtime"),
+    ("methods",): ("tokenreduce.cli.methods", "every family's methods (encoder, visual, press, prompt), parameters"),
+    ("compress",): ("tokenreduce.prompt.cli", "compress a prompt / context file"),
+    ("visualize",): ("tokenreduce.viz.cli", "PNG of merged / pruned patches for an image"),
+    ("sweep",): ("tokenreduce.sweep.cli", "run a resumable sweep from a YAML config"),
+    ("results",): ("tokenreduce.sweep.results_cli", "list, filter and export stored sweep results"),
+    ("report",): ("tokenreduce.sweep.report_cli", "HTML + PNG report of a sweep's results"),
+    ("tokenizers",): ("tokenreduce.tokstats.cli", "tokenizer efficiency: fertility, parity, vocabulary audit"),
+}
+BENCH_GROUPS = [w[1] for w in COMMANDS if len(w) == 2 and w[0] == "bench"]
+BENCH_TARGETS = ["text", "vit"]  # positional targets of `tokenreduce bench` itself

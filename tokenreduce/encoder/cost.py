@@ -1,0 +1,152 @@
+"""Analytic cost (MACs) of an encoder forward at each layer's real token count.
+
+Counts multiply-accumulates (MACs) of every matmul in the transformer blocks: Q/K/V and output
+projections, the two attention products (N² terms), the MLP, and the reducer's own scoring or
+matching matmuls. FLOPs = 2 × MACs (papers' "GFLOPs" are usually MACs). Elementwise work
+(softmax, norms, merging averages) is not counted; embeddings and heads are outside the blocks.
+Batches are rectangular, so a layer costs ``B × width`` where ``width`` is the widest row after
+reduction: padding is paid for, as it is on the hardware.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import torch
+from torch import Tensor
+
+from ..core.dims import ModelDims
+from .methods.base import Method
+from .methods.diffrate import DiffRate
+
+
+@dataclass(frozen=True)
+class LayerCost:
+    n_in: int  # tokens entering attention (per row, the batch width)
+    n_out: int  # tokens entering the MLP
+    attn_proj: int  # MACs, whole batch
+    attn_core: int
+    mlp: int
+    reducer: int
+
+    @property
+    def total(self) -> int:
+        return self.attn_proj + self.attn_core + self.mlp + self.reducer
+
+
+def layer_widths(
+    lengths: Tensor, num_layers: int, method: Method | None = None, protected: int = 1
+) -> list[tuple[int, int]]:
+    """(width entering attention, width entering MLP) per layer for rows of ``lengths`` real tokens.
+
+    Mirrors the runner: a layer that removes nothing keeps the width; a reducing layer compacts
+    every row to ``protected + remaining`` and the batch to its widest row.
+    """
+    lengths = lengths.to(torch.int64)
+    width = int(lengths.max())
+    if method is None:
+        return [(width, width)] * num_layers
+    prot = lengths.clamp(max=protected)
+    cur = lengths - prot
+    r = method.budget().removals(cur, num_layers, cap=method.cap)
+    out = []
+    for i in range(num_layers):
+        n_in = width
+        if bool((r[i] > 0).any()):
+            cur = cur - r[i]
+            width = int((prot + cur).max())
+        out.append((n_in, width))
+    return out
+
+
+def encoder_cost(
+    dims: ModelDims,
+    lengths: Tensor,
+    method: Method | None = None,
+    protected: int = 1,
+    widths: list[tuple[int, int]] | None = None,
+) -> list[LayerCost]:
+    """Per-layer MACs of one batch (rows of ``lengths`` real tokens) through the blocks.
+
+    ``widths`` overrides the schedule's (width entering attention, width entering MLP) per layer
+    with measured ones: adaptive methods (ATS) keep a data-dependent number of tokens, and their
+    schedule only bounds it.
+    """
+    b = int(lengths.shape[0])
+    inner = dims.heads * dims.head_dim
+    costs = []
+    r = (
+        method.budget().removals((lengths - lengths.clamp(max=protected)).to(torch.int64), dims.layers, cap=method.cap)
+        if method is not None
+        else None
+    )
+    for i, (n_in, n_out) in enumerate(widths or layer_widths(lengths, dims.layers, method, protected)):
+        reducing = r is not None and bool((r[i] > 0).any())
+        costs.append(
+            LayerCost(
+                n_in=n_in,
+                n_out=n_out,
+                attn_proj=b * (3 * n_in * dims.hidden * inner + n_in * inner * dims.hidden),
+                attn_core=b * 2 * dims.heads * n_in * n_in * dims.head_dim,
+                mlp=b * dims.ffn_matrices * n_out * dims.hidden * dims.ffn,
+                reducer=b * method.cost_macs(n_in, dims, protected) if reducing else 0,
+            )
+        )
+    return costs
+
+
+def total_macs(costs: list[LayerCost]) -> int:
+    return sum(c.total for c in costs)
+
+
+class FlopsSchedule(NamedTuple):
+    """A DiffRate schedule meeting a FLOP target: ``tokenreduce.patch(model, "diffrate", prune=..., merge=...)``."""
+
+    prune: tuple[int, ...]
+    merge: tuple[int, ...]
+    flops_ratio: float  # achieved MACs / unreduced MACs (blocks only, reducer cost included)
+
+
+def schedule_for_flops(
+    dims: ModelDims,
+    n_tokens: int,
+    flops_ratio: float,
+    protected: int = 1,
+    prune_share: float = 0.5,
+    shape: str = "decreasing",
+) -> FlopsSchedule:
+    """Per-layer prune/merge counts whose analytic MACs come closest to ``flops_ratio`` of the
+    unreduced blocks, for rows of ``n_tokens`` tokens (``protected`` of them kept).
+
+    Searches the total number of removed tokens (spread over layers by ``shape``, split into pruning
+    and merging by ``prune_share``); the cost falls as the total grows, so a binary search finds
+    the closest total (tests check the result, not just the assumption). One more removed token
+    changes the cost by about one token's share (≈ 1 / (n_tokens − protected)), which bounds the
+    error whenever the target is reachable.
+    """
+    n0 = n_tokens - protected
+    if n0 < 1 or not 0.0 < flops_ratio <= 1.0:
+        raise ValueError(f"need an unprotected token and flops_ratio in (0, 1], got {n_tokens}, {flops_ratio}")
+    lengths = torch.tensor([n_tokens])
+    base = total_macs(encoder_cost(dims, lengths))
+
+    def build(total: int) -> FlopsSchedule:
+        r = DiffRate(keep=(n0 - total) / n0 if total < n0 else 1e-9, schedule=shape).budget()
+        rem = r.removals(torch.tensor([n0]), dims.layers, cap=DiffRate.cap)[:, 0].tolist()
+        prune = tuple(int(v * prune_share) for v in rem)
+        merge = tuple(v - p for v, p in zip(rem, prune))
+        ratio = total_macs(encoder_cost(dims, lengths, DiffRate(prune=prune, merge=merge), protected)) / base
+        return FlopsSchedule(prune, merge, ratio)
+
+    lo, hi = 0, n0  # ratio(total) decreases with total
+    floor = build(hi)
+    if flops_ratio < floor.flops_ratio:
+        raise ValueError(f"flops_ratio {flops_ratio} is below the reachable minimum {floor.flops_ratio:.3f}")
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if build(mid).flops_ratio >= flops_ratio:
+            lo = mid
+        else:
+            hi = mid
+    return min((build(lo), build(hi)), key=lambda s: abs(s.flops_ratio - flops_ratio))
