@@ -18,8 +18,8 @@ def test_colon_pairs_read_the_same():
 
 
 @pytest.mark.parametrize(("text", "message"), [
-    ("", "expected name"), (":keep=0.5", "expected name"), ("tome:keep", "expected key=value"),
-    ("tome:=3", "expected key=value"), ("tome:r=2,r=3", "given twice"),
+    ("", "a name first"), (":keep=0.5", "a name first"), ("tome:keep", "got 'keep'"),
+    ("tome:=3", "got '=3'"), ("tome:r=2,r=3", "given twice"),
 ])
 def test_bad_specs_are_named(text, message):
     with pytest.raises(ValueError, match=message):

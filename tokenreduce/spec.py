@@ -29,13 +29,13 @@ def parse_spec(text: str) -> tuple[str, dict[str, Any]]:
     """``"tome:keep=0.4,schedule=decreasing"`` -> ``("tome", {"keep": 0.4, "schedule": "decreasing"})``."""
     name, _, rest = text.strip().partition(":")
     if not name.strip():
-        raise ValueError(f"spec {text!r}: expected name:key=value,key=value")
+        raise ValueError(f"spec {text!r}: expected name:param=value,param=value (a name first)")
     params: dict[str, Any] = {}
     for item in filter(None, (s.strip() for s in _SEP.split(rest))):
         key, sep, raw = item.partition("=")
         key = key.strip()
         if not sep or not key:
-            raise ValueError(f"spec {text!r}: expected key=value, got {item!r}")
+            raise ValueError(f"spec {text!r}: expected name:param=value,param=value, got {item!r}")
         if key in params:
             raise ValueError(f"spec {text!r}: {key!r} is given twice")
         params[key] = parse_value(raw.strip())

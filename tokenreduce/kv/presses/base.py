@@ -19,6 +19,7 @@ from torch import Tensor, nn
 from transformers.cache_utils import DynamicLayer
 
 from ...registry import Registry, check_field_types, check_range
+from ...spec import parse_spec
 from .. import scoring
 
 
@@ -170,28 +171,12 @@ def make_press(press: str | Press, **params: Any) -> Press:
 
 
 def parse_press(spec: str, keep: float) -> Press:
-    """A press from ``"name"`` or ``"name:param=value:param=value"`` (values parsed as int, float or str);
-    a ``keep`` in the spec overrides the one given."""
-    name, *pairs = spec.split(":")
-    params: dict[str, Any] = {}
-    for pair in pairs:
-        key, sep, raw = pair.partition("=")
-        if not sep or not key:
-            raise ValueError(f"press spec {spec!r}: expected name:param=value, got {pair!r}")
-        params[key] = _value(raw)
+    """A press from ``"name"`` or ``"name:param=value,param=value"`` (the one spec grammar,
+    :func:`tokenreduce.spec.parse_spec`; ``:`` between pairs works too); a ``keep`` in the spec
+    overrides the one given."""
+    name, params = parse_spec(spec)
     params.setdefault("keep", keep)
     return make_press(name, **params)
-
-
-def _value(raw: str) -> Any:
-    if raw.lower() in ("true", "false"):
-        return raw.lower() == "true"
-    for cast in (int, float):
-        try:
-            return cast(raw)
-        except ValueError:
-            pass
-    return raw
 
 
 def label(press: Press) -> str:
