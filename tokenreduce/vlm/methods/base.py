@@ -39,7 +39,6 @@ class VisualMethod:
     needs_cls: ClassVar[bool] = False  # ranks by the vision tower's [CLS] attention
 
     def __post_init__(self) -> None:
-        check_field_types(self, self.name)
         if (self.keep is None) == (self.tokens is None):
             raise ValueError(f"{self.name}: give exactly one of keep (fraction in (0, 1]) or tokens (per image)")
         if self.keep is not None:
@@ -48,6 +47,8 @@ class VisualMethod:
             check_range(self.name, "keep", self.keep, 0.0, 1.0, low_open=True, hint=" (fraction of visual tokens)")
         if self.tokens is not None and (not is_int(self.tokens) or self.tokens < 1):
             raise ValueError(f"{self.name}: tokens must be a positive int, got {self.tokens!r}")
+        check_field_types(self, self.name)
+        check_field_types(self, self.name)  # the other fields (the budget's own messages come first)
 
     @property
     def thumbnail_guided(self) -> bool:
