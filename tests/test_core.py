@@ -9,7 +9,8 @@ import torch
 
 from tokenreduce.core.assign import apply_assignment, compact, gather_assignment, restore, update_sources
 from tokenreduce.core.merge import bipartite_soft_matching
-from tokenreduce.core.prune import hash_uniform, topk_assignment
+from tokenreduce.core.noise import hash_uniform
+from tokenreduce.core.prune import topk_assignment
 
 
 def reference_tome(metric, x, sizes, r, lengths, protected):

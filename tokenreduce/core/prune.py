@@ -43,15 +43,3 @@ def topk_assignment(
     slot = torch.where(dropped, anchor.expand(-1, n), slot)
     return slot, n_out, dropped
 
-
-def hash_uniform(positions: Tensor, seed: int, layer: int) -> Tensor:
-    """Deterministic pseudo-random numbers in [0, 1) from (seed, layer, position).
-
-    A pure function of the token's position, so a row's random baseline does not depend on what
-    else is in the batch or on a global generator.
-    """
-    x = (positions.to(torch.int64) * 0x9E3779B1 + (seed * 0x85EBCA77 + layer * 0xC2B2AE3D)) & 0xFFFFFFFF
-    x = (x ^ (x >> 15)) * 0x2C1B3C6D & 0xFFFFFFFF
-    x = (x ^ (x >> 12)) * 0x297A2D39 & 0xFFFFFFFF
-    x = x ^ (x >> 15)
-    return (x & 0xFFFFFF).to(torch.float32) / float(1 << 24)

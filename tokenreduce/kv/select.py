@@ -13,6 +13,8 @@ import math
 import torch
 from torch import Tensor
 
+from ..core.noise import ranked_noise
+
 
 def row_budgets(valid: Tensor, keep: float | Tensor) -> Tensor:
     """Entries kept per row (B,): ceil(keep * real tokens), at least 1 where a row has any
@@ -77,9 +79,5 @@ def real_rank(valid: Tensor) -> Tensor:
 
 def row_noise(valid: Tensor, shape: tuple[int, ...], seed: int) -> Tensor:
     """Uniform noise (B, *shape, N) indexed by each token's rank among real tokens, so a row's noise
-    does not depend on how much padding the batch gave it."""
-    n = valid.shape[-1]
-    g = torch.Generator(device="cpu").manual_seed(seed)
-    u = torch.rand((n, *shape), generator=g).movedim(0, -1).to(valid.device)  # token-major: prefixes agree
-    idx = real_rank(valid).view(valid.shape[0], *([1] * len(shape)), n).expand(valid.shape[0], *shape, n)
-    return u.expand(valid.shape[0], *shape, n).gather(-1, idx)
+    does not depend on how much padding the batch gave it (:func:`tokenreduce.core.noise.ranked_noise`)."""
+    return ranked_noise(real_rank(valid), shape, seed, stream=0)

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from ...core.prune import hash_uniform
+from ...core.noise import hash_uniform
 from .base import LayerTensors, register
 from .pruning import ScorePruner
 

@@ -1,12 +1,11 @@
-"""Random visual tokens: a baseline with no paper; the same subset for every image of a size."""
+"""Random visual tokens: a baseline with no paper; the same subset for every image of a size (core.noise)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import ClassVar
 
-import torch
-
+from ...core.noise import random_subset
 from ...registry import check_range
 from .base import BeforeMethod, register
 
@@ -21,9 +20,8 @@ class VisualRandom(BeforeMethod):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        check_range(self.name, "seed", self.seed, 0, hint=" (torch.Generator seed)")
+        check_range(self.name, "seed", self.seed, 0, hint=" (noise seed)")
 
     def reduce(self, emb, grid, cls, k):
-        g = torch.Generator().manual_seed(self.seed)
-        idx = torch.sort(torch.randperm(emb.shape[0], generator=g)[:k]).values.to(emb.device)
+        idx = random_subset(emb.shape[0], k, self.seed, device=emb.device)
         return idx, emb[idx]
