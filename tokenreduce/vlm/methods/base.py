@@ -47,7 +47,6 @@ class VisualMethod:
             check_range(self.name, "keep", self.keep, 0.0, 1.0, low_open=True, hint=" (fraction of visual tokens)")
         if self.tokens is not None and (not is_int(self.tokens) or self.tokens < 1):
             raise ValueError(f"{self.name}: tokens must be a positive int, got {self.tokens!r}")
-        check_field_types(self, self.name)
         check_field_types(self, self.name)  # the other fields (the budget's own messages come first)
 
     @property
