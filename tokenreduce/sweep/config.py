@@ -98,13 +98,13 @@ def _validate(method: str, params: dict[str, Any], where: str) -> dict[str, Any]
         if params:
             raise ValueError(f"{where}: the baseline {BASELINE!r} takes no parameters, got {sorted(params)}")
         return params
+    _check_param_types(method, params, where)  # first: its message names the YAML type expected
     try:
         make_method(method, **params)
     except TypeError as e:  # unknown parameter names
         raise ValueError(f"{where}: {method}: {e}") from e
     except (ValueError, KeyError) as e:
         raise ValueError(f"{where}: {e}") from e
-    _check_param_types(method, params, where)
     return {k: (list(v) if isinstance(v, tuple) else v) for k, v in params.items()}
 
 
@@ -134,6 +134,8 @@ def _check_param_types(method: str, params: Mapping[str, Any], where: str) -> No
 
     from ..encoder.methods.base import REGISTRY
 
+    if method not in REGISTRY.names():
+        return  # make_method names the unknown method
     cls = REGISTRY.get(method)
     if not dataclasses.is_dataclass(cls):
         return
