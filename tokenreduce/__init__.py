@@ -21,10 +21,10 @@ from ._version import __version__
 
 _LAZY = {
     "families": "tokenreduce.encoder",
-    "patch": "tokenreduce.encoder",
-    "patched": "tokenreduce.encoder",
-    "unpatch": "tokenreduce.encoder",
-    "patch_info": "tokenreduce.encoder",
+    "patch": "tokenreduce.api",
+    "patched": "tokenreduce.api",
+    "unpatch": "tokenreduce.api",
+    "patch_info": "tokenreduce.api",
     "Method": "tokenreduce.encoder",
     "make_method": "tokenreduce.encoder",
     "methods": "tokenreduce.encoder.methods",

@@ -24,7 +24,8 @@ from .hf_siglip import HFSiglipVision
 from .hf_vit import HFCLIPVision, HFViT
 from .runner import PatchHandle, reduced_forward
 
-_ATTR = "_tokenreduce_patch"
+PATCH_ATTR = "_tokenreduce_patch"  # the one attribute a patch (of any family) sets on a model
+_ATTR = PATCH_ATTR
 
 
 def families() -> list[Family]:
@@ -58,16 +59,10 @@ def patch(model: nn.Module, method: str | Method, *, restore_length: bool = True
     groups. Returns the model. Raises before changing anything if the model is already patched,
     unsupported, or the parameters are invalid.
 
-    Vision-language models (LLaVA, LLaVA-NeXT, Qwen2-VL/2.5-VL) take the visual-token methods of
-    :mod:`tokenreduce.vlm` instead (``fastervlm``, ``fastv``, ...), attached as forward hooks.
+    Encoders only: :func:`tokenreduce.patch` also takes vision-language models.
     """
     if getattr(model, _ATTR, None) is not None:
         raise RuntimeError("model is already patched; call tokenreduce.unpatch(model) first")
-    from ...vlm import find_vlm, patch_vlm
-
-    if find_vlm(model) is not None:  # vision-language model: visual-token methods (tokenreduce.vlm)
-        object.__setattr__(model, _ATTR, patch_vlm(model, method, **params))
-        return model
     m = make_method(method, **params)
     fam, layers = resolve_family(model)
     m.budget().check(len(layers))
@@ -91,10 +86,8 @@ def unpatch(model: nn.Module) -> nn.Module:
     handle: PatchHandle | None = getattr(model, _ATTR, None)
     if handle is None:
         return model
-    if hasattr(handle, "remove"):  # a VLM patch is a set of hooks
-        handle.remove()
-        object.__delattr__(model, _ATTR)
-        return model
+    if not isinstance(handle, PatchHandle):
+        raise TypeError(f"this model carries a {type(handle).__name__}, not an encoder patch: use tokenreduce.unpatch")
     for layer, saved in zip(handle.layers, handle.saved_forwards):
         if saved is None:
             del layer.forward
