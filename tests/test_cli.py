@@ -107,3 +107,12 @@ def test_methods_lists_every_family(capsys):
         assert title in out
     for name in ("tome", "fastervlm", "snapkv", "extractive"):
         assert f"\n{name} " in out
+
+
+def test_r_is_checked_not_ignored(capsys):
+    assert main(["bench", "--methods", "tome", "--r", "-2"]) == 2
+    assert "--r applies to `tokenreduce bench vit`" in capsys.readouterr().err
+    assert main(["bench", "vit", "--r", "-2"]) == 2
+    assert "positive whole numbers" in capsys.readouterr().err
+    assert main(["bench", "vit", "--r", "2.5"]) == 2
+    assert "positive whole numbers" in capsys.readouterr().err

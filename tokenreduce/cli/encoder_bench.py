@@ -110,6 +110,8 @@ def _cmd_bench(a: argparse.Namespace) -> int:
         from ..bench.vision_bench import run_vision_bench, vit_b16
 
         rs = [int(v) for v in (a.r or [8, 13])]
+        if any(r < 1 or r != v for r, v in zip(rs, a.r or rs)):
+            raise ValueError(f"--r takes positive whole numbers (tokens merged per layer), got {a.r}")
         configs = [RunConfig(m, {"r": r}) for m in (a.methods or ["tome"]) for r in rs]
         for c in configs:
             from ..encoder.methods import make_method
@@ -130,6 +132,8 @@ def _cmd_bench(a: argparse.Namespace) -> int:
             "MACs analytic; speedup = median of interleaved runs vs unreduced"
         )
     else:
+        if a.r is not None:
+            raise ValueError("--r applies to `tokenreduce bench vit`; the text benchmark takes --keep (or --config)")
         from ..bench.encoder import load_text_encoder
         from ..bench.tasks import load_task
         from ..bench.text_bench import run_text_bench
