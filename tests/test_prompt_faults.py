@@ -18,6 +18,7 @@ from tokenreduce.prompt import (
     prompt_methods,
     resolve_counter,
 )
+from tokenreduce.prompt.bench_setup import tiktoken_dir
 from tokenreduce.prompt.checks import ArgTypeError
 from tokenreduce.prompt.linking import title_variants
 from tokenreduce.prompt.protect import code_spans, json_spans, number_spans
@@ -43,7 +44,7 @@ def compressors():
 @pytest.fixture(scope="module")
 def cl100k():
     try:
-        return resolve_counter("cl100k_base")
+        return resolve_counter("cl100k_base", tiktoken_dir=tiktoken_dir(None))
     except (ValueError, TiktokenUnavailable):
         pytest.skip("cl100k_base is not available offline")
 

@@ -20,6 +20,7 @@ from hypothesis import strategies as st
 
 from tokenreduce.bench.encoder import default_model_path
 from tokenreduce.prompt import PromptCompressor, TiktokenUnavailable, resolve_counter
+from tokenreduce.prompt.bench_setup import tiktoken_dir
 from tokenreduce.prompt.protect import find_protected
 
 pytestmark = pytest.mark.slow
@@ -59,7 +60,7 @@ BERT = resolve_counter(str(default_model_path()))
 def _counters():
     out = [BERT]
     try:
-        out.append(resolve_counter("cl100k_base"))
+        out.append(resolve_counter("cl100k_base", tiktoken_dir=tiktoken_dir(None)))
     except (ValueError, TiktokenUnavailable):
         pass
     return out

@@ -57,18 +57,21 @@ def test_link_scores_follow_titles_from_best_documents():
 @pytest.fixture(scope="module")
 def scorers():
     from tokenreduce.prompt import PromptCompressor
+    from tokenreduce.prompt.bench_setup import tiktoken_dir
 
     only_links = {"w_chain": 0.0, "w_type": 0.0, "doc_decay": 0.0}  # isolate the link boost
-    on = PromptCompressor("extractive", tokenizer="cl100k_base" if _has_cl100k() else None, **only_links)
+    tok = "cl100k_base" if _has_cl100k() else None
+    on = PromptCompressor("extractive", tokenizer=tok, tiktoken_dir=tiktoken_dir(None), **only_links)
     off = PromptCompressor("extractive", tokenizer=on.counter, w_link=0.0, **only_links)
     return on, off
 
 
 def _has_cl100k() -> bool:
     from tokenreduce.prompt import TiktokenUnavailable, resolve_counter
+    from tokenreduce.prompt.bench_setup import tiktoken_dir
 
     try:
-        resolve_counter("cl100k_base")
+        resolve_counter("cl100k_base", tiktoken_dir=tiktoken_dir(None))
     except (TiktokenUnavailable, ValueError, FileNotFoundError):
         return False
     return True

@@ -10,34 +10,10 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from pathlib import Path
 
 from ..bench.report import format_table, machine_info, write_results
 from ..cli_errors import user_error
-
-# name on the command line -> (registered method, parameters)
-VARIANTS: dict[str, tuple[str, dict]] = {
-    "first": ("first", {}),
-    "random": ("random", {}),
-    "extractive": ("extractive", {}),
-    "extractive-emb": ("extractive", {"w_bm25": 0.0}),
-    # ablations: each drops one part of the default; "-links" is the previous default (links, no chains)
-    "extractive-nolink": ("extractive", {"w_link": 0.0, "chain_link": 0.0, "chain_named": 0.0}),
-    "extractive-nochain": ("extractive", {"w_chain": 0.0}),
-    "extractive-notype": ("extractive", {"w_type": 0.0}),
-    "extractive-nodecay": ("extractive", {"doc_decay": 0.0}),
-    "extractive-notitles": ("extractive", {"keep_titles": False}),
-    "extractive-links": (
-        "extractive",
-        {"w_chain": 0.0, "w_type": 0.0, "doc_decay": 0.0, "keep_titles": False},
-    ),
-    "extractive-plain": (
-        "extractive",
-        {"w_link": 0.0, "w_chain": 0.0, "w_type": 0.0, "doc_decay": 0.0, "keep_titles": False},
-    ),
-    "perplexity": ("perplexity", {}),
-    "longllmlingua": ("longllmlingua", {}),
-}
+from .bench_setup import VARIANTS, check_variants, make_compressor, require_data
 
 
 def _names(text: str) -> list[str]:
@@ -77,22 +53,14 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
-def check_variants(names: list[str]) -> None:
-    bad = [n for n in names if n not in VARIANTS]
-    if bad:
-        raise ValueError(f"unknown method variant(s) {bad}; available: {', '.join(VARIANTS)}")
-
-
-def _compressors(names: list[str], tokenizer: str):
-    from . import PromptCompressor
+def _compressors(names: list[str], tokenizer: str, data_dir: str | None):
     from .bench import MemoEncoder
 
     check_variants(names)
     out, shared = {}, {}
     for n in names:
-        method, params = VARIANTS[n]
-        comp = PromptCompressor(method, tokenizer=tokenizer, **params)
-        if method == "extractive":  # share one memoized encoder across extractive variants
+        comp = make_compressor(n, tokenizer, data_dir)
+        if VARIANTS[n][0] == "extractive":  # share one memoized encoder across extractive variants
             enc = shared.setdefault("enc", MemoEncoder(comp.scorer.encoder))
             comp.scorer.encoder = enc
         out[n] = comp
@@ -100,12 +68,9 @@ def _compressors(names: list[str], tokenizer: str):
 
 
 def _datasets(specs: list[str], data_dir):
-    from ..bench.tasks import default_data_dir
     from .bench_data import hotpotqa, nq20
 
-    data = Path(data_dir) if data_dir else default_data_dir()
-    if data is None:
-        raise FileNotFoundError("retention needs the shared data folder: pass --data-dir")
+    data = require_data(data_dir)
     sets = {}
     for spec in specs:
         name, _, rest = spec.partition(":")
@@ -125,7 +90,7 @@ def _retention(a) -> dict:
 
     from .bench import retention
 
-    comps, memo = _compressors(a.methods, a.tokenizer)
+    comps, memo = _compressors(a.methods, a.tokenizer, a.data_dir)
     sets = _datasets(a.data, a.data_dir)
     rows = []
     for spec, examples in sets.items():

@@ -10,17 +10,11 @@ import sys
 from pathlib import Path
 
 from ..bench.report import format_table
-from ..bench.tasks import NQ_RELPATH, default_data_dir
+from ..bench.tasks import NQ_RELPATH
+from .bench_setup import make_compressor, require_data
 
 PG_DIR = Path("needle_haystack_paul_graham", "PaulGrahamEssays")
 MEETINGS = Path("leval", "Open-ended-tasks", "meeting_summ.jsonl")
-
-
-def _data(d) -> Path:
-    data = Path(d) if d else default_data_dir()
-    if data is None:
-        raise FileNotFoundError("needs the shared data folder: pass --data-dir")
-    return data
 
 
 def short_inputs(data: Path, count, n: int = 80) -> list[tuple[str, str]]:
@@ -76,16 +70,12 @@ def long_inputs(data: Path, count, min_tokens: int = 10_000, n_essay_chunks: int
 def run_adherence(a) -> dict:
     from tqdm import tqdm
 
-    from . import PromptCompressor
     from .bench import adherence
 
-    data = _data(a.data_dir)
+    data = require_data(a.data_dir)
     rows = []
     for name in a.methods:
-        from .bench_cli import VARIANTS
-
-        method, params = VARIANTS[name]
-        comp = PromptCompressor(method, tokenizer=a.tokenizer, **params)
+        comp = make_compressor(name, a.tokenizer, a.data_dir)
         for kind, inputs in (
             ("short", short_inputs(data, comp.counter.count)),
             ("long", long_inputs(data, comp.counter.count)),
@@ -119,17 +109,13 @@ def run_adherence(a) -> dict:
 def run_speed(a) -> dict:
     import torch
 
-    from . import PromptCompressor
     from .bench import speed
 
-    data = _data(a.data_dir)
+    data = require_data(a.data_dir)
     rows = []
     question = "What makes a startup succeed?"
     for name in a.methods:
-        from .bench_cli import VARIANTS
-
-        method, params = VARIANTS[name]
-        comp = PromptCompressor(method, tokenizer=a.tokenizer, **params)
+        comp = make_compressor(name, a.tokenizer, a.data_dir)
         text = cut_to_tokens(essays_text(data), comp.counter.count, a.tokens)
         for rate in a.rates:
             t = speed(comp, text, question, rate, repeats=a.repeats)

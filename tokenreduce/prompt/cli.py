@@ -36,6 +36,11 @@ def parser() -> argparse.ArgumentParser:
         help="budget tokenizer: tiktoken name or local HF folder (default cl100k_base if available)",
     )
     p.add_argument(
+        "--data-dir",
+        default=None,
+        help="shared data folder; its tokenizers/tiktoken holds the tiktoken files (default: found automatically)",
+    )
+    p.add_argument(
         "--protect",
         type=_kinds,
         default=list(DEFAULT_PROTECT),
@@ -54,6 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         text = sys.stdin.read() if a.file == "-" else Path(a.file).read_text(encoding="utf-8")
         from . import compress_prompt
+        from .bench_setup import tiktoken_dir
 
         params = {"model": a.model} if a.model else {}
         res = compress_prompt(
@@ -66,6 +72,7 @@ def main(argv: list[str] | None = None) -> int:
             protect=a.protect,
             force=a.force,
             keep=a.keep,
+            tiktoken_dir=tiktoken_dir(a.data_dir),
             **params,
         )
     except (ValueError, TypeError, FileNotFoundError, UnicodeDecodeError) as e:

@@ -6,6 +6,7 @@ import re
 import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -92,16 +93,29 @@ class Prepared:
 
 
 class PromptCompressor:
-    """A method with its models loaded and a target tokenizer; call it like :func:`compress_prompt`."""
+    """A method with its models loaded and a target tokenizer; call it like :func:`compress_prompt`.
 
-    def __init__(self, method: str | Any = "extractive", tokenizer: Any = None, **params: Any) -> None:
+    ``tiktoken_dir``: a folder holding ``<name>.tiktoken`` rank files, searched first for a tiktoken
+    budget tokenizer (the default one included)."""
+
+    def __init__(
+        self,
+        method: str | Any = "extractive",
+        tokenizer: Any = None,
+        *,
+        tiktoken_dir: str | Path | None = None,
+        **params: Any,
+    ) -> None:
         check_method(method)
         cfg = make_prompt_method(method, **params) if isinstance(method, str) else method
         if params and not isinstance(method, str):
             raise ValueError("method parameters go with a method name, not with a method object")
-        counter = resolve_counter(tokenizer) if tokenizer is not None else None  # bad input fails before loading
+        # bad input fails before loading
+        counter = resolve_counter(tokenizer, tiktoken_dir=tiktoken_dir) if tokenizer is not None else None
         self.scorer = cfg.load() if hasattr(cfg, "load") else cfg
-        self.counter: TokenCounter = counter or resolve_counter(None, getattr(self.scorer, "own_tokenizer", None))
+        self.counter: TokenCounter = counter or resolve_counter(
+            None, getattr(self.scorer, "own_tokenizer", None), tiktoken_dir
+        )
 
     def __call__(
         self,
@@ -220,11 +234,13 @@ def compress_prompt(
     protect: Sequence[str] = DEFAULT_PROTECT,
     force: Sequence[str] = (),
     keep: Iterable[str | re.Pattern | tuple[int, int]] | None = None,
+    tiktoken_dir: str | Path | None = None,
     **params: Any,
 ) -> CompressionResult:
     """Compress ``context`` (a string, or a list of documents joined by blank lines) to ``rate`` of its
     tokens or to ``target_tokens``, counted in ``tokenizer`` (default cl100k_base when its file is available
-    locally, else the method's own tokenizer; ``result.tokenizer`` names the one used).
+    locally, in ``tiktoken_dir`` or the places :mod:`.tiktoken_local` names, else the method's own tokenizer;
+    ``result.tokenizer`` names the one used).
 
     The output is an order-preserving subsequence of the input (unless a method reorders); ``protect``
     kinds are never cut (kept whole or dropped whole), ``force`` kinds and ``keep`` spans are always kept.
@@ -240,5 +256,5 @@ def compress_prompt(
     check_budget(rate, target_tokens)
     check_method(method)
     context = _check_inputs(context, question, protect, force, keep)
-    comp = PromptCompressor(method, tokenizer, **params)
+    comp = PromptCompressor(method, tokenizer, tiktoken_dir=tiktoken_dir, **params)
     return comp(context, question, rate=rate, target_tokens=target_tokens, protect=protect, force=force, keep=keep)

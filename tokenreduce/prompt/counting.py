@@ -2,9 +2,9 @@
 
 Budgets are counted where they are paid: in the tokenizer of the model that will read the prompt.
 ``resolve_counter(spec)`` accepts a tiktoken encoding name (``"cl100k_base"``, ...; files looked up
-locally, see :mod:`.tiktoken_local`), a local Hugging Face tokenizer folder, a tokenizer object, or
-``None`` for :data:`DEFAULT_TOKENIZER` (cl100k_base when its file is available, else the method's own
-tokenizer; the result records which one counted).
+locally, first in the caller's ``tiktoken_dir``, see :mod:`.tiktoken_local`), a local Hugging Face
+tokenizer folder, a tokenizer object, or ``None`` for :data:`DEFAULT_TOKENIZER` (cl100k_base when its
+file is available, else the method's own tokenizer; the result records which one counted).
 """
 
 from __future__ import annotations
@@ -50,20 +50,21 @@ def _hf_from_folder(path: Path) -> Any:
     return AutoTokenizer.from_pretrained(str(path))
 
 
-def resolve_counter(spec: Any = None, fallback: Any = None) -> TokenCounter:
+def resolve_counter(spec: Any = None, fallback: Any = None, tiktoken_dir: str | Path | None = None) -> TokenCounter:
     """A :class:`TokenCounter` for ``spec`` (see module doc); ``fallback`` is used when ``spec`` is None and
-    the default tiktoken file is not available locally."""
+    the default tiktoken file is not available locally. ``tiktoken_dir``: a folder holding
+    ``<name>.tiktoken`` rank files, searched first."""
     if isinstance(spec, TokenCounter):
         return spec
     if spec is None:
         try:
-            return TokenCounter(DEFAULT_TOKENIZER, load_encoding(DEFAULT_TOKENIZER))
+            return TokenCounter(DEFAULT_TOKENIZER, load_encoding(DEFAULT_TOKENIZER, tiktoken_dir))
         except TiktokenUnavailable:
             if fallback is None:
                 raise
             return resolve_counter(fallback)
     if isinstance(spec, str) and spec in ENCODINGS:
-        return TokenCounter(spec, load_encoding(spec))
+        return TokenCounter(spec, load_encoding(spec, tiktoken_dir))
     if isinstance(spec, (str, Path)):
         path = Path(spec)
         if not path.exists():

@@ -58,7 +58,7 @@ class Extractive:
         check_config(self, {"hop_k": 1, "link_k": 0, "batch_size": 1, "max_length": 1})
 
     def load(self) -> ExtractiveScorer:
-        from ..bench.encoder import load_text_encoder
+        from .text_encoder import load_text_encoder
 
         return ExtractiveScorer(self, load_text_encoder(self.model, max_length=self.max_length))
 

@@ -1,11 +1,12 @@
 """tiktoken encodings built from local ``.tiktoken`` files, never downloaded.
 
 tiktoken normally fetches its BPE rank files from a URL on first use. Here the files are looked up
-locally, in order: an explicit folder argument, ``$TOKENREDUCE_TIKTOKEN_DIR``, tiktoken's own cache
+locally, in order: the folder the caller passes (the CLI and the benchmarks pass the shared data
+folder's ``tokenizers/tiktoken``), ``$TOKENREDUCE_TIKTOKEN_DIR``, and tiktoken's own cache
 (``$TIKTOKEN_CACHE_DIR`` / ``$DATA_GYM_CACHE_DIR`` / ``<tmp>/data-gym-cache``, keyed by the SHA-1 of the
-URL), and ``tokenizers/tiktoken`` in the shared data folder. If none has the file,
-:class:`TiktokenUnavailable` says where it looked. The file's SHA-256 is checked against the official
-value, so a local copy is exactly the encoding OpenAI publishes.
+URL). The library never guesses where a data folder lives. If none has the file,
+:class:`TiktokenUnavailable` says where it looked and how to give a folder. The file's SHA-256 is
+checked against the official value, so a local copy is exactly the encoding OpenAI publishes.
 """
 
 from __future__ import annotations
@@ -72,15 +73,11 @@ def candidate_paths(name: str, folder: str | Path | None = None) -> list[Path]:
     cache = os.environ.get("TIKTOKEN_CACHE_DIR") or os.environ.get("DATA_GYM_CACHE_DIR")
     cache_dir = Path(cache) if cache else Path(tempfile.gettempdir()) / "data-gym-cache"
     paths.append(cache_dir / hashlib.sha1(_URL.format(name).encode()).hexdigest())
-    from ..bench.tasks import default_data_dir
-
-    data = default_data_dir()
-    if data is not None:
-        paths.append(data / "tokenizers" / "tiktoken" / f"{name}.tiktoken")
     return paths
 
 
 def find_rank_file(name: str, folder: str | Path | None = None) -> Path:
+    """The first of :func:`candidate_paths` that exists; :class:`TiktokenUnavailable` naming them all."""
     if name not in ENCODINGS:
         raise ValueError(f"unknown tiktoken encoding {name!r}; known: {', '.join(ENCODINGS)}")
     paths = candidate_paths(name, folder)
@@ -90,7 +87,8 @@ def find_rank_file(name: str, folder: str | Path | None = None) -> Path:
     raise TiktokenUnavailable(
         f"tiktoken encoding {name!r} is not available offline: no rank file at any of "
         + ", ".join(str(p) for p in paths)
-        + f" (download {_URL.format(name)} and set TOKENREDUCE_TIKTOKEN_DIR to its folder)"
+        + f" (pass the folder holding {name}.tiktoken as tiktoken_dir=..., or download {_URL.format(name)} "
+        "and set TOKENREDUCE_TIKTOKEN_DIR to its folder)"
     )
 
 
