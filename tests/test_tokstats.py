@@ -116,3 +116,13 @@ def test_cli_tables_png_and_errors(tmp_path, capsys):
     assert main(["--tokenizers", "nope", "--lines", "2", "--no-progress"]) == 2
     assert "tokenreduce: error:" in capsys.readouterr().err
     assert main(["--tokenizers", "cl100k_base", "--price", "llama2=1", "--lines", "2", "--no-progress"]) == 2
+
+
+def test_wordpiece_vocab_with_lowercased_unk(tmp_path):
+    """The shared bert-base-uncased vocab spells the unknown token ``[unk]``: it must still tokenize
+    characters outside the vocabulary (it crashed with 'Missing [UNK] token')."""
+    folder = tmp_path / "tokenizers" / "bert-base-uncased"
+    folder.mkdir(parents=True)
+    (folder / "vocab.txt").write_text("\n".join(["[pad]", "[unk]", "[cls]", "[sep]", "hello", "world"]) + "\n")
+    t = load_tok("bert-base-uncased", tmp_path)
+    assert len(t.encode("hello ☃ world")) == 3

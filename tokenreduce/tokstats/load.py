@@ -126,7 +126,8 @@ def load_tok(name: str, data_dir: str | Path | None = None) -> Tok:
     if kind == "hf-gpt2":
         tok = PreTrainedTokenizerFast(tokenizer_object=_gpt2(path))
     elif kind == "wordpiece":
-        tok = PreTrainedTokenizerFast(tokenizer_object=_wordpiece(path, lowercase="uncased" in name), unk_token="[UNK]")
+        unk = _unk_token(path)
+        tok = PreTrainedTokenizerFast(tokenizer_object=_wordpiece(path, "uncased" in name, unk), unk_token=unk)
     elif kind == "hf-json":
         tok = PreTrainedTokenizerFast(tokenizer_file=str(path))
     else:
@@ -135,11 +136,22 @@ def load_tok(name: str, data_dir: str | Path | None = None) -> Tok:
     return Tok(name if name in KNOWN else path.name, sub, _hf(tok), tok)
 
 
-def _wordpiece(vocab: Path, lowercase: bool):
+def _unk_token(vocab: Path) -> str:
+    """The vocabulary's unknown-token entry: ``[UNK]``, or however the file spells it (a lowercased
+    vocab has ``[unk]``); a vocabulary without one cannot tokenize unseen characters."""
+    with vocab.open(encoding="utf-8") as f:
+        entries = {line.rstrip("\n") for line in f}
+    for spelling in ("[UNK]", "[unk]", "<unk>"):
+        if spelling in entries:
+            return spelling
+    raise ValueError(f"{vocab}: no unknown-token entry ([UNK]) in this WordPiece vocabulary")
+
+
+def _wordpiece(vocab: Path, lowercase: bool, unk: str = "[UNK]"):
     from tokenizers import Tokenizer, decoders, normalizers, pre_tokenizers
     from tokenizers.models import WordPiece
 
-    t = Tokenizer(WordPiece(WordPiece.read_file(str(vocab)), unk_token="[UNK]"))
+    t = Tokenizer(WordPiece(WordPiece.read_file(str(vocab)), unk_token=unk))
     t.normalizer = normalizers.BertNormalizer(lowercase=lowercase, strip_accents=lowercase)
     t.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
     t.decoder = decoders.WordPiece()
