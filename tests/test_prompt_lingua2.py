@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from tokenreduce.prompt import PromptCompressor
-from tokenreduce.prompt.lingua2 import LLMLingua2, chunk_tokens, keep_probs, special_affixes
 from tokenreduce.prompt.lm_scores import aggregate_to_pieces
+from tokenreduce.prompt.methods.llmlingua2 import LLMLingua2, chunk_tokens, keep_probs, special_affixes
 from tokenreduce.prompt.segment import segment
 
 TEXT = " ".join(f"word{i % 7} alpha{i % 5}, beta. 12{i}" for i in range(45)) + " https://x.org/a end"

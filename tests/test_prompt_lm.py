@@ -9,7 +9,8 @@ from test_prompt_lingua2 import _tokenizer
 
 from tokenreduce.prompt import PromptCompressor
 from tokenreduce.prompt.lm_scores import window_scores
-from tokenreduce.prompt.perplexity import LongLLMLingua, Perplexity
+from tokenreduce.prompt.methods.longllmlingua import LongLLMLingua
+from tokenreduce.prompt.methods.perplexity import Perplexity
 
 DOCS = [f"Document {i}: " + " ".join(f"tok{(i * 7 + k) % 11} word{k % 5}." for k in range(25)) for i in range(6)]
 

@@ -1,12 +1,8 @@
 """Prompt compression for LLM applications: budget-exact, structure-preserving, question-aware."""
 
-from . import baselines as _baselines  # noqa: F401  (registers the methods)
-from . import extractive as _extractive  # noqa: F401
-from . import lingua2 as _lingua2  # noqa: F401
-from . import perplexity as _perplexity  # noqa: F401
 from .compress import DEFAULT_PROTECT, PromptCompressor, compress_prompt, target_budget
 from .counting import DEFAULT_TOKENIZER, TokenCounter, resolve_counter
-from .methods import Plan, make_prompt_method, prompt_methods
+from .methods import ModelFreeMethod, Plan, PromptMethod, Scorer, make_prompt_method, prompt_methods, register
 from .result import CompressionResult
 from .tiktoken_local import TiktokenUnavailable
 
@@ -14,13 +10,17 @@ __all__ = [
     "DEFAULT_PROTECT",
     "DEFAULT_TOKENIZER",
     "CompressionResult",
+    "ModelFreeMethod",
     "Plan",
     "PromptCompressor",
+    "PromptMethod",
+    "Scorer",
     "TiktokenUnavailable",
     "TokenCounter",
     "compress_prompt",
     "make_prompt_method",
     "prompt_methods",
+    "register",
     "resolve_counter",
     "target_budget",
 ]

@@ -135,18 +135,6 @@ def check_keep(keep: Any) -> None:
             raise ArgTypeError(f"keep[{i}] must be a non-empty string, a compiled regex or (start, end), got {item!r}")
 
 
-def check_method(method: Any) -> None:
-    """``method``: a registered method name or a method object (config with ``load`` or scorer with ``plan``)."""
-    if isinstance(method, str):
-        return
-    if not (hasattr(method, "load") or hasattr(method, "plan")):
-        from .methods import prompt_methods
-
-        raise ArgTypeError(
-            f"method must be a method name ({', '.join(prompt_methods())}) or a method object, got {_type(method)}"
-        )
-
-
 def _check_field(name: str, value: Any, hint: Any, minimum: float | None) -> None:
     if hint is bool:
         if not isinstance(value, (bool, np.bool_)):
@@ -166,14 +154,13 @@ def _check_field(name: str, value: Any, hint: Any, minimum: float | None) -> Non
         raise ValueError(f"{name} must be >= {minimum}, got {value!r}")
 
 
-def check_config(cfg: Any, minimum: Mapping[str, float] | None = None) -> None:
-    """Check every field of a method config (a dataclass) against its annotated type (bool, int, float or
+def check_config(cfg: Any, owner: str, minimum: Mapping[str, float]) -> None:
+    """Check every field of a method (a dataclass) against its annotated type (bool, int, float or
     str | None) and, for fields named in ``minimum``, its lower bound; called from ``__post_init__`` so a bad
-    parameter fails when the method is made, before any model loads."""
+    parameter fails when the method is made, before any model loads. Messages start with ``owner``."""
     hints = typing.get_type_hints(type(cfg))
-    where = getattr(cfg, "name", type(cfg).__name__)
     for f in fields(cfg):
         try:
-            _check_field(f.name, getattr(cfg, f.name), hints.get(f.name), (minimum or {}).get(f.name))
+            _check_field(f.name, getattr(cfg, f.name), hints.get(f.name), minimum.get(f.name))
         except ValueError as e:
-            raise type(e)(f"{where}: {e}") from None
+            raise type(e)(f"{owner}: {e}") from None

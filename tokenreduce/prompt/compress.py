@@ -18,13 +18,12 @@ from .checks import (
     check_documents,
     check_keep,
     check_kinds_arg,
-    check_method,
     check_question,
     check_rate,
     check_target_tokens,
 )
 from .counting import TokenCounter, resolve_counter
-from .methods import Plan, make_prompt_method
+from .methods import Plan, PromptMethod, Scorer, check_method, make_prompt_method
 from .protect import find_protected, user_spans, validate_kinds
 from .result import CompressionResult
 from .segment import Segmentation, segment
@@ -100,22 +99,20 @@ class PromptCompressor:
 
     def __init__(
         self,
-        method: str | Any = "extractive",
+        method: str | PromptMethod | Scorer = "extractive",
         tokenizer: Any = None,
         *,
         tiktoken_dir: str | Path | None = None,
         **params: Any,
     ) -> None:
         check_method(method)
-        cfg = make_prompt_method(method, **params) if isinstance(method, str) else method
         if params and not isinstance(method, str):
             raise ValueError("method parameters go with a method name, not with a method object")
+        cfg = make_prompt_method(method, **params) if isinstance(method, str) else method
         # bad input fails before loading
         counter = resolve_counter(tokenizer, tiktoken_dir=tiktoken_dir) if tokenizer is not None else None
-        self.scorer = cfg.load() if hasattr(cfg, "load") else cfg
-        self.counter: TokenCounter = counter or resolve_counter(
-            None, getattr(self.scorer, "own_tokenizer", None), tiktoken_dir
-        )
+        self.scorer: Scorer = cfg.load() if isinstance(cfg, PromptMethod) else cfg
+        self.counter: TokenCounter = counter or resolve_counter(None, self.scorer.own_tokenizer, tiktoken_dir)
 
     def __call__(
         self,
@@ -229,7 +226,7 @@ def compress_prompt(
     *,
     rate: float | None = None,
     target_tokens: int | None = None,
-    method: str | Any = "extractive",
+    method: str | PromptMethod | Scorer = "extractive",
     tokenizer: Any = None,
     protect: Sequence[str] = DEFAULT_PROTECT,
     force: Sequence[str] = (),

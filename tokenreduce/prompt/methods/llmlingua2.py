@@ -1,4 +1,4 @@
-"""LLMLingua-2-compatible compression: a token classifier predicts, per token, the probability of
+"""``llmlingua2``: LLMLingua-2-compatible compression: a token classifier predicts, per token, the probability of
 keeping it; words are scored by the mean over their tokens and kept under one global budget.
 
 Pan et al., "LLMLingua-2: Data Distillation for Efficient and Faithful Task-Agnostic Prompt
@@ -19,10 +19,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from .checks import check_config
-from .lm_scores import aggregate_to_pieces
-from .methods import Plan, register_prompt_method, word_priority
-from .segment import Segmentation
+from ..lm_scores import aggregate_to_pieces
+from ..segment import Segmentation
+from .base import Plan, PromptMethod, Scorer, register, word_priority
 
 
 def special_affixes(tok) -> tuple[list[int], list[int]]:
@@ -75,21 +74,22 @@ def keep_probs(model, tok, ids: list[int], chunks, keep_label: int = 1, sub_batc
     return probs
 
 
-@register_prompt_method
+@register("llmlingua2")
 @dataclass(frozen=True)
-class LLMLingua2:
-    """Token classification (LLMLingua-2 checkpoints): keep the words with the highest P(keep)."""
+class LLMLingua2(PromptMethod):
+    """Token classification (LLMLingua-2 checkpoints): keep the words with the highest P(keep).
 
-    name = "llmlingua2"
+    Pan et al., LLMLingua-2, Findings of ACL 2024 (arXiv:2403.12968)."""
+
     model: str | None = None  # local folder of a microsoft/llmlingua-2-* checkpoint (required)
     chunk_tokens: int = 512
     keep_label: int = 1
     sub_batch: int = 8
 
-    def __post_init__(self) -> None:
-        check_config(self, {"chunk_tokens": 1, "keep_label": 0, "sub_batch": 1})
+    minimums = {"chunk_tokens": 1, "keep_label": 0, "sub_batch": 1}
 
     def load(self, objects: tuple[Any, Any] | None = None) -> Lingua2Scorer:
+        """The scorer with ``objects`` (model, tokenizer), or with the checkpoint in the folder ``model``."""
         if objects is None:
             if self.model is None:
                 raise ValueError(
@@ -105,7 +105,9 @@ class LLMLingua2:
         return Lingua2Scorer(self, *objects)
 
 
-class Lingua2Scorer:
+class Lingua2Scorer(Scorer):
+    """:class:`LLMLingua2` with its token classifier loaded."""
+
     def __init__(self, cfg: LLMLingua2, model, tokenizer) -> None:
         self.cfg, self.model, self.own_tokenizer, self.name = cfg, model, tokenizer, cfg.name
         pre, suf = special_affixes(tokenizer)

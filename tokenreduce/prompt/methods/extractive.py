@@ -1,4 +1,4 @@
-"""Question-aware extractive compression: keep the sentences most relevant to the question.
+"""``extractive``: question-aware extractive compression: keep the sentences most relevant to the question.
 
 Sentences are scored with a bi-encoder (all-MiniLM-L6-v2 by default; Reimers & Gurevych,
 "Sentence-BERT", EMNLP 2019) combined with their document's relevance, their neighbours' relevance,
@@ -19,21 +19,23 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .chains import chain_scores, question_coverage, within_doc_rank
-from .checks import check_config
-from .lexical import bm25_scores
-from .linking import doc_texts, doc_titles, heading_sentences, link_matrix, link_scores, named_in
-from .methods import Plan, register_prompt_method, sentence_priority
-from .qtype import answer_type_scores
-from .segment import Segmentation
+from ..chains import chain_scores, question_coverage, within_doc_rank
+from ..lexical import bm25_scores
+from ..linking import doc_texts, doc_titles, heading_sentences, link_matrix, link_scores, named_in
+from ..qtype import answer_type_scores
+from ..segment import Segmentation
+from ..text_encoder import TextEncoder, load_text_encoder
+from .base import Plan, PromptMethod, Scorer, register, sentence_priority
 
 
-@register_prompt_method
+@register("extractive")
 @dataclass(frozen=True)
-class Extractive:
-    """Sentence extraction by embedding + BM25 relevance to the question."""
+class Extractive(PromptMethod):
+    """Sentence extraction by embedding + BM25 relevance to the question.
 
-    name = "extractive"
+    Sentence-BERT embeddings (Reimers & Gurevych, EMNLP 2019) + BM25 (Robertson & Zaragoza, 2009),
+    with multi-document links, two-hop chains and answer types (see the module docstring)."""
+
     model: str | None = None  # local HF encoder folder; None: all-MiniLM-L6-v2
     w_doc: float = 0.5
     w_neighbor: float = 0.15
@@ -54,13 +56,11 @@ class Extractive:
     batch_size: int = 16  # small length-sorted batches: least padding, cache-friendly (fastest on 2 CPU cores)
     max_length: int = 128
 
-    def __post_init__(self) -> None:
-        check_config(self, {"hop_k": 1, "link_k": 0, "batch_size": 1, "max_length": 1})
+    minimums = {"hop_k": 1, "link_k": 0, "batch_size": 1, "max_length": 1}
 
-    def load(self) -> ExtractiveScorer:
-        from .text_encoder import load_text_encoder
-
-        return ExtractiveScorer(self, load_text_encoder(self.model, max_length=self.max_length))
+    def load(self, encoder: TextEncoder | None = None) -> ExtractiveScorer:
+        """The scorer with ``encoder``, or with the encoder ``model`` names (all-MiniLM-L6-v2 by default)."""
+        return ExtractiveScorer(self, encoder or load_text_encoder(self.model, max_length=self.max_length))
 
 
 def _doc_reduce(values: np.ndarray, doc_of: np.ndarray, n_docs: int) -> np.ndarray:
@@ -87,8 +87,10 @@ def titles_first(scores: np.ndarray, seg: Segmentation) -> np.ndarray:
     return out
 
 
-class ExtractiveScorer:
-    def __init__(self, cfg: Extractive, encoder) -> None:
+class ExtractiveScorer(Scorer):
+    """:class:`Extractive` with its sentence encoder loaded."""
+
+    def __init__(self, cfg: Extractive, encoder: TextEncoder) -> None:
         self.cfg, self.encoder, self.name = cfg, encoder, cfg.name
         self.own_tokenizer = encoder.tokenizer
 
