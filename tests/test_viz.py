@@ -175,3 +175,19 @@ def test_cli_writes_png_and_rejects_bad_input(tmp_path, capsys):
     assert viz_main([str(tmp_path / "missing.png"), "--no-progress"]) == 2
     assert viz_main([str(tmp_path / "in.png"), "--model", str(tmp_path / "nodir"), "--no-progress"]) == 2
     assert "not a local folder" in capsys.readouterr().err
+
+
+def test_grayscale_model_takes_rgb_images(tmp_path):
+    """The bundled vit_digits takes one channel: an RGB picture is fed as its luminance (it failed with
+    'Expected 1 but got 3')."""
+    from PIL import Image
+
+    from tokenreduce.bench.vision_testbed import load_digits_vit
+    from tokenreduce.viz.visualize import trace
+
+    picture = np.zeros((48, 48, 3), dtype=np.uint8)
+    picture[12:36, 20:28] = 255
+    Image.fromarray(picture).save(tmp_path / "digit.png")
+    t = trace(load_digits_vit(), tmp_path / "digit.png", "tome", r=4)
+    assert t.spec.channels == 1 and t.spec.mean == (0.5,)
+    assert t.stages and t.rgb.shape == (32, 32, 3)

@@ -28,6 +28,7 @@ class VisionSpec(NamedTuple):
     mean: tuple[float, ...]
     std: tuple[float, ...]
     kind: str  # "hf" or "timm"
+    channels: int = 3  # input channels: 1 for grayscale models (the bundled vit_digits), else RGB
 
 
 def _pair(v) -> int:
@@ -58,6 +59,7 @@ def vision_spec(model: nn.Module, image_size: int | None = None, mean=None, std=
         pc = getattr(owner, "pretrained_cfg", None) or {}
         stats = (tuple(pc["mean"]), tuple(pc["std"])) if "mean" in pc and "std" in pc else IMAGENET
         kind = "timm"
+        channels = int(getattr(owner.patch_embed.proj, "in_channels", 3))
         if image_size not in (None, size) and not getattr(owner, "dynamic_img_size", False):
             raise ValueError(f"this timm model takes {size}px images only (created without dynamic_img_size)")
     elif fam.name in ("hf-vit", "hf-clip-vision", "hf-dinov2", "hf-siglip-vision"):
@@ -67,7 +69,8 @@ def vision_spec(model: nn.Module, image_size: int | None = None, mean=None, std=
             raise TypeError(f"visualize needs fixed-size image inputs; {type(model).__name__} has no image_size")
         size, patch = _pair(cfg.image_size), _pair(cfg.patch_size)
         default = {"hf-clip-vision": CLIP, "hf-siglip-vision": HALF}.get(fam.name, IMAGENET)
-        stats = _processor_stats(model) or default
+        channels = int(getattr(cfg, "num_channels", 3))
+        stats = _processor_stats(model) or (default if channels == 3 else ((0.5,) * channels, (0.5,) * channels))
         kind = "hf"
     else:
         raise TypeError(f"visualize supports vision encoders; {type(model).__name__} is a {fam.name} model")
@@ -76,6 +79,7 @@ def vision_spec(model: nn.Module, image_size: int | None = None, mean=None, std=
             raise ValueError(f"image_size must be a multiple of the patch size {patch}, got {image_size}")
         size = image_size
     mean, std = tuple(mean or stats[0]), tuple(std or stats[1])
-    if len(mean) != 3 or len(std) != 3 or min(std) <= 0:
-        raise ValueError(f"mean and std need 3 values each (std > 0), got mean={mean}, std={std}")
-    return VisionSpec(size, patch, prefix, mean, std, kind)
+    if len(mean) != channels or len(std) != channels or min(std) <= 0:
+        raise ValueError(f"mean and std need {channels} values each (the model's input channels; std > 0), "
+                         f"got mean={mean}, std={std}")
+    return VisionSpec(size, patch, prefix, mean, std, kind, channels)

@@ -41,6 +41,16 @@ def load_image(image: Any, size: int) -> np.ndarray:
     return np.asarray(image, dtype=np.float32) / 255.0
 
 
+def model_input(rgb: np.ndarray, channels: int) -> np.ndarray:
+    """The RGB picture (H, W, 3) as the model's input channels: itself, or its luminance (ITU-R 601,
+    as PIL's "L" mode) for a one-channel model."""
+    if channels == 3:
+        return rgb
+    if channels == 1:
+        return (rgb @ np.array([0.299, 0.587, 0.114], dtype=np.float32))[..., None]
+    raise ValueError(f"visualize supports 1- or 3-channel image models, got {channels} channels")
+
+
 def _forward(model: nn.Module, spec: VisionSpec, pixels: torch.Tensor) -> None:
     if spec.kind == "timm":
         owner = next(m for m in model.modules() if hasattr(m, "patch_embed") and hasattr(m, "blocks"))
@@ -114,7 +124,8 @@ def trace(
         raise ValueError("method=None needs a patched model; give a method name such as 'tome'")
     m = make_method(method, **params) if method is not None else patch_info(model).method
     rgb = load_image(image, spec.image_size)
-    pixels = torch.from_numpy((rgb - np.array(spec.mean)) / np.array(spec.std)).permute(2, 0, 1)[None].float()
+    pixels = torch.from_numpy((model_input(rgb, spec.channels) - np.array(spec.mean)) / np.array(spec.std))
+    pixels = pixels.permute(2, 0, 1)[None].float()
     with torch.inference_mode(), record_sources() as records:
         if method is None:
             _forward(model, spec, pixels)
