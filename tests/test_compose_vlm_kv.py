@@ -142,3 +142,13 @@ def test_press_refuses_a_method_inside_the_llm(llava):
     with tokenreduce.patched(llava, "fastv", keep=0.5), apply_press(llava, SnapKV(keep=0.5, window=4)):
         with pytest.raises(ValueError, match="before the LLM"):
             llava.generate(**x, max_new_tokens=2, do_sample=False)
+
+
+@torch.no_grad()
+def test_order_of_the_with_blocks_does_not_matter(llava):
+    x = llava_inputs(llava, question=10)
+    press = SnapKV(keep=0.5, window=4, kernel=3)
+    with tokenreduce.patched(llava, "fastervlm", tokens=16), apply_press(llava, press):
+        first = llava.generate(**x, max_new_tokens=NEW, do_sample=False)
+    with apply_press(llava, press), tokenreduce.patched(llava, "fastervlm", tokens=16):
+        assert torch.equal(llava.generate(**x, max_new_tokens=NEW, do_sample=False), first)

@@ -8,6 +8,7 @@ keys (:mod:`tokenreduce.kv.scoring`), so no eager attention is needed; the windo
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 from torch import Tensor
@@ -15,6 +16,14 @@ from torch import Tensor
 from .. import scoring
 from .base import LayerView, ScoringPress, register
 from .common import check_window, recent_bonus
+
+
+class Shape(Protocol):
+    """The decoder sizes the cost needs (``tokenreduce.vlm.flops.DecoderShape`` is one)."""
+
+    hidden: int
+    heads: int
+    head_dim: int
 
 
 @register("snapkv")
@@ -35,3 +44,9 @@ class SnapKV(ScoringPress):
         s = scoring.group_mean(scoring.pool1d(a, self.kernel), view.n_kv_heads)
         w = torch.full((s.shape[0],), min(self.window, view.hidden.shape[1]), device=s.device)
         return recent_bonus(view, s, w)  # the window itself is always kept
+
+    def scoring_macs(self, shape: Shape, n: int) -> int:
+        """MACs SnapKV adds to one layer's prefill of ``n`` tokens: the window's queries projected again,
+        and their logits against every cached key (softmax, pooling and top-k are not MACs)."""
+        w = min(self.window, n)
+        return w * shape.hidden * shape.heads * shape.head_dim + w * n * shape.heads * shape.head_dim
