@@ -90,3 +90,20 @@ def test_onnx_export_matches_pytorch(tmp_path, method, params):
     with torch.no_grad():
         ref = model(pixel_values=x2).last_hidden_state
     assert (torch.from_numpy(out) - ref).abs().max() < 1e-4
+
+
+def test_onnx_export_from_one_image(tmp_path):
+    """A one-image example exports a graph that takes any batch (it failed with 'Invalid ranges [2:1]')."""
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxscript")
+    import onnxruntime as ort
+
+    from tokenreduce.deploy import export_onnx
+
+    model, x = vit(), pixels()
+    tr.patch(model, "tome", r=4)
+    assert export_onnx(model, x[:1], tmp_path / "one.onnx") < 1e-4
+    out = ort.InferenceSession(str(tmp_path / "one.onnx")).run(None, {"pixel_values": x.numpy()})[0]
+    with torch.no_grad():
+        ref = model(pixel_values=x).last_hidden_state
+    assert (torch.from_numpy(out) - ref).abs().max() < 1e-4

@@ -38,11 +38,15 @@ def export_onnx(
     """
     wrapped = _LastHidden(model).eval()
     dyn = {"pixel_values": {0: torch.export.Dim("batch", min=1, max=1024)}} if dynamic_batch else None
+    # torch.export specializes a dimension of size 1, so a one-image example would fix the batch at 1
+    # (and fail against the dynamic range): trace with the image twice; the graph is the same.
+    single = dynamic_batch and len(pixel_values) == 1
+    example = pixel_values.expand(2, *pixel_values.shape[1:]) if single else pixel_values
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         torch.onnx.export(
             wrapped,
-            (pixel_values,),
+            (example.contiguous(),),
             str(path),
             dynamo=True,
             input_names=["pixel_values"],
