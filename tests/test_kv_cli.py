@@ -35,3 +35,9 @@ def test_press_specs_and_labels():
     assert label(parse_press("snapkv", 0.5)) == "snapkv"
     assert parse_press("adakv:scorer=tova", 0.5).scorer == TOVA(keep=0.5)  # the name becomes the press object
     assert parse_press("zipcache:keep=1.0:bits=8", 0.25).keep == 1.0
+
+
+def test_bad_keep_names_the_option_not_the_baseline(capsys):
+    assert main(["--keep", "0"]) == 2
+    err = capsys.readouterr().err
+    assert "--keep must be in (0, 1]" in err and "random" not in err

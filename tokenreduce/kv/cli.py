@@ -49,6 +49,9 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         keeps = [float(k) for k in args.keep.split(",") if k]
+        bad = [k for k in keeps if not 0.0 < k <= 1.0]
+        if bad or not keeps:
+            raise ValueError(f"--keep must be in (0, 1] (shares of the KV entries kept), got {args.keep!r}")
         names = ["random", *[n for n in args.presses.split(",") if n and n != "random"]]
         plist = list({(label(p), p.keep): p for k in keeps for p in (parse_press(n, k) for n in names)}.values())
     except (ValueError, TypeError) as e:
