@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
+import numpy as np
 import pytest
 import torch
 from kv_models import padded_batch, tiny_lm
@@ -17,6 +18,8 @@ from tokenreduce.encoder.methods import base as encoder_base
 from tokenreduce.encoder.methods.pruning import ScorePruner
 from tokenreduce.kv import generate_ids, make_press
 from tokenreduce.kv.presses import base as kv_base
+from tokenreduce.prompt.methods import base as prompt_base
+from tokenreduce.prompt.text_encoder import default_model_path
 from tokenreduce.vlm.methods import base as vlm_base
 
 
@@ -93,3 +96,24 @@ def test_visual_method_recipe(toys):
         with tokenreduce.patched(model, "toy-first-visual", keep=0.25):
             out = model.generate(**x, max_new_tokens=2, do_sample=False)
     assert out.shape[1] == x["input_ids"].shape[1] + 2
+
+
+def test_prompt_method_recipe(toys):
+    @prompt_base.register("toy-last")
+    @dataclass(frozen=True)
+    class LastWords(prompt_base.ModelFreeMethod):
+        """Keep the closing words."""
+
+        def plan(self, seg, question):
+            return prompt_base.Plan(np.arange(len(seg))[::-1])
+
+    toys.append((prompt_base.REGISTRY, "toy-last"))
+    text = "First we met at the harbour. Then the storm came in fast. Last of all the lights went out."
+    tok = str(default_model_path())  # a model-free method needs a budget tokenizer
+    assert tokenreduce.compress_prompt(text, rate=1.0, method="toy-last", tokenizer=tok).text == text
+    r = tokenreduce.compress_prompt(text, rate=0.4, method="toy-last", tokenizer=tok)
+    assert r.method == "toy-last" and r.compressed_tokens <= r.target_tokens
+    assert r.text.endswith("the lights went out.") and "harbour" not in r.text
+    with pytest.raises(ValueError, match="unknown parameter"):
+        tokenreduce.compress_prompt(text, rate=0.4, method="toy-last", tokenizer=tok, seed=1)
+    assert "toy-last" in prompt_base.prompt_methods()
