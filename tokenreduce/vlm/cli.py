@@ -9,7 +9,7 @@ from pathlib import Path
 from ..bench.report import format_table, machine_info
 from ..cli_errors import user_error
 from .bench import BEFORE, INSIDE, bench_vlm, llava15_config, processor_inputs, random_llava, synthetic_inputs
-from .methods import vlm_methods
+from .methods import InsideMethod, make_vlm_method, vlm_methods
 
 COLS = [
     "method",
@@ -47,6 +47,16 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+def check_depth(configs: list, depth: int) -> None:
+    """Inside-the-LLM methods prune at given decoder layers: check them against the LLM's depth up front
+    (this failed after the first rows were measured, throwing them away)."""
+    if depth < 2:
+        raise ValueError(f"--llm-layers must be >= 2 (inside-LLM methods prune between layers), got {depth}")
+    for cfg in configs:
+        if isinstance(cfg, InsideMethod):
+            cfg.check(depth)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
@@ -55,6 +65,9 @@ def main(argv: list[str] | None = None) -> int:
         unknown = sorted(set(methods) - set(vlm_methods()))
         if unknown or not tokens or min(tokens) < 1 or args.repeats < 1 or args.steps < 1:
             raise ValueError(f"unknown methods {unknown}" if unknown else "need positive --tokens/--repeats/--steps")
+        configs = [make_vlm_method(m, tokens=t) for m in methods for t in tokens]  # every config, before any work
+        if not args.model:
+            check_depth(configs, args.llm_layers)
     except ValueError as e:
         return user_error(e)
     import torch
@@ -71,6 +84,10 @@ def main(argv: list[str] | None = None) -> int:
         from transformers import LlavaForConditionalGeneration
 
         model = LlavaForConditionalGeneration.from_pretrained(args.model).eval()
+        try:
+            check_depth(configs, model.config.text_config.num_hidden_layers)
+        except ValueError as e:
+            return user_error(e)
     else:
         model = random_llava(llava15_config(args.llm_layers, args.vision_layers))
     x = processor_inputs(args.model, args.image, args.prompt) if args.image else synthetic_inputs(model)
