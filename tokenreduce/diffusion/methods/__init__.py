@@ -1,0 +1,32 @@
+"""Diffusion methods, one per module, registered by name: :mod:`.tomesd`, :mod:`.tomesd_threshold`,
+:mod:`.todo`. A new method is one module here with a ``@register``-ed frozen dataclass, imported below."""
+
+from .base import (
+    REGISTRY,
+    DiffusionMethod,
+    MergePlan,
+    Plan,
+    PoolPlan,
+    StrideMethod,
+    diffusion_methods,
+    make_diffusion_method,
+    register,
+)
+from .todo import ToDo
+from .tomesd import ToMeSD
+from .tomesd_threshold import ToMeSDThreshold
+
+__all__ = [
+    "REGISTRY",
+    "DiffusionMethod",
+    "MergePlan",
+    "Plan",
+    "PoolPlan",
+    "StrideMethod",
+    "ToDo",
+    "ToMeSD",
+    "ToMeSDThreshold",
+    "diffusion_methods",
+    "make_diffusion_method",
+    "register",
+]
