@@ -14,6 +14,7 @@ import time
 from ..bench.report import format_table, machine_info, write_results
 from ..cli_errors import user_error
 from .bench_setup import VARIANTS, check_variants, make_compressor, require_data
+from .methods import make_prompt_method
 
 
 def _names(text: str) -> list[str]:
@@ -54,17 +55,22 @@ def parser() -> argparse.ArgumentParser:
 
 
 def _compressors(names: list[str], tokenizer: str, data_dir: str | None):
+    """The variants' compressors; extractive variants share one memoized sentence encoder (loaded once)."""
     from .bench import MemoEncoder
+    from .methods.extractive import Extractive
+    from .text_encoder import load_text_encoder
 
     check_variants(names)
-    out, shared = {}, {}
+    out, memo = {}, None
     for n in names:
-        comp = make_compressor(n, tokenizer, data_dir)
-        if VARIANTS[n][0] == "extractive":  # share one memoized encoder across extractive variants
-            enc = shared.setdefault("enc", MemoEncoder(comp.scorer.encoder))
-            comp.scorer.encoder = enc
-        out[n] = comp
-    return out, shared.get("enc")
+        method, params = VARIANTS[n]
+        cfg = make_prompt_method(method, **params)
+        if isinstance(cfg, Extractive):
+            memo = memo or MemoEncoder(load_text_encoder(cfg.model, max_length=cfg.max_length))
+            out[n] = make_compressor(cfg.load(memo), tokenizer, data_dir)
+        else:
+            out[n] = make_compressor(n, tokenizer, data_dir)
+    return out, memo
 
 
 def _datasets(specs: list[str], data_dir):

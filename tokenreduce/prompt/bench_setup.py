@@ -12,6 +12,7 @@ from typing import Any
 
 from ..bench.tasks import default_data_dir
 from .compress import PromptCompressor
+from .methods import Scorer
 
 TIKTOKEN_RELPATH = Path("tokenizers", "tiktoken")
 
@@ -66,7 +67,10 @@ def tiktoken_dir(data_dir: str | Path | None) -> Path | None:
     return data / TIKTOKEN_RELPATH if data is not None else None
 
 
-def make_compressor(variant: str, tokenizer: Any, data_dir: str | Path | None) -> PromptCompressor:
-    """The compressor of a command-line variant, its tiktoken files taken from the data folder."""
+def make_compressor(variant: str | Scorer, tokenizer: Any, data_dir: str | Path | None) -> PromptCompressor:
+    """The compressor of a command-line variant (or of an already loaded scorer), its tiktoken files taken
+    from the data folder."""
+    if isinstance(variant, Scorer):
+        return PromptCompressor(variant, tokenizer=tokenizer, tiktoken_dir=tiktoken_dir(data_dir))
     method, params = VARIANTS[variant]
     return PromptCompressor(method, tokenizer=tokenizer, tiktoken_dir=tiktoken_dir(data_dir), **params)

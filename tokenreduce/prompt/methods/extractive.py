@@ -24,7 +24,7 @@ from ..lexical import bm25_scores
 from ..linking import doc_texts, doc_titles, heading_sentences, link_matrix, link_scores, named_in
 from ..qtype import answer_type_scores
 from ..segment import Segmentation
-from ..text_encoder import TextEncoder, load_text_encoder
+from ..text_encoder import SentenceEmbedder, load_text_encoder
 from .base import Plan, PromptMethod, Scorer, register, sentence_priority
 
 
@@ -58,7 +58,7 @@ class Extractive(PromptMethod):
 
     minimums = {"hop_k": 1, "link_k": 0, "batch_size": 1, "max_length": 1}
 
-    def load(self, encoder: TextEncoder | None = None) -> ExtractiveScorer:
+    def load(self, encoder: SentenceEmbedder | None = None) -> ExtractiveScorer:
         """The scorer with ``encoder``, or with the encoder ``model`` names (all-MiniLM-L6-v2 by default)."""
         return ExtractiveScorer(self, encoder or load_text_encoder(self.model, max_length=self.max_length))
 
@@ -90,7 +90,7 @@ def titles_first(scores: np.ndarray, seg: Segmentation) -> np.ndarray:
 class ExtractiveScorer(Scorer):
     """:class:`Extractive` with its sentence encoder loaded."""
 
-    def __init__(self, cfg: Extractive, encoder: TextEncoder) -> None:
+    def __init__(self, cfg: Extractive, encoder: SentenceEmbedder) -> None:
         self.cfg, self.encoder, self.name = cfg, encoder, cfg.name
         self.own_tokenizer = encoder.tokenizer
 
