@@ -61,11 +61,12 @@ def bipartite_merge_2d(
     ``threshold``, only proposals whose cosine exceeds it merge (so rows may merge fewer).
     dst: (B, N) output slot of every token, kept tokens in their original order (a merged token takes
     its destination's slot); kept: (B,) slots per row. Rows with the same ``kept`` form a rectangular
-    batch: ``apply_assignment(x[rows], ones, dst[rows], kept)``.
+    batch: ``apply_assignment(x[rows], ones, dst[rows], kept)``. Without a threshold every row keeps
+    ``N - r`` and no tensor value is read on the host (no device sync).
     """
     b, n, c = metric.shape
     is_dst = destinations(grid, stride, choice).expand(b, n)
-    n_dst = int(is_dst[0].sum())
+    n_dst = (grid[0] // stride[1]) * (grid[1] // stride[0])
     n_src = n - n_dst
     r = max(0, min(int(r), n_src))
     order = stable_order(is_dst.to(torch.uint8), descending=False)  # sources then destinations, by position
@@ -80,7 +81,7 @@ def bipartite_merge_2d(
     if threshold is not None:
         merged &= best > threshold
     keep = torch.ones(b, n, dtype=torch.bool, device=m.device).scatter_(1, a_idx, ~merged)
-    slot, _ = compact(keep, torch.ones_like(keep), n if b == 0 else None)
+    slot, _ = compact(keep, torch.ones_like(keep), n - r if threshold is None else None)
     partner_slot = slot.gather(1, b_idx.gather(1, best_b))
     slot = slot.scatter(1, a_idx, torch.where(merged, partner_slot, slot.gather(1, a_idx)))
     return slot, keep.sum(1)

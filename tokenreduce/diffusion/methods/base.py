@@ -48,8 +48,12 @@ class MergePlan(Plan):
     """Merge -> sub-module -> unmerge (tomesd). Rows that keep different numbers of tokens (threshold
     merging) run as separate rectangular groups, so no row ever attends to another row's padding."""
 
-    def __init__(self, dst: Tensor, kept: Tensor, targets: frozenset[str]):
+    def __init__(self, dst: Tensor, kept: Tensor | int, targets: frozenset[str]):
+        """``kept``: slots per row (B,), or one int when every row keeps the same number (no host sync)."""
         self.dst, self.targets = dst, targets
+        if isinstance(kept, int):
+            self.groups = [(None, kept)]
+            return
         counts = kept.tolist()
         self.groups = [(torch.tensor([i for i, k in enumerate(counts) if k == c], device=dst.device), c)
                        for c in sorted(set(counts))]
@@ -60,7 +64,7 @@ class MergePlan(Plan):
             return forward(x, **kwargs)  # e.g. a chunked feed-forward: its chunks are not the grid
         out = None
         for rows, k in self.groups:
-            whole = len(self.groups) == 1
+            whole = rows is None or len(self.groups) == 1
             dst = self.dst if whole else self.dst[rows]
             xs = x if whole else x[rows]
             merged, _ = apply_assignment(xs, torch.ones(dst.shape, device=x.device), dst, k)

@@ -61,11 +61,15 @@ class ToMeSD(StrideMethod):
         return super().choose(grid, keys, stream)
 
     def plan(self, metric, grid, keys, stream):
-        r = self.merges(metric.shape[1])
+        n = metric.shape[1]
+        hsy, wsx = self.cells(grid)
+        r = min(self.merges(n), n - hsy * wsx)  # never binds when ratio <= cap; kept for safety
         if r <= 0 or not self.targets:
             return None
-        dst, kept = bipartite_merge_2d(metric, grid, self.stride, r, self.choose(grid, keys, stream),
-                                       self.threshold_value())
-        if bool((kept == metric.shape[1]).all()):
-            return None  # nothing merged in any row
+        threshold = self.threshold_value()
+        dst, kept = bipartite_merge_2d(metric, grid, self.stride, r, self.choose(grid, keys, stream), threshold)
+        if threshold is None:  # every row merges exactly r tokens
+            return MergePlan(dst, n - r, self.targets)
+        if bool((kept == n).all()):
+            return None  # nothing passed the threshold in any row
         return MergePlan(dst, kept, self.targets)
