@@ -127,6 +127,18 @@ def test_cfg_batch_equals_rows_alone_and_unpatch_is_exact(family, method, params
     assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items())
 
 
+@pytest.mark.parametrize(("method", "params"), ACTIVE[:3])
+def test_rows_at_different_timesteps_equal_rows_alone(method, params):
+    """Each row draws its destinations from its own timestep, so a batch mixing steps is still row-independent."""
+    model = model_for("dit")
+    args, kwargs = inputs("dit")
+    kwargs["timestep"] = torch.tensor([3, 7])
+    with tokenreduce.patched(model, method, **params):
+        both = run(model, args, kwargs)
+        alone = torch.cat([run(model, *rows(args, kwargs, i)) for i in range(2)])
+    torch.testing.assert_close(both, alone, atol=ATOL, rtol=0)
+
+
 def test_destinations_change_with_the_step_not_with_the_batch():
     model = make_diffusion_method("tomesd", ratio=0.5)
     keys = torch.tensor([10, 10, 20])

@@ -62,6 +62,9 @@ class MergePlan(Plan):
         b, n = self.dst.shape
         if which not in self.targets or x.dim() != 3 or x.shape[:2] != (b, n):
             return forward(x, **kwargs)  # e.g. a chunked feed-forward: its chunks are not the grid
+        self_attn = which == "attn1" and kwargs.get("encoder_hidden_states") is None
+        if self_attn and kwargs.get("attention_mask") is not None:
+            return forward(x, **kwargs)  # a self-attention mask is over the unmerged tokens
         out = None
         for rows, k in self.groups:
             whole = rows is None or len(self.groups) == 1
