@@ -12,6 +12,10 @@ from transformers import (
     CLIPVisionModel,
     DeiTConfig,
     DeiTModel,
+    DistilBertConfig,
+    DistilBertModel,
+    ElectraConfig,
+    ElectraModel,
     RobertaConfig,
     RobertaModel,
     ViTConfig,
@@ -52,6 +56,17 @@ def xlmr() -> torch.nn.Module:
     torch.manual_seed(0)
     cfg = XLMRobertaConfig(vocab_size=120, pad_token_id=1, attn_implementation="sdpa", **HID)
     return jitter_norms(XLMRobertaModel(cfg))
+
+
+def distilbert(impl: str = "sdpa") -> torch.nn.Module:
+    torch.manual_seed(0)
+    cfg = DistilBertConfig(vocab_size=120, dim=32, n_layers=4, n_heads=4, hidden_dim=64, attn_implementation=impl)
+    return jitter_norms(DistilBertModel(cfg))
+
+
+def electra(impl: str = "sdpa") -> torch.nn.Module:
+    torch.manual_seed(0)
+    return jitter_norms(ElectraModel(ElectraConfig(vocab_size=120, embedding_size=16, attn_implementation=impl, **HID)))
 
 
 def vit(cls=ViTModel, impl: str = "sdpa") -> torch.nn.Module:

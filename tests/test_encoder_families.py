@@ -1,0 +1,173 @@
+"""The encoder invariants on tiny random configs of the families added for issue 19 ("Reach").
+
+Each family runs the same suite as the original ones (tests/test_patching.py, tests/test_flops.py):
+exactness when nothing is removed, the split block equals the block, unpatch restores bit for bit,
+padding/batch independence, [CLS] never merged, per-layer widths and MACs equal to the analytic
+counter (which FlopCounterMode checks).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import pytest
+import torch
+from models import block_inputs, distilbert, electra, text_batch
+from torch import nn
+
+import tokenreduce as tr
+from tokenreduce.bench.flops import measured_flops
+from tokenreduce.encoder.adapters.patching import resolve_family
+from tokenreduce.encoder.cost import encoder_cost, layer_widths, total_macs
+
+
+def _projection_macs(model: nn.Module, x: dict) -> int:
+    """MACs of an embedding-to-hidden projection (ELECTRA, ALBERT) over the padded batch."""
+    proj = next(
+        m for n, m in model.named_modules() if n.endswith(("embeddings_project", "embedding_hidden_mapping_in"))
+    )
+    return x["input_ids"].numel() * proj.in_features * proj.out_features
+
+
+@dataclass(frozen=True)
+class Case:
+    build: Callable[[], nn.Module]
+    family: str
+    mlp_in: Callable[[nn.Module], nn.Module]  # the module whose input is a block's MLP input
+    outside_macs: Callable[[nn.Module, dict], int] = lambda model, x: 0  # matmuls outside the blocks
+
+
+CASES = {
+    "distilbert": Case(distilbert, "hf-distilbert", lambda layer: layer.ffn),
+    "distilbert-eager": Case(lambda: distilbert("eager"), "hf-distilbert", lambda layer: layer.ffn),
+    "electra": Case(electra, "hf-bert", lambda layer: layer.intermediate, lambda m, x: _projection_macs(m, x)),
+}
+REDUCING = [
+    ("tome", {"r": 3}),
+    ("tome", {"keep": 0.4, "schedule": "decreasing"}),
+    ("evit", {"keep": 0.5}),
+    ("evit", {"keep": 0.5, "fuse": False}),
+    ("topk-norm", {"keep": 0.5}),
+    ("random", {"keep": 0.5}),
+]
+IDENTITY = [("tome", {"r": 0}), ("tome", {"keep": 1.0}), ("evit", {"keep": 1.0})]
+LENGTHS = (20, 14, 9, 20)
+
+
+def run(model: nn.Module, inputs: dict) -> torch.Tensor:
+    with torch.inference_mode():
+        return model(**inputs).last_hidden_state
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_family_is_resolved(name):
+    fam, _ = resolve_family(CASES[name].build())
+    assert fam.name == CASES[name].family
+
+
+@pytest.mark.parametrize("name", list(CASES))
+@pytest.mark.parametrize("method,params", IDENTITY)
+def test_reducing_nothing_is_exact(name, method, params):
+    model, x = CASES[name].build(), text_batch()
+    ref = run(model, x)
+    with tr.patched(model, method, **params):
+        assert torch.equal(run(model, x), ref)
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_split_block_equals_block(name):
+    model, x = CASES[name].build(), text_batch()
+    fam, layers = resolve_family(model)
+    args, kwargs = block_inputs(layers[1], lambda: run(model, x))
+    mask = args[1] if len(args) > 1 else kwargs.get("attention_mask")
+    with torch.inference_mode():
+        ref = layers[1](*args, **kwargs)
+        ref = ref[0] if isinstance(ref, tuple) else ref
+        assert torch.equal(fam.mlp(layers[1], fam.attention(layers[1], args[0], mask).x), ref)
+
+
+@pytest.mark.parametrize("name", list(CASES))
+@pytest.mark.parametrize("method,params", REDUCING)
+def test_unpatch_restores_exactly(name, method, params):
+    model, x = CASES[name].build(), text_batch()
+    ref = run(model, x)
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    tr.patch(model, method, **params)
+    reduced = run(model, x)
+    assert reduced.shape == ref.shape and torch.isfinite(reduced).all()
+    assert not torch.equal(reduced, ref)
+    tr.unpatch(model)
+    assert all("forward" not in m.__dict__ for m in model.modules())
+    assert all(torch.equal(state[k], v) for k, v in model.state_dict().items())
+    assert torch.equal(run(model, x), ref)
+
+
+@pytest.mark.parametrize("name", list(CASES))
+@pytest.mark.parametrize("method,params", REDUCING)
+def test_padding_and_batch_independence(name, method, params):
+    """A row's output depends neither on the rest of its batch nor on how much it is padded."""
+    model, full = CASES[name].build(), text_batch(lengths=LENGTHS)
+    with tr.patched(model, method, **params):
+        together = run(model, full)
+        for i, ln in enumerate(LENGTHS):
+            alone = run(model, {k: v[i : i + 1, :ln] for k, v in full.items()})
+            torch.testing.assert_close(together[i, :ln], alone[0], atol=2e-5, rtol=1e-4)
+            padded = {k: torch.nn.functional.pad(v[i : i + 1, :ln], (0, 7)) for k, v in full.items()}
+            torch.testing.assert_close(run(model, padded)[0, :ln], alone[0], atol=2e-5, rtol=1e-4)
+
+
+def _mlp_inputs(model: nn.Module, case: Case) -> list[torch.Tensor]:
+    """Hook every application of the blocks' MLP input (a shared module fires once per application)."""
+    _, layers = resolve_family(model)
+    seen: list[torch.Tensor] = []
+    for mod in {id(case.mlp_in(layer)): case.mlp_in(layer) for layer in layers}.values():
+        mod.register_forward_pre_hook(lambda m, a: seen.append(a[0]))
+    return seen
+
+
+@pytest.mark.parametrize("name", list(CASES))
+@pytest.mark.parametrize("method,params", REDUCING)
+def test_token_counts_match_the_schedule(name, method, params):
+    case = CASES[name]
+    model, x = case.build(), text_batch()
+    fam, layers = resolve_family(model)
+    seen = _mlp_inputs(model, case)
+    with tr.patched(model, method, **params):
+        run(model, x)
+    m = tr.make_method(method, **params)
+    expect = [w for _, w in layer_widths(x["attention_mask"].sum(1), len(layers), m, fam.default_protected(model))]
+    assert [t.shape[1] for t in seen] == expect
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_cls_is_never_reduced(name):
+    """At the first reducing layer [CLS]'s slot holds exactly its unreduced value, at extreme budgets."""
+    case = CASES[name]
+    model, x = case.build(), text_batch()
+    seen = _mlp_inputs(model, case)
+    run(model, x)
+    first = seen[0]
+    for method, params in (("tome", {"keep": 0.05}), ("evit", {"keep": 0.05}), ("random", {"keep": 0.05})):
+        seen.clear()
+        with tr.patched(model, method, **params):
+            run(model, x)
+        assert seen[0].shape[1] < first.shape[1]
+        assert torch.equal(seen[0][:, :1], first[:, :1])
+
+
+@pytest.mark.parametrize("name", list(CASES))
+@pytest.mark.parametrize(
+    "method,params", [(None, {}), ("tome", {"r": 3}), ("tome", {"keep": 0.3}), ("evit", {"keep": 0.4})]
+)
+def test_flops_match_flop_counter(name, method, params):
+    case = CASES[name]
+    model, x = case.build(), text_batch()
+    fam, _ = resolve_family(model)
+    m = tr.make_method(method, **params) if method else None
+    if m:
+        tr.patch(model, m)
+    with torch.inference_mode():
+        measured = measured_flops(model, **x)
+    analytic = total_macs(encoder_cost(fam.dims(model), x["attention_mask"].sum(1), m, fam.default_protected(model)))
+    assert measured == 2 * (analytic + case.outside_macs(model, x))
