@@ -139,6 +139,37 @@ def test_rows_at_different_timesteps_equal_rows_alone(method, params):
     torch.testing.assert_close(both, alone, atol=ATOL, rtol=0)
 
 
+@pytest.mark.parametrize("family", ["dit", "pixart"])
+@pytest.mark.parametrize("params", [{"ratio": 0.5}, {"ratio": 0.75, "start": 1}, {"ratio": 0.3, "end": 0}])
+def test_dit_merge_across_blocks(family, params):
+    """dit-merge: ratio 0 exact, a CFG batch equals its rows, unpatch exact, output at full length."""
+    model = model_for(family)
+    args, kwargs = inputs(family)
+    ref = run(model, args, kwargs)
+    with tokenreduce.patched(model, "dit-merge", ratio=0.0):
+        assert torch.equal(run(model, args, kwargs), ref)
+    with tokenreduce.patched(model, "dit-merge", **params):
+        both = run(model, args, kwargs)
+        alone = torch.cat([run(model, *rows(args, kwargs, i)) for i in range(2)])
+    assert both.shape == ref.shape and (both - ref).abs().max() > 1e-3
+    torch.testing.assert_close(both, alone, atol=ATOL, rtol=0)
+    assert torch.equal(run(model, args, kwargs), ref)
+    assert not [type(m).__name__ for m in model.modules() if "forward" in vars(m)]
+
+
+def test_dit_merge_span_and_family_are_checked_at_patch_time():
+    """The span must lie within the model's blocks, and a U-Net (resolution changes between blocks) is refused;
+    nothing is patched on error."""
+    model = model_for("dit")
+    with pytest.raises(ValueError, match=r"need 0 <= start <= end < 2 \(this model's blocks"):
+        tokenreduce.patch(model, "dit-merge", start=2)
+    with pytest.raises(ValueError, match=r"need 0 <= start <= end < 2"):
+        tokenreduce.patch(model, "dit-merge", start=1, end=0)
+    with pytest.raises(ValueError, match="dit-merge needs a transformer model"):
+        tokenreduce.patch(model_for("unet"), "dit-merge")
+    assert tokenreduce.patch_info(model) is None and "forward" not in vars(model)
+
+
 def test_destinations_change_with_the_step_not_with_the_batch():
     model = make_diffusion_method("tomesd", ratio=0.5)
     keys = torch.tensor([10, 10, 20])
@@ -200,6 +231,8 @@ def test_max_downsample_selects_blocks_sdxl_layout():
     ("tomesd-threshold", {"ratio": 0.8}, r"ratio must be in \[0, 0.75\]"),
     ("todo", {"stride": 2}, "stride must be two ints"),
     ("todo", {"ratio": 0.5}, "unknown parameter"),
+    ("dit-merge", {"ratio": 0.8}, r"ratio must be in \[0, 0.75\] \(the cap"),
+    ("dit-merge", {"start": -1}, r"start must be in \[0, inf\)"),
 ])
 def test_bad_parameters_fail_at_construction(method, params, message):
     with pytest.raises(ValueError, match=message):

@@ -23,9 +23,10 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from ..core.assign import apply_assignment, restore
 from .methods import DiffusionMethod, Plan, make_diffusion_method
 
-_CALL: ContextVar[dict[int, tuple[tuple[int, int], Tensor]] | None] = ContextVar("tr_diffusion_call", default=None)
+_CALL: ContextVar[dict[int, CallState] | None] = ContextVar("tr_diffusion_call", default=None)
 _BLOCK: ContextVar[tuple[nn.Module, Plan] | None] = ContextVar("tr_diffusion_block", default=None)
 
 UNETS = ("UNet2DConditionModel",)
@@ -78,6 +79,16 @@ def level_grid(base: tuple[int, int], n: int, max_downsample: int) -> tuple[int,
 
 
 @dataclass
+class CallState:
+    """One forward of a patched model: its finest token grid, each row's key (timestep), and the
+    assignment of a merge that spans blocks (set at its first block, used at its last)."""
+
+    base: tuple[int, int]
+    keys: Tensor
+    span: tuple[Tensor, int] | None = None
+
+
+@dataclass
 class DiffusionHandle:
     """An active diffusion patch: the method, the family ("unet" or "transformer"), the patched modules."""
 
@@ -110,11 +121,36 @@ def _model_forward(handle: DiffusionHandle, model: nn.Module, patch: int):
             return type(model).forward(model, *args, **kwargs)
         base = (sample.shape[-2] // patch, sample.shape[-1] // patch)
         keys = timestep_keys(bound.get("timestep"), sample.shape[0], sample.device)
-        token = _CALL.set({**(_CALL.get() or {}), id(handle): (base, keys)})
+        token = _CALL.set({**(_CALL.get() or {}), id(handle): CallState(base, keys)})
         try:
             return type(model).forward(model, *args, **kwargs)
         finally:
             _CALL.reset(token)
+
+    return forward
+
+
+def _span_forward(handle: DiffusionHandle, block: nn.Module, index: int, span: tuple[int, int]):
+    """A block of a merge spanning blocks ``span``: merge the input at the first, unmerge the output at the last."""
+
+    def forward(*args: Any, **kwargs: Any) -> Any:
+        call = (_CALL.get() or {}).get(id(handle))
+        if call is None:
+            return type(block).forward(block, *args, **kwargs)
+        if index == span[0]:
+            call.span = None
+            x = args[0] if args else kwargs.get("hidden_states")
+            if isinstance(x, Tensor) and x.dim() == 3 and call.keys.shape[0] == x.shape[0]:
+                grid = level_grid(call.base, x.shape[1], handle.method.max_downsample)
+                call.span = None if grid is None else handle.method.plan_span(x, grid, call.keys)
+            if call.span is not None:
+                dst, k = call.span
+                merged, _ = apply_assignment(x, torch.ones(dst.shape, device=x.device), dst, k)
+                args, kwargs = ((merged, *args[1:]), kwargs) if args else (args, {**kwargs, "hidden_states": merged})
+        out = type(block).forward(block, *args, **kwargs)
+        if index == span[1] and call.span is not None:
+            out, call.span = restore(out, call.span[0]), None
+        return out
 
     return forward
 
@@ -125,10 +161,9 @@ def _block_forward(handle: DiffusionHandle, block: nn.Module, index: int):
         x = args[0] if args else kwargs.get("hidden_states")
         plan = None
         if call is not None and isinstance(x, Tensor) and x.dim() == 3:
-            base, keys = call
-            grid = level_grid(base, x.shape[1], handle.method.max_downsample)
-            if grid is not None and keys.shape[0] == x.shape[0]:
-                plan = handle.method.plan(x, grid, keys, index)
+            grid = level_grid(call.base, x.shape[1], handle.method.max_downsample)
+            if grid is not None and call.keys.shape[0] == x.shape[0]:
+                plan = handle.method.plan(x, grid, call.keys, index)
         if plan is None:
             return type(block).forward(block, *args, **kwargs)
         token = _BLOCK.set((block, plan))
@@ -168,10 +203,18 @@ def patch_diffusion(obj: Any, method: str | DiffusionMethod, **params: Any) -> D
     if taken:
         raise RuntimeError(f"cannot patch: {taken[0]} already has an instance forward (another tool's patch?)")
     family = "unet" if _named(model, UNETS) else "transformer"
+    if family not in m.families:
+        raise ValueError(f"{m.name} needs a {' or '.join(m.families)} model ({', '.join(TRANSFORMERS)}); "
+                         f"{type(model).__name__} is a {family}")
+    span = m.span(len(blocks)) if hasattr(m, "span") else None
     patch = 1 if family == "unet" else int(model.config.patch_size)
     handle = DiffusionHandle(m, family, model, blocks)
     _install(handle, model, _model_forward(handle, model, patch))
     for i, b in enumerate(blocks):
+        if span is not None:
+            if span[0] <= i <= span[1]:
+                _install(handle, b, _span_forward(handle, b, i, span))
+            continue
         _install(handle, b, _block_forward(handle, b, i))
         for s in SUBMODULES:
             sub = getattr(b, s, None)

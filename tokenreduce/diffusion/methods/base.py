@@ -102,6 +102,7 @@ class DiffusionMethod:
     max_downsample: int = 1
 
     name: ClassVar[str] = ""
+    families: ClassVar[tuple[str, ...]] = ("unet", "transformer")  # model families it applies to
 
     def __post_init__(self) -> None:
         check_field_types(self, self.name)
