@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import torch
 from transformers import (
+    AlbertConfig,
+    AlbertModel,
     BertConfig,
     BertModel,
     CLIPConfig,
@@ -67,6 +69,20 @@ def distilbert(impl: str = "sdpa") -> torch.nn.Module:
 def electra(impl: str = "sdpa") -> torch.nn.Module:
     torch.manual_seed(0)
     return jitter_norms(ElectraModel(ElectraConfig(vocab_size=120, embedding_size=16, attn_implementation=impl, **HID)))
+
+
+def albert(impl: str = "sdpa", groups: int = 1, inner: int = 1) -> torch.nn.Module:
+    """ALBERT sharing weights across depth: ``groups`` layer groups of ``inner`` layers each."""
+    torch.manual_seed(0)
+    cfg = AlbertConfig(
+        vocab_size=120,
+        embedding_size=16,
+        num_hidden_groups=groups,
+        inner_group_num=inner,
+        attn_implementation=impl,
+        **HID,
+    )
+    return jitter_norms(AlbertModel(cfg, add_pooling_layer=False))
 
 
 def vit(cls=ViTModel, impl: str = "sdpa") -> torch.nn.Module:

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import pytest
 import torch
-from models import block_inputs, distilbert, electra, text_batch
+from models import albert, distilbert, electra, text_batch
 from torch import nn
 
 import tokenreduce as tr
@@ -41,6 +41,13 @@ class Case:
 CASES = {
     "distilbert": Case(distilbert, "hf-distilbert", lambda layer: layer.ffn),
     "distilbert-eager": Case(lambda: distilbert("eager"), "hf-distilbert", lambda layer: layer.ffn),
+    "albert": Case(albert, "hf-albert", lambda app: app.block.ffn, lambda m, x: _projection_macs(m, x)),
+    "albert-eager": Case(
+        lambda: albert("eager"), "hf-albert", lambda app: app.block.ffn, lambda m, x: _projection_macs(m, x)
+    ),
+    "albert-2x2": Case(
+        lambda: albert(groups=2, inner=2), "hf-albert", lambda app: app.block.ffn, lambda m, x: _projection_macs(m, x)
+    ),
     "electra": Case(electra, "hf-bert", lambda layer: layer.intermediate, lambda m, x: _projection_macs(m, x)),
 }
 REDUCING = [
@@ -75,14 +82,29 @@ def test_reducing_nothing_is_exact(name, method, params):
         assert torch.equal(run(model, x), ref)
 
 
+def _block_calls(model: nn.Module, layers: nn.ModuleList, depth: int) -> tuple[nn.Module, tuple, dict]:
+    """The real block run at ``depth`` and the (args, kwargs) it receives there (shared blocks run at several
+    depths: take the call that belongs to ``depth``)."""
+    real = [getattr(layer, "block", layer) for layer in layers]
+    seen = []
+    hook = real[depth].register_forward_pre_hook(lambda m, a, k: seen.append((a, k)), with_kwargs=True)
+    try:
+        run(model, text_batch())
+    finally:
+        hook.remove()
+    args, kwargs = seen[[i for i, b in enumerate(real) if b is real[depth]].index(depth)]
+    return real[depth], args, kwargs
+
+
 @pytest.mark.parametrize("name", list(CASES))
 def test_split_block_equals_block(name):
-    model, x = CASES[name].build(), text_batch()
+    """Our attention half + MLP half reproduce the block's own forward bit for bit (at depth 1)."""
+    model = CASES[name].build()
     fam, layers = resolve_family(model)
-    args, kwargs = block_inputs(layers[1], lambda: run(model, x))
+    block, args, kwargs = _block_calls(model, layers, 1)
     mask = args[1] if len(args) > 1 else kwargs.get("attention_mask")
     with torch.inference_mode():
-        ref = layers[1](*args, **kwargs)
+        ref = block(*args, **kwargs)
         ref = ref[0] if isinstance(ref, tuple) else ref
         assert torch.equal(fam.mlp(layers[1], fam.attention(layers[1], args[0], mask).x), ref)
 
@@ -171,3 +193,34 @@ def test_flops_match_flop_counter(name, method, params):
         measured = measured_flops(model, **x)
     analytic = total_macs(encoder_cost(fam.dims(model), x["attention_mask"].sum(1), m, fam.default_protected(model)))
     assert measured == 2 * (analytic + case.outside_macs(model, x))
+
+
+def test_albert_is_patched_per_application_not_per_module():
+    """One AlbertLayer runs at all 4 depths: the patch lists 4 applications, each reducing by its own depth's
+    budget, installs the loop on AlbertTransformer and never gives the shared layer a forward of its own."""
+    model, x = albert(), text_batch()
+    owner, shared = model.encoder, model.encoder.albert_layer_groups[0].albert_layers[0]
+    _, layers = resolve_family(model)
+    assert len(layers) == 4 and all(app.block is shared for app in layers)
+    seen = _mlp_inputs(model, CASES["albert"])
+    run(model, x)
+    full = [t.shape[1] for t in seen]
+    seen.clear()
+    with tr.patched(model, "tome", r=4, layers=[1, 3]):
+        assert "forward" in owner.__dict__ and "forward" not in shared.__dict__
+        run(model, x)
+    n = full[0]  # depth 1 and 3 reduce between attention and MLP
+    assert [t.shape[1] for t in seen] == [n, n - 4, n - 4, n - 8]
+    assert "forward" not in owner.__dict__
+
+
+def test_albert_groups_run_in_the_models_order():
+    """2 groups of 2 inner layers over 4 depths: 8 applications, in AlbertTransformer's order."""
+    model = albert(groups=2, inner=2)
+    _, layers = resolve_family(model)
+    groups = model.encoder.albert_layer_groups
+    expect = [groups[0].albert_layers[0], groups[0].albert_layers[1]] * 2 + [
+        groups[1].albert_layers[0],
+        groups[1].albert_layers[1],
+    ] * 2
+    assert [app.block for app in layers] == expect

@@ -18,6 +18,7 @@ from torch import nn
 from ..methods import make_method
 from ..methods.base import Method
 from .base import Family
+from .hf_albert import HFAlbert
 from .hf_bert import HFBert
 from .hf_dinov2 import HFDinov2
 from .hf_distilbert import HFDistilBert
@@ -31,7 +32,7 @@ _ATTR = PATCH_ATTR
 
 def families() -> list[Family]:
     """Supported model families, most specific first (timm only when the extra is installed)."""
-    fams: list[Family] = [HFBert(), HFDistilBert(), HFViT(), HFCLIPVision(), HFDinov2(), HFSiglipVision()]
+    fams: list[Family] = [HFBert(), HFDistilBert(), HFAlbert(), HFViT(), HFCLIPVision(), HFDinov2(), HFSiglipVision()]
     if importlib.util.find_spec("timm") is None:
         return fams
     from .timm_vit import TimmViT
