@@ -39,7 +39,7 @@ def tiny_unet(sdxl: bool = False):
 def tiny_dit():
     torch.manual_seed(0)
     return diffusers.DiTTransformer2DModel(num_attention_heads=2, attention_head_dim=8, in_channels=4, out_channels=8,
-                                           num_layers=2, sample_size=8, patch_size=2, num_embeds_ada_norm=10,
+                                           num_layers=2, sample_size=8, patch_size=2, num_embeds_ada_norm=1000,
                                            norm_num_groups=8).eval()
 
 
@@ -274,3 +274,27 @@ def test_the_core_library_does_not_import_diffusers():
     code = ("import sys, tokenreduce, tokenreduce.api, tokenreduce.diffusion; "
             "tokenreduce.diffusion.make_diffusion_method('tomesd'); assert 'diffusers' not in sys.modules")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_a_real_dit_pipeline_with_guidance():
+    """diffusers' DiTPipeline (tiny VAE, 2 DDIM steps, guidance 4: the transformer sees the CFG pair as one
+    batch of two with float timesteps): patched through the pipeline object, it runs and changes the
+    image; unpatched, the image is the original bit for bit."""
+    torch.manual_seed(0)
+    vae = diffusers.AutoencoderKL(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 2,
+                                  up_block_types=("UpDecoderBlock2D",) * 2, block_out_channels=(8, 16),
+                                  latent_channels=4, norm_num_groups=8, sample_size=16).eval()
+    pipe = diffusers.DiTPipeline(transformer=model_for("dit"), vae=vae, scheduler=diffusers.DDIMScheduler())
+    pipe.set_progress_bar_config(disable=True)
+
+    def sample():
+        return pipe(class_labels=[1], num_inference_steps=2, guidance_scale=4.0,
+                    generator=torch.Generator().manual_seed(0), output_type="pt").images
+
+    ref = sample()
+    for method, params in [("tomesd", {"ratio": 0.5}), ("dit-merge", {"ratio": 0.5}), ("todo", {})]:
+        with tokenreduce.patched(pipe, method, **params):
+            assert tokenreduce.patch_info(pipe).family == "transformer"
+            out = sample()
+        assert out.shape == ref.shape and (out - ref).abs().max() > 1e-4
+    assert torch.equal(sample(), ref)
