@@ -55,7 +55,7 @@ def bipartite_merge_2d(
 ) -> tuple[Tensor, Tensor]:
     """Plan ToMe-for-SD merging of ``r`` tokens per row; returns ``(dst, kept)``.
 
-    metric: (B, N) features (N = h*w) compared by cosine similarity; choice: (B or 1, h//sy, w//sx)
+    metric: (B, N, C) features (N = h*w) compared by cosine similarity; choice: (B or 1, h//sy, w//sx)
     from :func:`stride_choice` (or injected). Every source token (not a destination) proposes its most
     similar destination; the ``r`` best proposals merge (ties: earlier source first). With
     ``threshold``, only proposals whose cosine exceeds it merge (so rows may merge fewer).
