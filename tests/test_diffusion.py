@@ -298,3 +298,32 @@ def test_a_real_dit_pipeline_with_guidance():
             out = sample()
         assert out.shape == ref.shape and (out - ref).abs().max() > 1e-4
     assert torch.equal(sample(), ref)
+
+
+def test_method_recipe():
+    """docs/DIFFUSION.md's recipe: one frozen dataclass plus its registration, then it runs like a built-in
+    (here a toy that pools keys/values in 2 x 1 cells: the same as todo with that stride)."""
+    from dataclasses import dataclass
+
+    from tokenreduce.diffusion import REGISTRY, register
+    from tokenreduce.diffusion.methods import DiffusionMethod, PoolPlan
+
+    @register("toy-pool")
+    @dataclass(frozen=True)
+    class ToyPool(DiffusionMethod):
+        """Pool keys/values over horizontal pairs."""
+
+        def plan(self, metric, grid, keys, stream):
+            return PoolPlan(grid, (2, 1))
+
+    try:
+        model = model_for("unet")
+        args, kwargs = inputs("unet")
+        with tokenreduce.patched(model, "todo", stride=(2, 1)):
+            ref = run(model, args, kwargs)
+        with tokenreduce.patched(model, "toy-pool"):
+            assert torch.equal(run(model, args, kwargs), ref)
+        with pytest.raises(ValueError, match=r"toy-pool: max_downsample must be in \[1, inf\)"):
+            make_diffusion_method("toy-pool", max_downsample=0)
+    finally:
+        REGISTRY.unregister("toy-pool")
