@@ -18,6 +18,8 @@ from transformers import (
     DistilBertModel,
     ElectraConfig,
     ElectraModel,
+    MPNetConfig,
+    MPNetModel,
     RobertaConfig,
     RobertaModel,
     ViTConfig,
@@ -83,6 +85,12 @@ def albert(impl: str = "sdpa", groups: int = 1, inner: int = 1) -> torch.nn.Modu
         **HID,
     )
     return jitter_norms(AlbertModel(cfg, add_pooling_layer=False))
+
+
+def mpnet() -> torch.nn.Module:
+    torch.manual_seed(0)
+    cfg = MPNetConfig(vocab_size=120, pad_token_id=1, relative_attention_num_buckets=32, **HID)
+    return jitter_norms(MPNetModel(cfg, add_pooling_layer=False))
 
 
 def vit(cls=ViTModel, impl: str = "sdpa") -> torch.nn.Module:

@@ -13,12 +13,15 @@ from dataclasses import dataclass
 
 import pytest
 import torch
-from models import albert, distilbert, electra, text_batch
+from models import albert, distilbert, electra, mpnet, text_batch
 from torch import nn
 
 import tokenreduce as tr
 from tokenreduce.bench.flops import measured_flops
+from tokenreduce.encoder.adapters import hf_mpnet
+from tokenreduce.encoder.adapters.hf_mpnet import gather_bias, representatives
 from tokenreduce.encoder.adapters.patching import resolve_family
+from tokenreduce.encoder.adapters.runner import record_sources
 from tokenreduce.encoder.cost import encoder_cost, layer_widths, total_macs
 
 
@@ -48,6 +51,7 @@ CASES = {
     "albert-2x2": Case(
         lambda: albert(groups=2, inner=2), "hf-albert", lambda app: app.block.ffn, lambda m, x: _projection_macs(m, x)
     ),
+    "mpnet": Case(mpnet, "hf-mpnet", lambda app: app.block.intermediate),
     "electra": Case(electra, "hf-bert", lambda layer: layer.intermediate, lambda m, x: _projection_macs(m, x)),
 }
 REDUCING = [
@@ -103,7 +107,8 @@ def test_split_block_equals_block(name):
     fam, layers = resolve_family(model)
     block, args, kwargs = _block_calls(model, layers, 1)
     mask = args[1] if len(args) > 1 else kwargs.get("attention_mask")
-    with torch.inference_mode():
+    bias = args[2] if name.startswith("mpnet") else None  # MPNet's relative position bias, the block's 3rd input
+    with torch.inference_mode(), hf_mpnet.position_bias(bias):
         ref = block(*args, **kwargs)
         ref = ref[0] if isinstance(ref, tuple) else ref
         assert torch.equal(fam.mlp(layers[1], fam.attention(layers[1], args[0], mask).x), ref)
@@ -224,3 +229,44 @@ def test_albert_groups_run_in_the_models_order():
         groups[1].albert_layers[1],
     ] * 2
     assert [app.block for app in layers] == expect
+
+
+def _mpnet_bias_at(model: nn.Module, pos: torch.Tensor) -> torch.Tensor:
+    """MPNet's relative position bias (B, H, n, n) for tokens at positions ``pos`` (B, n), from its own buckets."""
+    enc = model.encoder
+    bucket = enc.relative_position_bucket(pos[:, None, :] - pos[:, :, None], num_buckets=32)
+    return enc.relative_attention_bias(bucket).permute(0, 3, 1, 2)
+
+
+def test_mpnet_representatives_and_gathered_bias():
+    src = torch.tensor([[0, 1, 1, 2, 1, -1], [0, 2, 1, 1, -1, -1]])
+    assert representatives(src, 4).tolist() == [[0, 1, 3, 0], [0, 2, 1, 0]]  # slot 3 holds no token: 0
+    model = mpnet()
+    full = _mpnet_bias_at(model, torch.arange(6).expand(2, 6))
+    rep = torch.tensor([[0, 1, 3, 5], [0, 4, 2, 1]])
+    torch.testing.assert_close(gather_bias(full, rep), _mpnet_bias_at(model, rep), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("method,params", [("tome", {"r": 3}), ("evit", {"keep": 0.5})])
+def test_mpnet_reduced_tokens_keep_their_representatives_positions(method, params):
+    """Every block after a reduction gets the bias of MPNet's own buckets at each token's representative
+    (the earliest original token of its group), read from the source records; outer records still fill."""
+    model, x = mpnet(), text_batch()
+    seen: list[tuple[int, torch.Tensor]] = []
+    with tr.patched(model, method, **params), record_sources() as records:
+        fam = tr.patch_info(model).family
+        attention = fam.attention
+        fam.attention = lambda layer, h, mask: (
+            seen.append((layer.depth, hf_mpnet._BIAS.get())),
+            attention(layer, h, mask),
+        )[1]
+        run(model, x)
+    assert [r.layer for r in records] == [0, 1, 2, 3] and [d for d, _ in seen] == [0, 1, 2, 3]
+    for (depth, bias), rec in zip(seen[1:], records):
+        n = bias.shape[-1]
+        rep = torch.zeros(rec.src.shape[0], n, dtype=torch.long)
+        for b, row in enumerate(rec.src.tolist()):
+            for i, slot in reversed(list(enumerate(row))):
+                if slot >= 0:
+                    rep[b, slot] = i
+        assert torch.equal(bias, _mpnet_bias_at(model, rep)), depth

@@ -22,6 +22,7 @@ from .hf_albert import HFAlbert
 from .hf_bert import HFBert
 from .hf_dinov2 import HFDinov2
 from .hf_distilbert import HFDistilBert
+from .hf_mpnet import HFMPNet
 from .hf_siglip import HFSiglipVision
 from .hf_vit import HFCLIPVision, HFViT
 from .runner import PatchHandle, reduced_forward
@@ -32,7 +33,8 @@ _ATTR = PATCH_ATTR
 
 def families() -> list[Family]:
     """Supported model families, most specific first (timm only when the extra is installed)."""
-    fams: list[Family] = [HFBert(), HFDistilBert(), HFAlbert(), HFViT(), HFCLIPVision(), HFDinov2(), HFSiglipVision()]
+    fams: list[Family] = [HFBert(), HFDistilBert(), HFAlbert(), HFMPNet()]
+    fams += [HFViT(), HFCLIPVision(), HFDinov2(), HFSiglipVision()]
     if importlib.util.find_spec("timm") is None:
         return fams
     from .timm_vit import TimmViT

@@ -1,0 +1,145 @@
+"""Hugging Face MPNet (``MPNetModel`` and its heads; all-mpnet-base-v2 and other sentence-transformers).
+
+Block (post-LN, BERT-shaped): ``a = LayerNorm(x + o(attn(x)))``; ``output(intermediate(a), a)``, where the
+attention logits get a relative position bias ``(B, H, N, N)`` that ``MPNetEncoder`` computes once per
+forward from the positions ``0..N-1``. Blocks return tuples and take that bias, so they are patched as
+applications (``applications.py``): while patched, ``MPNetEncoder.forward`` runs the loop below.
+
+Positions of reduced tokens: each token keeps the position of its group's *representative*, the
+earliest original token merged into it (a token that was only kept keeps its own position). Before
+each block the loop gathers the encoder's full bias at those positions,
+``bias[b, h, i, j] = full[b, h, rep[b, i], rep[b, j]]``, which equals the bias MPNet computes for
+tokens at positions ``rep`` (relative distance ``rep[j] - rep[i]``, the model's own buckets). The
+source map comes from ``record_sources`` (records made by the outer caller still get every record).
+
+Limits: scorers that rebuild attention rows from queries and keys (EViT's [CLS] attention, attention
+received, ...) see the logits without the position bias. ``output_attentions`` is refused while
+patched (reduced blocks compute no attention matrix), and so is ``torch.compile`` (the source records
+that carry positions are not kept while compiling).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from transformers.modeling_outputs import BaseModelOutput
+
+from . import runner
+from .applications import Applications
+from .base import AttnOut, ModelDims
+
+_BIAS: ContextVar[Tensor | None] = ContextVar("tokenreduce_mpnet_position_bias", default=None)
+
+
+def _owner(model: nn.Module) -> nn.Module | None:
+    return next((m for m in model.modules() if type(m).__name__ == "MPNetEncoder"), None)
+
+
+def representatives(src: Tensor, n: int) -> Tensor:
+    """(B, n) earliest original position mapped to each of ``n`` slots by the source map ``src`` (B, N0)
+    (-1 = dropped). Slots with no source (padding) get position 0: they are masked as keys."""
+    b, n0 = src.shape
+    pos = torch.arange(n0, device=src.device).expand(b, n0)
+    rep = torch.full((b, n + 1), n0, dtype=torch.long, device=src.device)
+    rep.scatter_reduce_(1, torch.where(src >= 0, src, n), pos, reduce="amin")
+    rep = rep[:, :n]
+    return torch.where(rep < n0, rep, 0)
+
+
+def gather_bias(full: Tensor, rep: Tensor) -> Tensor:
+    """``full[b, h, rep[b, i], rep[b, j]]``: the relative position bias of tokens at positions ``rep``."""
+    idx = rep[:, None, :, None].expand(-1, full.shape[1], -1, full.shape[-1])
+    rows = full.gather(2, idx)  # (B, H, n, N0)
+    return rows.gather(3, rep[:, None, None, :].expand(-1, full.shape[1], rep.shape[1], -1))
+
+
+@contextmanager
+def position_bias(bias: Tensor | None) -> Iterator[None]:
+    """Make ``bias`` (B, H, n, n) the relative position bias :meth:`HFMPNet.attention` adds (per call, per thread)."""
+    token = _BIAS.set(bias)
+    try:
+        yield
+    finally:
+        _BIAS.reset(token)
+
+
+def _loop(
+    apps: Applications,
+    hidden_states: Tensor,
+    attention_mask: Tensor | None = None,
+    output_attentions: bool = False,
+    output_hidden_states: bool = False,
+    return_dict: bool = False,
+    **kwargs: Any,
+):
+    """``MPNetEncoder.forward`` with one (patched) application per block and positions that follow merges."""
+    if output_attentions:
+        raise ValueError("tokenreduce: output_attentions is not available on a patched MPNet (no attention matrix)")
+    if torch.compiler.is_compiling():
+        raise RuntimeError("tokenreduce: a patched MPNet cannot be compiled (positions follow the source records)")
+    full = apps.owner.compute_position_bias(hidden_states)
+    h, states = hidden_states, []
+    outer = runner._RECORD.get()
+    with runner.record_sources() as records:
+        for app in apps:
+            states.append(h)
+            bias = full if not records else gather_bias(full, representatives(records[-1].src, h.shape[1]))
+            with position_bias(bias):
+                h = app(h, attention_mask, bias, **kwargs)
+    if outer is not None:
+        outer.extend(records)
+    all_states = (*states, h) if output_hidden_states else None
+    if not return_dict:
+        return tuple(v for v in (h, all_states) if v is not None)
+    return BaseModelOutput(last_hidden_state=h, hidden_states=all_states)
+
+
+class HFMPNet:
+    name = "hf-mpnet"
+    padded = True
+
+    def find_layers(self, model: nn.Module) -> nn.ModuleList | None:
+        owner = _owner(model)
+        return None if owner is None else Applications(owner, list(owner.layer), _loop)
+
+    def default_protected(self, model: nn.Module) -> int:
+        return 1  # <s>
+
+    def dims(self, model: nn.Module) -> ModelDims:
+        apps = self.find_layers(model)
+        sa = apps[0].block.attention.attn
+        return ModelDims(
+            hidden=sa.q.in_features,
+            heads=sa.num_attention_heads,
+            head_dim=sa.attention_head_size,
+            ffn=apps[0].block.intermediate.dense.out_features,
+            layers=len(apps),
+        )
+
+    def attention(self, layer: nn.Module, x: Tensor, mask: Tensor | None) -> AttnOut:
+        """``MPNetAttention`` op for op, with the position bias of the current tokens."""
+        att = layer.block.attention
+        sa = att.attn
+        shape = (*x.shape[:-1], -1, sa.attention_head_size)
+        q = sa.q(x).view(shape).transpose(1, 2)
+        k = sa.k(x).view(shape).transpose(1, 2)
+        v = sa.v(x).view(shape).transpose(1, 2)
+        scores = torch.matmul(q, k.transpose(-1, -2)) / math.sqrt(sa.attention_head_size)
+        bias = _BIAS.get()
+        if bias is not None:
+            scores = scores + bias
+        if mask is not None:
+            scores = scores + mask
+        probs = sa.dropout(nn.functional.softmax(scores, dim=-1))
+        ctx = torch.matmul(probs, v).permute(0, 2, 1, 3).reshape(*x.shape[:-1], sa.all_head_size)
+        return AttnOut(att.LayerNorm(att.dropout(sa.o(ctx)) + x), q, k, v, 1 / math.sqrt(sa.attention_head_size))
+
+    def mlp(self, layer: nn.Module, x: Tensor) -> Tensor:
+        block = layer.block
+        return block.output(block.intermediate(x), x)
