@@ -103,9 +103,10 @@ def test_typos_get_did_you_mean(capsys):
 def test_methods_lists_every_family(capsys):
     assert main(["methods"]) == 0
     out = capsys.readouterr().out
-    for title in ("encoder methods", "visual-token methods", "KV-cache presses", "prompt-compression methods"):
+    for title in ("encoder methods", "visual-token methods", "KV-cache presses", "prompt-compression methods",
+                  "diffusion methods"):
         assert title in out
-    for name in ("tome", "fastervlm", "snapkv", "extractive"):
+    for name in ("tome", "fastervlm", "snapkv", "extractive", "tomesd", "todo"):
         assert f"\n{name} " in out
 
 

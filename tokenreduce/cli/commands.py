@@ -13,7 +13,7 @@ COMMANDS: dict[tuple[str, ...], tuple[str, str]] = {
     ("bench", "vision"): ("tokenreduce.bench.vision_cli", "vision methods: FLOPs, speed, accuracy table"),
     ("bench", "prompt"): ("tokenreduce.prompt.bench_cli", "prompt compression: rate adherence, speed, retention"),
     ("bench", "deploy"): ("tokenreduce.bench.deploy_bench", "ViT under eager, torch.compile and ONNX Runtime"),
-    ("methods",): ("tokenreduce.cli.methods", "every family's methods (encoder, visual, press, prompt), parameters"),
+    ("methods",): ("tokenreduce.cli.methods", "every family's methods (encoder, visual, press, prompt, diffusion)"),
     ("compress",): ("tokenreduce.prompt.cli", "compress a prompt / context file"),
     ("visualize",): ("tokenreduce.viz.cli", "PNG of merged / pruned patches for an image"),
     ("sweep",): ("tokenreduce.sweep.cli", "run a resumable sweep from a YAML config"),

@@ -16,6 +16,8 @@ FAMILIES = {
     "press": ("KV-cache presses (tokenreduce.kv.make_press(NAME, ...))", "tokenreduce.kv.presses.base"),
     "prompt": ("prompt-compression methods (tokenreduce.compress_prompt(..., method=NAME))",
                "tokenreduce.prompt.methods"),
+    "diffusion": ("diffusion methods for U-Nets and DiTs (tokenreduce.patch(pipe_or_unet, NAME, ...))",
+                  "tokenreduce.diffusion.methods"),
 }
 
 
