@@ -19,8 +19,8 @@ from torch import nn
 import tokenreduce as tr
 from tokenreduce.bench.flops import measured_flops
 from tokenreduce.encoder.adapters import hf_mpnet
-from tokenreduce.encoder.adapters.hf_mpnet import gather_bias, representatives
 from tokenreduce.encoder.adapters.patching import resolve_family
+from tokenreduce.encoder.adapters.positions import gather_pairs, representatives
 from tokenreduce.encoder.adapters.runner import record_sources
 from tokenreduce.encoder.cost import encoder_cost, layer_widths, total_macs
 
@@ -244,7 +244,7 @@ def test_mpnet_representatives_and_gathered_bias():
     model = mpnet()
     full = _mpnet_bias_at(model, torch.arange(6).expand(2, 6))
     rep = torch.tensor([[0, 1, 3, 5], [0, 4, 2, 1]])
-    torch.testing.assert_close(gather_bias(full, rep), _mpnet_bias_at(model, rep), rtol=0, atol=0)
+    torch.testing.assert_close(gather_pairs(full, rep), _mpnet_bias_at(model, rep), rtol=0, atol=0)
 
 
 @pytest.mark.parametrize("method,params", [("tome", {"r": 3}), ("evit", {"keep": 0.5})])

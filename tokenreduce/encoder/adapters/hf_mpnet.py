@@ -5,12 +5,10 @@ attention logits get a relative position bias ``(B, H, N, N)`` that ``MPNetEncod
 forward from the positions ``0..N-1``. Blocks return tuples and take that bias, so they are patched as
 applications (``applications.py``): while patched, ``MPNetEncoder.forward`` runs the loop below.
 
-Positions of reduced tokens: each token keeps the position of its group's *representative*, the
-earliest original token merged into it (a token that was only kept keeps its own position). Before
-each block the loop gathers the encoder's full bias at those positions,
-``bias[b, h, i, j] = full[b, h, rep[b, i], rep[b, j]]``, which equals the bias MPNet computes for
-tokens at positions ``rep`` (relative distance ``rep[j] - rep[i]``, the model's own buckets). The
-source map comes from ``record_sources`` (records made by the outer caller still get every record).
+Positions of reduced tokens (``positions.py``): each token keeps the position of its group's
+*representative*, the earliest original token merged into it. Before each block the loop gathers the
+encoder's full bias at those positions, ``bias[b, h, i, j] = full[b, h, rep[b, i], rep[b, j]]``, which
+equals the bias MPNet computes for tokens at positions ``rep`` (its own buckets of ``rep[j] - rep[i]``).
 
 Limits: scorers that rebuild attention rows from queries and keys (EViT's [CLS] attention, attention
 received, ...) see the logits without the position bias. ``output_attentions`` is refused while
@@ -30,33 +28,15 @@ import torch
 from torch import Tensor, nn
 from transformers.modeling_outputs import BaseModelOutput
 
-from . import runner
 from .applications import Applications
 from .base import AttnOut, ModelDims
+from .positions import gather_pairs, representatives, tracked_sources
 
 _BIAS: ContextVar[Tensor | None] = ContextVar("tokenreduce_mpnet_position_bias", default=None)
 
 
 def _owner(model: nn.Module) -> nn.Module | None:
     return next((m for m in model.modules() if type(m).__name__ == "MPNetEncoder"), None)
-
-
-def representatives(src: Tensor, n: int) -> Tensor:
-    """(B, n) earliest original position mapped to each of ``n`` slots by the source map ``src`` (B, N0)
-    (-1 = dropped). Slots with no source (padding) get position 0: they are masked as keys."""
-    b, n0 = src.shape
-    pos = torch.arange(n0, device=src.device).expand(b, n0)
-    rep = torch.full((b, n + 1), n0, dtype=torch.long, device=src.device)
-    rep.scatter_reduce_(1, torch.where(src >= 0, src, n), pos, reduce="amin")
-    rep = rep[:, :n]
-    return torch.where(rep < n0, rep, 0)
-
-
-def gather_bias(full: Tensor, rep: Tensor) -> Tensor:
-    """``full[b, h, rep[b, i], rep[b, j]]``: the relative position bias of tokens at positions ``rep``."""
-    idx = rep[:, None, :, None].expand(-1, full.shape[1], -1, full.shape[-1])
-    rows = full.gather(2, idx)  # (B, H, n, N0)
-    return rows.gather(3, rep[:, None, None, :].expand(-1, full.shape[1], rep.shape[1], -1))
 
 
 @contextmanager
@@ -81,19 +61,14 @@ def _loop(
     """``MPNetEncoder.forward`` with one (patched) application per block and positions that follow merges."""
     if output_attentions:
         raise ValueError("tokenreduce: output_attentions is not available on a patched MPNet (no attention matrix)")
-    if torch.compiler.is_compiling():
-        raise RuntimeError("tokenreduce: a patched MPNet cannot be compiled (positions follow the source records)")
     full = apps.owner.compute_position_bias(hidden_states)
     h, states = hidden_states, []
-    outer = runner._RECORD.get()
-    with runner.record_sources() as records:
+    with tracked_sources() as records:
         for app in apps:
             states.append(h)
-            bias = full if not records else gather_bias(full, representatives(records[-1].src, h.shape[1]))
+            bias = full if not records else gather_pairs(full, representatives(records[-1].src, h.shape[1]))
             with position_bias(bias):
                 h = app(h, attention_mask, bias, **kwargs)
-    if outer is not None:
-        outer.extend(records)
     all_states = (*states, h) if output_hidden_states else None
     if not return_dict:
         return tuple(v for v in (h, all_states) if v is not None)
