@@ -12,6 +12,8 @@ from transformers import (
     CLIPModel,
     CLIPVisionConfig,
     CLIPVisionModel,
+    DebertaV2Config,
+    DebertaV2Model,
     DeiTConfig,
     DeiTModel,
     DistilBertConfig,
@@ -91,6 +93,24 @@ def mpnet() -> torch.nn.Module:
     torch.manual_seed(0)
     cfg = MPNetConfig(vocab_size=120, pad_token_id=1, relative_attention_num_buckets=32, **HID)
     return jitter_norms(MPNetModel(cfg, add_pooling_layer=False))
+
+
+def deberta_v2(share_att_key: bool = True, pos_att_type: tuple[str, ...] = ("p2c", "c2p")) -> torch.nn.Module:
+    """A DeBERTa-v3-shaped config: relative attention with log buckets, no absolute positions in the input."""
+    torch.manual_seed(0)
+    cfg = DebertaV2Config(
+        vocab_size=120,
+        relative_attention=True,
+        position_buckets=8,
+        max_relative_positions=-1,
+        max_position_embeddings=64,
+        pos_att_type=list(pos_att_type),
+        share_att_key=share_att_key,
+        norm_rel_ebd="layer_norm",
+        position_biased_input=False,
+        **HID,
+    )
+    return jitter_norms(DebertaV2Model(cfg))
 
 
 def vit(cls=ViTModel, impl: str = "sdpa") -> torch.nn.Module:

@@ -13,12 +13,12 @@ from dataclasses import dataclass
 
 import pytest
 import torch
-from models import albert, distilbert, electra, mpnet, text_batch
+from models import albert, deberta_v2, distilbert, electra, mpnet, text_batch
 from torch import nn
 
 import tokenreduce as tr
 from tokenreduce.bench.flops import measured_flops
-from tokenreduce.encoder.adapters import hf_mpnet
+from tokenreduce.encoder.adapters import hf_deberta_v2, hf_mpnet
 from tokenreduce.encoder.adapters.patching import resolve_family
 from tokenreduce.encoder.adapters.positions import gather_pairs, representatives
 from tokenreduce.encoder.adapters.runner import record_sources
@@ -52,6 +52,12 @@ CASES = {
         lambda: albert(groups=2, inner=2), "hf-albert", lambda app: app.block.ffn, lambda m, x: _projection_macs(m, x)
     ),
     "mpnet": Case(mpnet, "hf-mpnet", lambda app: app.block.intermediate),
+    "deberta-v3": Case(deberta_v2, "hf-deberta-v2", lambda app: app.block.intermediate),
+    "deberta-c2p": Case(
+        lambda: deberta_v2(share_att_key=False, pos_att_type=("c2p",)),
+        "hf-deberta-v2",
+        lambda app: app.block.intermediate,
+    ),
     "electra": Case(electra, "hf-bert", lambda layer: layer.intermediate, lambda m, x: _projection_macs(m, x)),
 }
 REDUCING = [
@@ -108,7 +114,8 @@ def test_split_block_equals_block(name):
     block, args, kwargs = _block_calls(model, layers, 1)
     mask = args[1] if len(args) > 1 else kwargs.get("attention_mask")
     bias = args[2] if name.startswith("mpnet") else None  # MPNet's relative position bias, the block's 3rd input
-    with torch.inference_mode(), hf_mpnet.position_bias(bias):
+    rel = (kwargs.get("relative_pos"), kwargs.get("rel_embeddings"))  # DeBERTa's relative positions
+    with torch.inference_mode(), hf_mpnet.position_bias(bias), hf_deberta_v2.relative_positions(*rel):
         ref = block(*args, **kwargs)
         ref = ref[0] if isinstance(ref, tuple) else ref
         assert torch.equal(fam.mlp(layers[1], fam.attention(layers[1], args[0], mask).x), ref)
@@ -194,9 +201,11 @@ def test_flops_match_flop_counter(name, method, params):
     m = tr.make_method(method, **params) if method else None
     if m:
         tr.patch(model, m)
-    with torch.inference_mode():
+    with torch.no_grad():  # not inference_mode: FlopCounterMode's module tracker fails on DeBERTa's rel_embeddings
         measured = measured_flops(model, **x)
-    analytic = total_macs(encoder_cost(fam.dims(model), x["attention_mask"].sum(1), m, fam.default_protected(model)))
+    relative = fam.relative_cost(model) if hasattr(fam, "relative_cost") else None  # DeBERTa's position terms
+    lengths = x["attention_mask"].sum(1)
+    analytic = total_macs(encoder_cost(fam.dims(model), lengths, m, fam.default_protected(model), relative=relative))
     assert measured == 2 * (analytic + case.outside_macs(model, x))
 
 
@@ -270,3 +279,29 @@ def test_mpnet_reduced_tokens_keep_their_representatives_positions(method, param
                 if slot >= 0:
                     rep[b, slot] = i
         assert torch.equal(bias, _mpnet_bias_at(model, rep)), depth
+
+
+@pytest.mark.parametrize("name", ["deberta-v3", "deberta-c2p"])
+def test_deberta_pruned_tokens_keep_their_positions(name):
+    """After pruning at block 0, every later block equals DeBERTa's own block run on the kept tokens with the
+    encoder's relative-position table gathered at their original positions (one row: the model's own
+    disentangled attention takes one table per batch)."""
+    model, x = CASES[name].build(), text_batch(lengths=(20,))
+    enc = model.encoder
+    tr.patch(model, "random", r=8, layers=[0])
+    apps = tr.patch_info(model).layers
+    seen: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+    for app in apps[1:-1]:  # the last block also restores the original length
+        app.register_forward_hook(lambda m, a, out: seen.__setitem__(m.depth, (a[0], out)))
+    with record_sources() as records:
+        run(model, x)
+    (rec,) = records
+    kept = torch.tensor([i for _, i in sorted((s, i) for i, s in enumerate(rec.src[0].tolist()) if s >= 0)])
+    full = enc.get_rel_pos(enc.layer[0].attention.self.query_proj.weight.new_zeros(1, 20, 1))
+    rel = full[:, kept][:, :, kept]
+    mask = torch.ones(1, 1, len(kept), len(kept), dtype=torch.bool)
+    with torch.inference_mode():
+        for depth, (h, out) in seen.items():
+            ref = enc.layer[depth](h, mask, relative_pos=rel, rel_embeddings=enc.get_rel_embedding())[0]
+            torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-6)
+    assert len(seen) == 2

@@ -35,6 +35,21 @@ class LayerCost:
         return self.attn_proj + self.attn_core + self.mlp + self.reducer
 
 
+@dataclass(frozen=True)
+class RelativePositionCost:
+    """Disentangled relative-position attention (DeBERTa-v2/v3), per layer: ``projections`` projections of the
+    relative embedding table (``positions`` rows, once per layer whatever the batch) and, for each of ``terms``
+    (content-to-position, position-to-content), every query or key times every position embedding."""
+
+    positions: int  # rows of the relative embedding table used (2 x span)
+    projections: int  # position key/query projections computed per layer
+    terms: int  # c2p and/or p2c
+
+    def macs(self, dims: ModelDims, batch: int, n: int) -> int:
+        inner = dims.heads * dims.head_dim
+        return self.projections * self.positions * dims.hidden * inner + batch * self.terms * n * self.positions * inner
+
+
 def layer_widths(
     lengths: Tensor, num_layers: int, method: Method | None = None, protected: int = 1
 ) -> list[tuple[int, int]]:
@@ -66,12 +81,14 @@ def encoder_cost(
     method: Method | None = None,
     protected: int = 1,
     widths: list[tuple[int, int]] | None = None,
+    relative: RelativePositionCost | None = None,
 ) -> list[LayerCost]:
     """Per-layer MACs of one batch (rows of ``lengths`` real tokens) through the blocks.
 
     ``widths`` overrides the schedule's (width entering attention, width entering MLP) per layer
     with measured ones: adaptive methods (ATS) keep a data-dependent number of tokens, and their
-    schedule only bounds it.
+    schedule only bounds it. ``relative`` adds a family's relative-position matmuls to the attention core
+    (``HFDebertaV2.relative_cost(model)``).
     """
     b = int(lengths.shape[0])
     inner = dims.heads * dims.head_dim
@@ -88,7 +105,8 @@ def encoder_cost(
                 n_in=n_in,
                 n_out=n_out,
                 attn_proj=b * (3 * n_in * dims.hidden * inner + n_in * inner * dims.hidden),
-                attn_core=b * 2 * dims.heads * n_in * n_in * dims.head_dim,
+                attn_core=b * 2 * dims.heads * n_in * n_in * dims.head_dim
+                + (relative.macs(dims, b, n_in) if relative else 0),
                 mlp=b * dims.ffn_matrices * n_out * dims.hidden * dims.ffn,
                 reducer=b * method.cost_macs(n_in, dims, protected) if reducing else 0,
             )

@@ -65,6 +65,12 @@ class Applications(nn.ModuleList):
         for depth, block in enumerate(blocks):
             self.append(Application(block, depth, self))
 
+    def __getitem__(self, idx: int | slice) -> nn.Module:
+        """A slice is a plain ModuleList of the same proxies (the loop belongs to the whole stack)."""
+        if isinstance(idx, slice):
+            return nn.ModuleList(list(self._modules.values())[idx])
+        return super().__getitem__(idx)
+
     def changed(self) -> None:
         """Install the loop when the first application is patched, remove it when the last is unpatched."""
         patched = any("forward" in app.__dict__ for app in self)

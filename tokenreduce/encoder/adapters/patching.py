@@ -20,6 +20,7 @@ from ..methods.base import Method
 from .base import Family
 from .hf_albert import HFAlbert
 from .hf_bert import HFBert
+from .hf_deberta_v2 import HFDebertaV2
 from .hf_dinov2 import HFDinov2
 from .hf_distilbert import HFDistilBert
 from .hf_mpnet import HFMPNet
@@ -33,7 +34,7 @@ _ATTR = PATCH_ATTR
 
 def families() -> list[Family]:
     """Supported model families, most specific first (timm only when the extra is installed)."""
-    fams: list[Family] = [HFBert(), HFDistilBert(), HFAlbert(), HFMPNet()]
+    fams: list[Family] = [HFBert(), HFDistilBert(), HFAlbert(), HFMPNet(), HFDebertaV2()]
     fams += [HFViT(), HFCLIPVision(), HFDinov2(), HFSiglipVision()]
     if importlib.util.find_spec("timm") is None:
         return fams
