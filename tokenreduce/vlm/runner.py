@@ -163,12 +163,12 @@ class VLMRunner:
         hidden = args[0] if args else kwargs["hidden_states"]
         if index in self.stages:
             hidden = self._reduce(index, fwd, hidden)
-        self._record(index, fwd, hidden, kwargs)
+        kept = self._record(index, fwd, hidden, kwargs)
         if fwd.kept is not None:
             kwargs["position_embeddings"] = tuple(gather_tokens(t, fwd.kept) for t in kwargs["position_embeddings"])
             pos = kwargs.get("position_ids")
-            if pos is not None:
-                kwargs["position_ids"] = gather_tokens(pos, fwd.kept, pos.ndim - 1)
+            if pos is not None:  # 1-D (B, N) or M-RoPE (3, B, N): each kept token keeps its own
+                kwargs["position_ids"] = kept.kept_positions(pos)
             kwargs["attention_mask"] = gather_mask(kwargs.get("attention_mask"), fwd.kept)
         args = (hidden, *args[1:]) if args else args
         if not args:
@@ -176,17 +176,16 @@ class VLMRunner:
         return args, kwargs
 
     @staticmethod
-    def _record(index: int, fwd: Forward, hidden: Tensor, kwargs: dict) -> None:
-        """Put layer ``index``'s map on the cache before it caches anything: its entries are the tokens
-        kept so far (a press in this forward composes with it)."""
+    def _record(index: int, fwd: Forward, hidden: Tensor, kwargs: dict) -> Provenance:
+        """Layer ``index``'s map: its entries are the tokens kept so far. Put on the cache before the layer
+        caches anything, so a press in this forward composes with it."""
+        prov = Provenance.identity(hidden.shape[0], fwd.n, hidden.device)
+        if fwd.kept is not None:
+            prov = prov.select(fwd.kept)
         cache = _cache(kwargs)
-        if cache is None:
-            return
-        b, device = hidden.shape[0], hidden.device
-        if fwd.kept is None:
-            set_layer_map(cache, index, Provenance.identity(b, fwd.n, device))
-        else:
-            set_layer_map(cache, index, Provenance(fwd.kept, torch.ones_like(fwd.kept, dtype=torch.bool), fwd.n))
+        if cache is not None:
+            set_layer_map(cache, index, prov)
+        return prov
 
     def _decode_mask(self, index: int, args, kwargs):
         """A decode step on a layer whose cache is shorter than the first layer's gets its own mask."""
