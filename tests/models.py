@@ -20,6 +20,8 @@ from transformers import (
     DistilBertModel,
     ElectraConfig,
     ElectraModel,
+    ModernBertConfig,
+    ModernBertModel,
     MPNetConfig,
     MPNetModel,
     RobertaConfig,
@@ -111,6 +113,30 @@ def deberta_v2(share_att_key: bool = True, pos_att_type: tuple[str, ...] = ("p2c
         **HID,
     )
     return jitter_norms(DebertaV2Model(cfg))
+
+
+def modernbert(impl: str = "sdpa") -> torch.nn.Module:
+    """Global attention every 2nd layer, a local window of 2 x 3 tokens: shorter than the test sentences."""
+    torch.manual_seed(0)
+    cfg = ModernBertConfig(
+        vocab_size=120,
+        pad_token_id=0,
+        bos_token_id=1,
+        eos_token_id=2,
+        cls_token_id=1,
+        sep_token_id=2,
+        global_attn_every_n_layers=2,
+        local_attention=6,
+        attn_implementation=impl,
+        **HID,
+    )
+    model = ModernBertModel(cfg)
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():  # its LayerNorms have no bias, which jitter_norms expects
+        for m in model.modules():
+            if isinstance(m, torch.nn.LayerNorm):
+                m.weight.copy_(1 + 0.3 * torch.randn(m.weight.shape, generator=g))
+    return model.eval()
 
 
 def vit(cls=ViTModel, impl: str = "sdpa") -> torch.nn.Module:

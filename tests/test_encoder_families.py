@@ -13,12 +13,12 @@ from dataclasses import dataclass
 
 import pytest
 import torch
-from models import albert, deberta_v2, distilbert, electra, mpnet, text_batch
+from models import albert, deberta_v2, distilbert, electra, modernbert, mpnet, text_batch
 from torch import nn
 
 import tokenreduce as tr
 from tokenreduce.bench.flops import measured_flops
-from tokenreduce.encoder.adapters import hf_deberta_v2, hf_mpnet
+from tokenreduce.encoder.adapters import hf_deberta_v2, hf_modernbert, hf_mpnet
 from tokenreduce.encoder.adapters.patching import resolve_family
 from tokenreduce.encoder.adapters.positions import gather_pairs, representatives
 from tokenreduce.encoder.adapters.runner import record_sources
@@ -58,6 +58,8 @@ CASES = {
         "hf-deberta-v2",
         lambda app: app.block.intermediate,
     ),
+    "modernbert": Case(modernbert, "hf-modernbert", lambda app: app.block.mlp),
+    "modernbert-eager": Case(lambda: modernbert("eager"), "hf-modernbert", lambda app: app.block.mlp),
     "electra": Case(electra, "hf-bert", lambda layer: layer.intermediate, lambda m, x: _projection_macs(m, x)),
 }
 REDUCING = [
@@ -115,7 +117,8 @@ def test_split_block_equals_block(name):
     mask = args[1] if len(args) > 1 else kwargs.get("attention_mask")
     bias = args[2] if name.startswith("mpnet") else None  # MPNet's relative position bias, the block's 3rd input
     rel = (kwargs.get("relative_pos"), kwargs.get("rel_embeddings"))  # DeBERTa's relative positions
-    with torch.inference_mode(), hf_mpnet.position_bias(bias), hf_deberta_v2.relative_positions(*rel):
+    rope = hf_modernbert.rotary(None, kwargs.get("position_embeddings"))  # ModernBERT's rotary tables
+    with torch.inference_mode(), hf_mpnet.position_bias(bias), hf_deberta_v2.relative_positions(*rel), rope:
         ref = block(*args, **kwargs)
         ref = ref[0] if isinstance(ref, tuple) else ref
         assert torch.equal(fam.mlp(layers[1], fam.attention(layers[1], args[0], mask).x), ref)
@@ -288,15 +291,7 @@ def test_deberta_pruned_tokens_keep_their_positions(name):
     disentangled attention takes one table per batch)."""
     model, x = CASES[name].build(), text_batch(lengths=(20,))
     enc = model.encoder
-    tr.patch(model, "random", r=8, layers=[0])
-    apps = tr.patch_info(model).layers
-    seen: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
-    for app in apps[1:-1]:  # the last block also restores the original length
-        app.register_forward_hook(lambda m, a, out: seen.__setitem__(m.depth, (a[0], out)))
-    with record_sources() as records:
-        run(model, x)
-    (rec,) = records
-    kept = torch.tensor([i for _, i in sorted((s, i) for i, s in enumerate(rec.src[0].tolist()) if s >= 0)])
+    kept, seen = _kept_after_first_reduction(model, x, r=8)
     full = enc.get_rel_pos(enc.layer[0].attention.self.query_proj.weight.new_zeros(1, 20, 1))
     rel = full[:, kept][:, :, kept]
     mask = torch.ones(1, 1, len(kept), len(kept), dtype=torch.bool)
@@ -305,3 +300,38 @@ def test_deberta_pruned_tokens_keep_their_positions(name):
             ref = enc.layer[depth](h, mask, relative_pos=rel, rel_embeddings=enc.get_rel_embedding())[0]
             torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-6)
     assert len(seen) == 2
+
+
+def _kept_after_first_reduction(model: nn.Module, x: dict, **params) -> tuple[torch.Tensor, dict]:
+    """Patch with pruning at block 0 only; the original positions of the kept tokens in slot order, and
+    (input, output) of the applications after block 0 but before the last (which restores the length)."""
+    tr.patch(model, "random", layers=[0], **params)
+    seen: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+    for app in tr.patch_info(model).layers[1:-1]:
+        app.register_forward_hook(lambda m, a, out: seen.__setitem__(m.depth, (a[0], out)))
+    with record_sources() as records:
+        run(model, x)
+    (rec,) = records
+    kept = torch.tensor([i for _, i in sorted((s, i) for i, s in enumerate(rec.src[0].tolist()) if s >= 0)])
+    return kept, seen
+
+
+@pytest.mark.parametrize("impl", ["sdpa", "eager"])
+def test_modernbert_pruned_tokens_keep_rotary_positions_and_windows(impl):
+    """After pruning at block 0, later blocks (global and local) equal ModernBERT's own blocks run on the kept
+    tokens with rotary tables at their original positions and the local window measured between them."""
+    model, x = modernbert(impl), text_batch(lengths=(20,))
+    kept, seen = _kept_after_first_reduction(model, x, r=8)
+    assert sorted(seen) == [1, 2] and len(kept) == 12
+    window = (kept[:, None] - kept[None, :]).abs() <= model.config.sliding_window
+    assert not window.all()  # the window really cuts some kept pairs
+    with torch.inference_mode():
+        for depth, (h, out) in seen.items():
+            layer = model.layers[depth]
+            rope = model.rotary_emb(h, kept[None], layer.attention_type)
+            local = layer.attention_type == "sliding_attention"
+            mask = window[None, None] if local else None
+            if mask is not None and impl == "eager":
+                mask = torch.zeros(mask.shape).masked_fill(~mask, torch.finfo(torch.float32).min)
+            ref = layer(h, attention_mask=mask, position_embeddings=rope)
+            torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)

@@ -23,6 +23,7 @@ from .hf_bert import HFBert
 from .hf_deberta_v2 import HFDebertaV2
 from .hf_dinov2 import HFDinov2
 from .hf_distilbert import HFDistilBert
+from .hf_modernbert import HFModernBert
 from .hf_mpnet import HFMPNet
 from .hf_siglip import HFSiglipVision
 from .hf_vit import HFCLIPVision, HFViT
@@ -34,7 +35,7 @@ _ATTR = PATCH_ATTR
 
 def families() -> list[Family]:
     """Supported model families, most specific first (timm only when the extra is installed)."""
-    fams: list[Family] = [HFBert(), HFDistilBert(), HFAlbert(), HFMPNet(), HFDebertaV2()]
+    fams: list[Family] = [HFBert(), HFDistilBert(), HFAlbert(), HFMPNet(), HFDebertaV2(), HFModernBert()]
     fams += [HFViT(), HFCLIPVision(), HFDinov2(), HFSiglipVision()]
     if importlib.util.find_spec("timm") is None:
         return fams
