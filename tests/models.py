@@ -97,7 +97,7 @@ def mpnet() -> torch.nn.Module:
     return jitter_norms(MPNetModel(cfg, add_pooling_layer=False))
 
 
-def deberta_v2(share_att_key: bool = True, pos_att_type: tuple[str, ...] = ("p2c", "c2p")) -> torch.nn.Module:
+def deberta_v2(share_att_key: bool = True, pos_att_type: tuple[str, ...] = ("p2c", "c2p"), **extra) -> torch.nn.Module:
     """A DeBERTa-v3-shaped config: relative attention with log buckets, no absolute positions in the input."""
     torch.manual_seed(0)
     cfg = DebertaV2Config(
@@ -111,6 +111,7 @@ def deberta_v2(share_att_key: bool = True, pos_att_type: tuple[str, ...] = ("p2c
         norm_rel_ebd="layer_norm",
         position_biased_input=False,
         **HID,
+        **extra,
     )
     return jitter_norms(DebertaV2Model(cfg))
 

@@ -335,3 +335,24 @@ def test_modernbert_pruned_tokens_keep_rotary_positions_and_windows(impl):
                 mask = torch.zeros(mask.shape).masked_fill(~mask, torch.finfo(torch.float32).min)
             ref = layer(h, attention_mask=mask, position_embeddings=rope)
             torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
+
+
+def test_refusals_name_the_reason():
+    """DeBERTa-v2 xlarge's convolution over neighbours and ModernBERT under FlashAttention are refused before
+    anything changes."""
+    conv = deberta_v2(conv_kernel_size=3)
+    with pytest.raises(TypeError, match="convolution over neighbouring sequence positions"):
+        tr.patch(conv, "tome", r=1)
+    flash = modernbert()
+    flash.config._attn_implementation = "flash_attention_2"
+    with pytest.raises(TypeError, match="FlashAttention does not take"):
+        tr.patch(flash, "tome", r=1)
+    for model in (conv, flash):
+        assert tr.patch_info(model) is None and all("forward" not in m.__dict__ for m in model.modules())
+
+
+def test_mpnet_output_attentions_is_refused_while_patched():
+    model, x = mpnet(), text_batch()
+    with tr.patched(model, "tome", r=2), pytest.raises(ValueError, match="output_attentions"):
+        model(**x, output_attentions=True)
+    assert "forward" not in model.encoder.__dict__
