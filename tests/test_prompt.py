@@ -50,12 +50,21 @@ def test_no_reduction_reproduces_input(first, extractive):
 
 
 @pytest.mark.parametrize("rate", [0.9, 0.6, 0.35, 0.1])
-def test_rate_adherence_and_subsequence(extractive, bert_counter, rate):
-    r = extractive(TEXT, "how much money was approved?", rate=rate)
+@pytest.mark.parametrize("granularity", ["token", "sentence"])
+def test_rate_adherence_and_subsequence(extractive, bert_counter, rate, granularity):
+    from test_prompt_sentences import partly_kept_sentences, sentences_that_still_fit
+
+    if granularity == "token":  # the old default: word-level fill, protected spans not bound to their sentence
+        extractive = PromptCompressor(extractive.scorer, tokenizer=bert_counter, bind_protected=False)
+    prep = extractive.prepare(TEXT, "how much money was approved?")
+    r = extractive.fit(prep, rate=rate, granularity=granularity)
     assert r.compressed_tokens == bert_counter.count(r.text)  # re-tokenized, not summed
     assert r.compressed_tokens <= r.target_tokens
-    if r.compressed_tokens < r.target_tokens - max(2, 0.01 * r.target_tokens):
-        # only allowed when no dropped piece (e.g. an atomic JSON block) would still fit
+    if granularity == "sentence":  # the default: whole sentences, at most one sentence under the target
+        assert partly_kept_sentences(r) == [] and sentences_that_still_fit(r, bert_counter.count) == []
+    elif r.compressed_tokens < r.target_tokens - max(2, 0.01 * r.target_tokens):
+        # the token option (the old default): within 2 tokens / 1 % of the target, only allowed to fall short
+        # when no dropped piece (e.g. an atomic JSON block) would still fit
         for i in np.flatnonzero(~r.keep):
             k = r.keep.copy()
             k[i] = True

@@ -1,6 +1,6 @@
 """Prompt compression for LLM applications: budget-exact, structure-preserving, question-aware."""
 
-from .compress import DEFAULT_PROTECT, PromptCompressor, compress_prompt, target_budget
+from .compress import DEFAULT_PROTECT, PromptCompressor, SentenceCutWarning, compress_prompt, target_budget
 from .counting import DEFAULT_TOKENIZER, TokenCounter, resolve_counter
 from .methods import ModelFreeMethod, Plan, PromptMethod, Scorer, make_prompt_method, prompt_methods, register
 from .result import CompressionResult
@@ -15,6 +15,7 @@ __all__ = [
     "PromptCompressor",
     "PromptMethod",
     "Scorer",
+    "SentenceCutWarning",
     "TiktokenUnavailable",
     "TokenCounter",
     "compress_prompt",

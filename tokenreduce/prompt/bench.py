@@ -22,9 +22,10 @@ def retention(
     rates: Sequence[float],
     on_example: Callable[[], None] | None = None,
 ) -> dict[float, dict[str, float]]:
-    """``{rate: {"answer": share, "support": share, "gold_docs": share, "ratio": mean achieved ratio, ...}}``."""
+    """``{rate: {"answer": share, "support": share, "gold_docs": share, "ratio": mean achieved ratio, "whole": mean
+    share of the sentences with anything kept that are kept entirely, ...}}``."""
     acc: dict[float, dict[str, list[float]]] = {
-        r: {"answer": [], "support": [], "gold_docs": [], "ratio": []} for r in rates
+        r: {"answer": [], "support": [], "gold_docs": [], "ratio": [], "whole": []} for r in rates
     }
     for ex in examples:
         full = "\n\n".join(ex.documents)
@@ -34,6 +35,8 @@ def retention(
             res = compressor.fit(prep, rate=r)
             a = acc[r]
             a["ratio"].append(res.ratio)
+            kept, whole = res.kept_sentences()
+            a["whole"].append(whole / max(kept, 1))
             if answerable:
                 a["answer"].append(float(any(contains(res.text, ans) for ans in ex.answers)))
             if ex.support:

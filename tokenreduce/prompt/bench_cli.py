@@ -13,7 +13,7 @@ import time
 
 from ..bench.report import format_table, machine_info, write_results
 from ..cli_errors import user_error
-from .bench_setup import VARIANTS, check_variants, make_compressor, require_data
+from .bench_setup import VARIANTS, check_variants, make_compressor, require_data, split_variant
 from .methods import make_prompt_method
 
 
@@ -63,11 +63,11 @@ def _compressors(names: list[str], tokenizer: str, data_dir: str | None):
     check_variants(names)
     out, memo = {}, None
     for n in names:
-        method, params = VARIANTS[n]
+        method, params, options = split_variant(n)
         cfg = make_prompt_method(method, **params)
         if isinstance(cfg, Extractive):
             memo = memo or MemoEncoder(load_text_encoder(cfg.model, max_length=cfg.max_length))
-            out[n] = make_compressor(cfg.load(memo), tokenizer, data_dir)
+            out[n] = make_compressor(cfg.load(memo), tokenizer, data_dir, **options)
         else:
             out[n] = make_compressor(n, tokenizer, data_dir)
     return out, memo
@@ -119,7 +119,7 @@ def _retention(a) -> dict:
             print(f"[done] {spec} {name}", file=sys.stderr, flush=True)
         if memo is not None:
             memo.clear()
-    cols = ["data", "method", "x", "answer", "support", "gold_docs", "ratio", "n_answerable"]
+    cols = ["data", "method", "x", "answer", "support", "gold_docs", "ratio", "whole", "n_answerable"]
     print(format_table(rows, cols))
     return {"rows": rows}
 

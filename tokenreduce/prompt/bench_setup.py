@@ -21,6 +21,7 @@ VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
     "first": ("first", {}),
     "random": ("random", {}),
     "extractive": ("extractive", {}),
+    "extractive-token": ("extractive", {}),
     "extractive-emb": ("extractive", {"w_bm25": 0.0}),
     # ablations: each drops one part of the default; "-links" is the previous default (links, no chains)
     "extractive-nolink": ("extractive", {"w_link": 0.0, "chain_link": 0.0, "chain_named": 0.0}),
@@ -38,6 +39,13 @@ VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
     ),
     "perplexity": ("perplexity", {}),
     "longllmlingua": ("longllmlingua", {}),
+}
+
+
+# compressor options of a variant (not method parameters); default: the compressor's defaults
+VARIANT_OPTIONS: dict[str, dict[str, Any]] = {
+    # the previous default: word-level fill (the last sentence reached cut at a word), protected spans not bound
+    "extractive-token": {"granularity": "token", "bind_protected": False},
 }
 
 
@@ -67,10 +75,18 @@ def tiktoken_dir(data_dir: str | Path | None) -> Path | None:
     return data / TIKTOKEN_RELPATH if data is not None else None
 
 
-def make_compressor(variant: str | Scorer, tokenizer: Any, data_dir: str | Path | None) -> PromptCompressor:
-    """The compressor of a command-line variant (or of an already loaded scorer), its tiktoken files taken
-    from the data folder."""
-    if isinstance(variant, Scorer):
-        return PromptCompressor(variant, tokenizer=tokenizer, tiktoken_dir=tiktoken_dir(data_dir))
+def split_variant(variant: str) -> tuple[str, dict[str, Any], dict[str, Any]]:
+    """A variant's method name, its method parameters and its compressor options (:data:`VARIANT_OPTIONS`)."""
     method, params = VARIANTS[variant]
-    return PromptCompressor(method, tokenizer=tokenizer, tiktoken_dir=tiktoken_dir(data_dir), **params)
+    return method, params, VARIANT_OPTIONS.get(variant, {})
+
+
+def make_compressor(
+    variant: str | Scorer, tokenizer: Any, data_dir: str | Path | None, **options: Any
+) -> PromptCompressor:
+    """The compressor of a command-line variant (or of an already loaded scorer with compressor ``options``),
+    its tiktoken files taken from the data folder."""
+    if isinstance(variant, Scorer):
+        return PromptCompressor(variant, tokenizer=tokenizer, tiktoken_dir=tiktoken_dir(data_dir), **options)
+    method, params, options = split_variant(variant)
+    return PromptCompressor(method, tokenizer=tokenizer, tiktoken_dir=tiktoken_dir(data_dir), **options, **params)

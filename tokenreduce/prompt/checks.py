@@ -88,6 +88,29 @@ def check_rate(rate: Any) -> float:
     return float(rate)
 
 
+GRANULARITIES = ("sentence", "token")
+
+
+def check_granularity(granularity: Any) -> str | None:
+    """``granularity``: None (the method's own) or one of :data:`GRANULARITIES`."""
+    if granularity is None:
+        return None
+    if not isinstance(granularity, str):
+        raise ArgTypeError(f"granularity must be 'sentence', 'token' or None, got {_type(granularity)}")
+    if granularity not in GRANULARITIES:
+        raise ValueError(
+            f"granularity must be 'sentence' (whole sentences) or 'token' (word-level trimming), got {granularity!r}"
+        )
+    return granularity
+
+
+def check_bind_protected(bind_protected: Any) -> bool:
+    """``bind_protected``: a bool."""
+    if not isinstance(bind_protected, (bool, np.bool_)):
+        raise ArgTypeError(f"bind_protected must be True or False, got {_type(bind_protected)}")
+    return bool(bind_protected)
+
+
 def check_target_tokens(target_tokens: Any) -> int:
     """``target_tokens`` as an int >= 1."""
     if not is_int(target_tokens):

@@ -48,6 +48,12 @@ def parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--force", type=_kinds, default=[], help="structure kinds always kept")
     p.add_argument("--keep", action="append", default=[], help="literal text that must be kept (repeatable)")
+    p.add_argument(
+        "--granularity",
+        choices=["sentence", "token"],
+        default=None,
+        help="sentence: keep whole sentences; token: trim at word level (default: the method's own)",
+    )
     p.add_argument("--documents", action="store_true", help="treat blank-line separated blocks as documents")
     p.add_argument("--html", default=None, help="write a page highlighting what was kept")
     p.add_argument("--json", action="store_true", help="print stats as JSON")
@@ -73,6 +79,7 @@ def main(argv: list[str] | None = None) -> int:
             force=a.force,
             keep=a.keep,
             tiktoken_dir=tiktoken_dir(a.data_dir),
+            granularity=a.granularity,
             **params,
         )
     except (ValueError, TypeError, FileNotFoundError, UnicodeDecodeError) as e:
@@ -84,8 +91,10 @@ def main(argv: list[str] | None = None) -> int:
     else:
         print(
             f"\n[{stats['method']}] {stats['original_tokens']} -> {stats['compressed_tokens']} tokens "
-            f"(target {stats['target_tokens']}, {stats['ratio']}x, tokenizer {stats['tokenizer']})"
-            + (" OVER BUDGET: forced spans alone exceed the target" if res.over_budget else ""),
+            f"(target {stats['target_tokens']}, {stats['granularity']} granularity, "
+            f"target {stats['target_ratio']}x, achieved {stats['ratio']}x, tokenizer {stats['tokenizer']})"
+            + (" OVER BUDGET: forced spans alone exceed the target" if res.over_budget else "")
+            + (" (no whole sentence fitted: the best one was trimmed)" if res.sentence_cut else ""),
             file=sys.stderr,
         )
     if a.html:

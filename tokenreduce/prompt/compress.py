@@ -11,11 +11,13 @@ from typing import Any
 
 import numpy as np
 
-from .budget import Fit, fit_budget, fit_inside
+from .budget import Fit, fit_budget, fit_inside, fit_sentences
 from .checks import (
+    check_bind_protected,
     check_budget,
     check_context,
     check_documents,
+    check_granularity,
     check_keep,
     check_kinds_arg,
     check_question,
@@ -30,6 +32,10 @@ from .segment import Segmentation, segment
 
 DEFAULT_PROTECT = ("json", "code", "url", "number", "speaker")
 DOC_SEPARATOR = "\n\n"
+
+
+class SentenceCutWarning(UserWarning):
+    """Whole sentences were asked for, but not one fits the budget: the best sentence was trimmed instead."""
 
 
 def target_budget(original_tokens: int, rate: float | None, target_tokens: int | None) -> int:
@@ -95,7 +101,13 @@ class PromptCompressor:
     """A method with its models loaded and a target tokenizer; call it like :func:`compress_prompt`.
 
     ``tiktoken_dir``: a folder holding ``<name>.tiktoken`` rank files, searched first for a tiktoken
-    budget tokenizer (the default one included)."""
+    budget tokenizer (the default one included). ``granularity``: ``"sentence"`` fills the budget with whole
+    sentences (landing at most one sentence under it), ``"token"`` piece by piece (the last sentence reached may
+    be cut at a word); None: the method's own (``sentence`` for the sentence rankers ``extractive``, ``first``,
+    ``random``; ``token`` for the word droppers ``perplexity``, ``longllmlingua``, ``llmlingua2``).
+    ``bind_protected`` (token granularity): a sentence with anything kept keeps all its protected spans (a
+    number, ID or URL is never dropped from a kept sentence); False: the word-level fill of earlier versions,
+    which may drop them but lands within a token or two of the target on number-dense text."""
 
     def __init__(
         self,
@@ -103,9 +115,13 @@ class PromptCompressor:
         tokenizer: Any = None,
         *,
         tiktoken_dir: str | Path | None = None,
+        granularity: str | None = None,
+        bind_protected: bool = True,
         **params: Any,
     ) -> None:
         check_method(method)
+        granularity = check_granularity(granularity)
+        self.bind_protected = check_bind_protected(bind_protected)
         if params and not isinstance(method, str):
             raise ValueError("method parameters go with a method name, not with a method object")
         cfg = make_prompt_method(method, **params) if isinstance(method, str) else method
@@ -113,6 +129,7 @@ class PromptCompressor:
         counter = resolve_counter(tokenizer, tiktoken_dir=tiktoken_dir) if tokenizer is not None else None
         self.scorer: Scorer = cfg.load() if isinstance(cfg, PromptMethod) else cfg
         self.counter: TokenCounter = counter or resolve_counter(None, self.scorer.own_tokenizer, tiktoken_dir)
+        self.granularity: str = granularity or getattr(self.scorer, "granularity", "sentence")
 
     def __call__(
         self,
@@ -154,32 +171,72 @@ class PromptCompressor:
         plan = self.scorer.plan(seg, question) if len(seg) else None
         return Prepared(seg, forced, requires, plan, self.counter.count(text))
 
-    def fit(self, prep: Prepared, *, rate: float | None = None, target_tokens: int | None = None) -> CompressionResult:
+    def fit(
+        self,
+        prep: Prepared,
+        *,
+        rate: float | None = None,
+        target_tokens: int | None = None,
+        granularity: str | None = None,
+    ) -> CompressionResult:
+        """Apply one budget to a prepared context (``granularity``: as in the constructor; None: the compressor's)."""
+        gran = check_granularity(granularity) or self.granularity
         seg, text = prep.seg, prep.seg.text
         target = target_budget(prep.original_tokens, rate, target_tokens)
         if target >= prep.original_tokens or prep.plan is None:
             keep_all = np.ones(len(seg), dtype=bool)
-            return self._result(seg, keep_all, text, prep.original_tokens, prep.original_tokens, target, False, False)
+            orig = prep.original_tokens
+            return self._result(seg, keep_all, text, orig, orig, target, False, False, granularity=gran)
         plan = prep.plan
         priority = plan.priority
         if prep.requires is not None:  # speaker labels enter only with their turn, never alone
             labels = np.zeros(len(seg), dtype=bool)
             labels[prep.requires[prep.requires >= 0]] = True
             priority = priority[~labels[priority]]
-        fit = fit_budget(seg, priority, target, self.counter.count, prep.forced, prep.requires, plan.order)
-        order, cut = plan.order, False
+        fit = self._fit(prep, priority, target, gran)
+        order, cut, sentence_cut = plan.order, False, fit.sentence_cut
         if not fit.keep.any():  # no whole piece fits: cut the best one rather than return nothing
             seg, fit, cut = self._fit_inside(seg, priority if len(priority) else plan.priority, target)
-            order = None
+            order, sentence_cut = None, True
         elif fit.over_budget:
             warnings.warn(
                 f"forced/protected spans alone need {fit.tokens} tokens > target {target}; returning only them",
                 stacklevel=3,
             )
+        elif sentence_cut and gran == "sentence":
+            warnings.warn(
+                f"no whole sentence fits in {target} tokens; returning the best sentence trimmed at word level "
+                "(result.sentence_cut)",
+                SentenceCutWarning,
+                stacklevel=3,
+            )
         out = seg.join(fit.keep, order)
         reordered = order is not None
         return self._result(
-            seg, fit.keep, out, prep.original_tokens, fit.tokens, target, fit.over_budget, reordered, cut
+            seg,
+            fit.keep,
+            out,
+            prep.original_tokens,
+            fit.tokens,
+            target,
+            fit.over_budget,
+            reordered,
+            cut,
+            granularity=gran,
+            sentence_cut=sentence_cut,
+        )
+
+    def _fit(self, prep: Prepared, priority: np.ndarray, target: int, granularity: str) -> Fit:
+        """The budget controller of ``granularity``: whole sentences, or piece by piece."""
+        seg, plan = prep.seg, prep.plan
+        assert plan is not None
+        if granularity == "sentence":
+            return fit_sentences(
+                seg, priority, target, self.counter.count, prep.forced, prep.requires, plan.order, plan.headings
+            )
+        bound = seg.atomic if self.bind_protected else None
+        return fit_budget(
+            seg, priority, target, self.counter.count, prep.forced, prep.requires, plan.order, bound=bound
         )
 
     def _fit_inside(self, seg: Segmentation, priority: np.ndarray, target: int) -> tuple[Segmentation, Fit, bool]:
@@ -203,7 +260,9 @@ class PromptCompressor:
             )
         return cut_seg, fit, cut
 
-    def _result(self, seg, keep, out, orig, comp, target, over, reordered, cut=False) -> CompressionResult:
+    def _result(
+        self, seg, keep, out, orig, comp, target, over, reordered, cut=False, *, granularity, sentence_cut=False
+    ) -> CompressionResult:
         return CompressionResult(
             text=out,
             original=seg.text,
@@ -217,6 +276,9 @@ class PromptCompressor:
             over_budget=over,
             reordered=reordered,
             protected_cut=cut,
+            granularity=granularity,
+            sentence_cut=sentence_cut,
+            sentences=seg.sent,
         )
 
 
@@ -232,6 +294,8 @@ def compress_prompt(
     force: Sequence[str] = (),
     keep: Iterable[str | re.Pattern | tuple[int, int]] | None = None,
     tiktoken_dir: str | Path | None = None,
+    granularity: str | None = None,
+    bind_protected: bool = True,
     **params: Any,
 ) -> CompressionResult:
     """Compress ``context`` (a string, or a list of documents joined by blank lines) to ``rate`` of its
@@ -241,6 +305,11 @@ def compress_prompt(
 
     The output is an order-preserving subsequence of the input (unless a method reorders); ``protect``
     kinds are never cut (kept whole or dropped whole), ``force`` kinds and ``keep`` spans are always kept.
+    ``granularity="sentence"`` (the default of the sentence-ranking methods) keeps whole sentences only, at
+    most one sentence under the budget; when not one sentence fits, the best one is trimmed at word level
+    (:class:`SentenceCutWarning`, ``result.sentence_cut``). ``granularity="token"`` trims at word level (the
+    default of the word-dropping LM methods); it never drops a protected span from a sentence with anything
+    kept (``bind_protected=False``: the word-level fill of earlier versions).
     Loads the method's models on each call; use :class:`PromptCompressor` to reuse them.
 
     The output is never empty for a non-empty input: when no whole piece fits the budget (a text that is one
@@ -252,6 +321,10 @@ def compress_prompt(
     """
     check_budget(rate, target_tokens)
     check_method(method)
+    check_granularity(granularity)
+    check_bind_protected(bind_protected)
     context = _check_inputs(context, question, protect, force, keep)
-    comp = PromptCompressor(method, tokenizer, tiktoken_dir=tiktoken_dir, **params)
+    comp = PromptCompressor(
+        method, tokenizer, tiktoken_dir=tiktoken_dir, granularity=granularity, bind_protected=bind_protected, **params
+    )
     return comp(context, question, rate=rate, target_tokens=target_tokens, protect=protect, force=force, keep=keep)

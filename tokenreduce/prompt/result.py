@@ -26,6 +26,11 @@ class CompressionResult:
     over_budget: bool = False
     reordered: bool = False
     protected_cut: bool = False  # a protected block alone exceeded the budget, nothing else fitted: its prefix kept
+    granularity: str = "sentence"  # "sentence": kept sentences are whole; "token": trimmed piece by piece
+    # nothing fitted under the granularity's rules (a whole sentence; at token level, words with their sentence's
+    # protected spans): the best sentence was trimmed instead, so it is not whole or lost a protected span
+    sentence_cut: bool = False
+    sentences: np.ndarray | None = None  # (P,) sentence id of each piece (non-decreasing)
 
     @property
     def ratio(self) -> float:
@@ -56,13 +61,31 @@ class CompressionResult:
             m[s:e] = True
         return m
 
+    def kept_sentences(self) -> tuple[int, int]:
+        """(sentences with anything kept, of those the ones kept entirely)."""
+        if self.sentences is None or not len(self.keep):
+            return 0, 0
+        n = int(self.sentences[-1]) + 1
+        kept = np.bincount(self.sentences, weights=self.keep, minlength=n)
+        total = np.bincount(self.sentences, minlength=n)
+        return int((kept > 0).sum()), int(((kept > 0) & (kept == total)).sum())
+
     def stats(self) -> dict[str, object]:
+        """What was done and what was achieved: ``ratio``/``rate`` are measured on the output (with whole
+        sentences they land up to one sentence short of ``target_ratio``), ``granularity`` says whether kept
+        sentences are whole, ``sentence_cut`` whether the one exception (no sentence fitted) happened."""
         return {
             "method": self.method,
             "tokenizer": self.tokenizer,
+            "granularity": self.granularity,
             "original_tokens": self.original_tokens,
             "target_tokens": self.target_tokens,
             "compressed_tokens": self.compressed_tokens,
             "ratio": round(self.ratio, 3),
+            "target_ratio": round(self.original_tokens / max(self.target_tokens, 1), 3),
+            "rate": round(self.rate, 4),
             "over_budget": self.over_budget,
+            "sentence_cut": self.sentence_cut,
+            "sentences_kept": self.kept_sentences()[0],
+            "sentences_whole": self.kept_sentences()[1],
         }

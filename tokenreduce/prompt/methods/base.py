@@ -26,14 +26,20 @@ from ..segment import Segmentation
 class Plan:
     priority: np.ndarray  # piece indices, most important first
     order: np.ndarray | None = None  # output order of pieces (None: original order)
+    # (P,) bool: a document's heading line; with whole sentences it is kept exactly when something else of its
+    # document is (never alone). Token granularity ignores it (the heading ranks in ``priority``).
+    headings: np.ndarray | None = None
 
 
 class Scorer:
     """A loaded method: plans one segmented context. ``own_tokenizer`` is the method's own tokenizer,
-    which counts the budget when no other tokenizer is given or available (None: there is none)."""
+    which counts the budget when no other tokenizer is given or available (None: there is none).
+    ``granularity``: how the budget is filled unless the caller says otherwise: ``"sentence"`` (whole
+    sentences, in the order of their best piece) or ``"token"`` (piece by piece, for methods that rank words)."""
 
     name: str = ""
     own_tokenizer: Any = None
+    granularity: str = "sentence"
 
     def plan(self, seg: Segmentation, question: str | None) -> Plan:  # pragma: no cover - abstract
         """Pieces of ``seg`` by priority (and optionally an output order), given the question if any."""

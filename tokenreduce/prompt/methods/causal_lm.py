@@ -51,7 +51,10 @@ class CausalLMMethod(PromptMethod):
 
 
 class CausalLMScorer(Scorer):
-    """A causal-LM method with its LM loaded: word surprisal, and the question's likelihood per document."""
+    """A causal-LM method with its LM loaded: word surprisal, and the question's likelihood per document.
+    It drops words (its point), so it fills the budget at token granularity unless told otherwise."""
+
+    granularity = "token"
 
     def __init__(self, cfg: CausalLMMethod, model: Any, tokenizer: Any) -> None:
         self.cfg, self.model, self.own_tokenizer, self.name = cfg, model, tokenizer, cfg.name

@@ -6,10 +6,10 @@ and lexical BM25 over the context's own sentences (Robertson & Zaragoza 2009). F
 multi-hop evidence is added: title links (:mod:`.linking`), the best two-document chain each document
 belongs to (:mod:`.chains`), the question's expected answer type (:mod:`.qtype`), and diminishing
 returns for further sentences of one document; a document's title line is kept with its first kept
-sentence. The best sentences are kept under an exact global budget (the last one may be cut at word
-level to hit it), in original order unless ``reorder=True``. Without a question, sentences are scored by
-closeness to the context's centroid. Weights ``w_*`` = 0 turn a component off (``w_bm25=0`` is the
-embedding-only variant).
+sentence. The best sentences are kept whole under an exact global budget (``granularity="token"`` of the
+compressor: the last one may be cut at word level to hit it), in original order unless ``reorder=True``.
+Without a question, sentences are scored by closeness to the context's centroid. Weights ``w_*`` = 0
+turn a component off (``w_bm25=0`` is the embedding-only variant).
 """
 
 from __future__ import annotations
@@ -85,6 +85,12 @@ def titles_first(scores: np.ndarray, seg: Segmentation) -> np.ndarray:
     ok = heads >= 0
     out[heads[ok]] = best[ok]
     return out
+
+
+def heading_pieces(seg: Segmentation) -> np.ndarray:
+    """(P,) bool: the pieces of each document's heading line (:func:`.linking.heading_sentences`)."""
+    heads = heading_sentences(seg.sentence_texts(), sentence_docs(seg))
+    return np.isin(seg.sent, heads[heads >= 0])
 
 
 class ExtractiveScorer(Scorer):
@@ -164,4 +170,5 @@ class ExtractiveScorer(Scorer):
         if self.cfg.keep_titles:
             scores = titles_first(scores, seg)
         priority = sentence_priority(seg, scores)
-        return Plan(priority, priority if self.cfg.reorder else None)
+        headings = heading_pieces(seg) if self.cfg.keep_titles else None
+        return Plan(priority, priority if self.cfg.reorder else None, headings)

@@ -106,7 +106,9 @@ class LLMLingua2(PromptMethod):
 
 
 class Lingua2Scorer(Scorer):
-    """:class:`LLMLingua2` with its token classifier loaded."""
+    """:class:`LLMLingua2` with its token classifier loaded; it classifies words, so token granularity."""
+
+    granularity = "token"
 
     def __init__(self, cfg: LLMLingua2, model, tokenizer) -> None:
         self.cfg, self.model, self.own_tokenizer, self.name = cfg, model, tokenizer, cfg.name
