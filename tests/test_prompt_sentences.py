@@ -24,26 +24,21 @@ RANDOM_TOKEN = PromptCompressor("random", tokenizer=COUNTER, seed=3, granularity
 
 
 def _label_pieces(r: CompressionResult) -> np.ndarray:
-    """Indices of the pieces that start a speaker label (kept with their turn, possibly outside its sentence)."""
+    """Indices of the pieces that start a speaker label (kept with their turn, and with their own sentence)."""
     labels = find_protected(r.original, ["speaker"])["speaker"]
     return np.unique(np.searchsorted(r.offsets[:, 0], [s for s, _ in labels], side="right") - 1)
 
 
 def partly_kept_sentences(r: CompressionResult) -> list[int]:
-    """Sentences with some but not all of their pieces kept (speaker labels left out of the comparison)."""
-    body = np.ones(len(r.keep), dtype=bool)
-    body[_label_pieces(r)] = False
-    out = []
-    for s in np.unique(r.sentences[body]):
-        k = r.keep[(r.sentences == s) & body]
-        if k.any() and not k.all():
-            out.append(int(s))
-    return out
+    """Sentences with some but not all of their pieces kept."""
+    kept, total = (np.bincount(r.sentences, weights=w) for w in (r.keep, None))
+    return np.flatnonzero((kept > 0) & (kept < total)).tolist()
 
 
 def sentences_that_still_fit(r: CompressionResult, count) -> list[int]:
-    """Dropped sentences that, added (with the speaker label of their turn), would still fit the target although
-    what they add, counted alone, is within the gap: the "at most one sentence under" rule says there are none."""
+    """Dropped sentences that, added (with the sentence of their turn's speaker label), would still fit the target
+    although what they add, counted alone, is within the gap: the "at most one sentence under" rule says there
+    are none."""
     labels = _label_pieces(r)
     gap = r.target_tokens - r.compressed_tokens
     out = []
@@ -52,7 +47,7 @@ def sentences_that_still_fit(r: CompressionResult, count) -> list[int]:
         first = int(np.flatnonzero(r.sentences == s)[0])
         owner = labels[labels <= first]
         if len(owner):
-            add[owner[-1]] |= not r.keep[owner[-1]]
+            add |= (r.sentences == r.sentences[owner[-1]]) & ~r.keep
         text = "".join(r.original[a:b] for (a, b), k in zip(r.offsets.tolist(), r.keep | add) if k)
         alone = "".join(r.original[a:b] for (a, b), k in zip(r.offsets.tolist(), add) if k)
         if count(text) <= r.target_tokens and count(alone) <= gap:
@@ -67,7 +62,8 @@ _protected = st.sampled_from(["1889", "ID-4f2a-99", "https://a.b/c?d=1", "3.14",
 _sentence = st.lists(st.one_of(_words, _words, _words, _protected), min_size=1, max_size=18).map(
     lambda ws: " ".join(ws).capitalize() + "."
 )
-_doc = st.lists(_sentence, min_size=1, max_size=6).map(" ".join)
+_joiner = st.sampled_from([" ", " ", " ", "\nBob: ", "\nAlice: "])  # speaker turns too
+_doc = st.lists(st.tuples(_joiner, _sentence), min_size=1, max_size=6).map(lambda ps: "".join(j + s for j, s in ps))
 _texts = st.lists(_doc, min_size=1, max_size=4).map("\n\n".join)
 
 

@@ -147,8 +147,10 @@ def fit_sentences(
     fits, in priority order, so each unit left out would not fit (at most one sentence under the target).
 
     ``headings``: (P,) bool, a document's heading line, never kept alone: it is kept exactly when something
-    else of its document is. When no whole sentence fits at all, the best one is trimmed at token level
-    (:func:`fit_budget` over its pieces) and the fit says ``sentence_cut``.
+    else of its document is. A speaker label that a kept sentence needs (``requires``) brings its own sentence
+    whole ("Alice: Yes." for a kept "The weather is fine." later in Alice's turn). When no whole sentence fits
+    at all, the best one is trimmed at token level (:func:`fit_budget` over its pieces) and the fit says
+    ``sentence_cut``.
     """
     base = np.zeros(len(seg), dtype=bool) if forced is None else forced.astype(bool).copy()
     priority = np.asarray(priority, dtype=np.int64)
@@ -156,8 +158,14 @@ def fit_sentences(
         priority = priority[~headings[priority]]
     units = sentence_units(seg, priority[~base[priority]])
 
-    def close(m: np.ndarray) -> np.ndarray:
-        return _bind(_closure(m, requires), headings, seg.doc, by_bound=False)
+    labels = np.zeros(len(seg), dtype=bool)
+    if requires is not None:
+        labels[requires[requires >= 0]] = True
+
+    def close(m: np.ndarray) -> np.ndarray:  # a speaker label comes with its turn, and with its whole sentence
+        m = _closure(m, requires)
+        m = m | np.isin(seg.sent, seg.sent[m & labels])
+        return _bind(m, headings, seg.doc, by_bound=False)
 
     def with_units(m: np.ndarray, idx: list[np.ndarray]) -> np.ndarray:
         m = m.copy()
