@@ -89,7 +89,7 @@ BAD_SCORERS = [
 @pytest.mark.parametrize("outer", ["adakv", "pyramidkv", "decoding", "zipcache"])
 @pytest.mark.parametrize(("scorer", "why"), BAD_SCORERS)
 def test_impossible_scorer_fails_at_construction_with_the_reason(outer, scorer, why):
-    for given in (scorer, make_press(scorer)):  # by name and as an object
+    for given in (scorer, make_press(scorer, keep=0.5)):  # by name and as an object
         with pytest.raises(ValueError, match=f"{outer}: scorer {scorer} cannot score for {outer}: .*{why}"):
             make_press(outer, keep=0.5, scorer=given)
 
@@ -109,8 +109,8 @@ def test_ambiguous_or_silent_parameters_are_refused(kwargs, message):
 
 
 def test_capabilities_are_declared_types():
-    assert {n for n in presses() if isinstance(make_press(n), ScoringPress)} == set(presses()) - {"kvzip"}
-    assert isinstance(make_press("kvzip"), ReconstructionPress)
+    assert {n for n in presses() if isinstance(make_press(n, keep=0.5), ScoringPress)} == set(presses()) - {"kvzip"}
+    assert isinstance(make_press("kvzip", keep=0.5), ReconstructionPress)
     assert isinstance(AdaKV(), RaggedPress) and isinstance(PyramidKV(), RaggedPress) and AdaKV().ragged
     assert isinstance(KVzip(), RaggedPress) and not KVzip(budget="layer").ragged
     assert isinstance(DecodingPress(), DecodeTimePress)

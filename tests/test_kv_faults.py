@@ -97,3 +97,14 @@ def test_past_max_position_embeddings_warns(model):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         generate_ids(model, random_ids(1, 8), max_new_tokens=2)
+
+
+def test_a_press_by_name_needs_keep():
+    """make_press("snapkv") used to build a press that keeps every entry: a silent no-op."""
+    with pytest.raises(ValueError, match="snapkv: give keep"):
+        make_press("snapkv")
+    with pytest.raises(ValueError, match="adakv: give keep"):
+        make_press("adakv", kernel=11)
+    assert make_press("zipcache").keep == 1.0  # quantizing alone saves memory
+    assert make_press("decoding", target=64).keep == 1.0  # the decode-time budget is target
+    assert make_press("snapkv", keep=1.0).keep == 1.0  # asked for explicitly: fine

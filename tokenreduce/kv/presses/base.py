@@ -72,6 +72,7 @@ class Press:
     name: ClassVar[str] = ""
     query_aware: ClassVar[bool] = False  # scores depend on the last queries (put the question in the window)
     needs_eager: ClassVar[bool] = False  # True if the press needs materialized attention weights
+    keep_optional: ClassVar[bool] = False  # saves memory without ``keep`` (quantization, decode-time budgets)
 
     def __post_init__(self) -> None:
         check_field_types(self, self.name)
@@ -166,8 +167,15 @@ def presses() -> list[str]:
 
 
 def make_press(press: str | Press, **params: Any) -> Press:
-    """A press from a name and keyword parameters, validated before any compute."""
-    return REGISTRY.make(press, **params)
+    """A press from a name and keyword parameters, validated before any compute.
+
+    By name, an eviction press needs ``keep``: without it, it would keep every entry (a silent no-op).
+    Press objects built directly (e.g. a scorer inside ``AdaKV(scorer=SnapKV())``) take the default."""
+    made = REGISTRY.make(press, **params)
+    if isinstance(press, str) and "keep" not in params and not made.keep_optional:
+        raise ValueError(f"{press}: give keep (the fraction of KV entries kept, in (0, 1]); "
+                         "without it nothing is compressed")
+    return made
 
 
 def parse_press(spec: str, keep: float) -> Press:

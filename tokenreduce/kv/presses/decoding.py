@@ -23,6 +23,8 @@ from .common import compose_scorer
 class DecodingPress(DecodeTimePress):
     """Keep ``target`` entries per row whenever ``target + interval`` are held, by ``scorer``'s scores."""
 
+    keep_optional = True  # the decode-time budget is ``target``; ``keep`` only compresses the prompt too
+
     scorer: ScoringPress | str = "key_norm"  # a name becomes the press object at construction
     target: int = 256  # entries kept per row after each decode-time compression
     interval: int = 64  # compress when the cache holds target + interval entries

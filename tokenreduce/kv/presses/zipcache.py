@@ -53,6 +53,8 @@ def normalized_attention(view: LayerView, window: int, stride: int, chunk: int =
 class ZipCache(MixedPrecisionPress, ScoringPress):
     """``salient``: share of each row's (kept) entries held in full precision; the rest use ``bits`` (8 or 4)."""
 
+    keep_optional = True  # quantizing alone saves memory
+
     salient: float = 0.1
     bits: int = 4
     group: int = 32  # channels per (scale, zero) pair
