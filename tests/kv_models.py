@@ -50,3 +50,38 @@ def padded_batch() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     mask = torch.ones_like(ids)
     mask[1, :9] = 0  # left padding
     return ids, mask, random_ids(2, 5, seed=1)
+
+
+# Sliding-window families: tiny windows so a 40-token context runs past them; layer types mixed.
+SLIDING = {
+    "gemma2": ("Gemma2Config", "Gemma2ForCausalLM", {"head_dim": 8, "sliding_window": 8}),
+    "gemma3": ("Gemma3TextConfig", "Gemma3ForCausalLM", {
+        "head_dim": 8, "sliding_window": 8,
+        "layer_types": ["sliding_attention", "full_attention", "sliding_attention"]}),
+    "qwen2_sliding": ("Qwen2Config", "Qwen2ForCausalLM", {
+        "use_sliding_window": True, "sliding_window": 8, "max_window_layers": 1}),
+}
+
+
+def tiny_sliding_lm(family: str, seed: int = 0) -> torch.nn.Module:
+    """A tiny causal LM of a family with sliding-window layers (window 8), initialised like :func:`tiny_lm`
+    (Gemma 2 runs eager attention only, the others SDPA)."""
+    import transformers
+
+    cfg_name, model_name, extra = SLIDING[family]
+    impl = "eager" if family == "gemma2" else "sdpa"
+    cfg = getattr(transformers, cfg_name)(**COMMON, **extra, attn_implementation=impl)
+    torch.manual_seed(seed)
+    model = getattr(transformers, model_name)(cfg)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith(("q_proj.weight", "k_proj.weight")):
+                p.mul_(6.0)
+    return model.eval()
+
+
+def tiny_mistral_sliding(window: int = 8) -> torch.nn.Module:
+    """Mistral with its sliding window on (every layer slides)."""
+    cfg = MistralConfig(**COMMON, sliding_window=window, attn_implementation="sdpa")
+    torch.manual_seed(0)
+    return MistralForCausalLM(cfg).eval()

@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import copy
 
+import torch
 from torch import Tensor
-from transformers.cache_utils import Cache, DynamicCache, DynamicLayer
+from transformers.cache_utils import Cache, DynamicCache, DynamicLayer, get_layer_types_and_kwargs
+from transformers.masking_utils import create_causal_mask, create_sliding_window_causal_mask
 
 from ..core import provenance as prov
 from ..core.provenance import Provenance
@@ -76,7 +78,24 @@ def replace_layer(cache: Cache, idx: int, layer) -> None:
     cache.layers[idx] = layer
 
 
-def seq_length(cache: Cache, idx: int = 0) -> int:
+def sliding_layers(config) -> frozenset[int]:
+    """Layers whose cache keeps only a sliding window of recent tokens (transformers' own rule for ``config``)."""
+    types, _ = get_layer_types_and_kwargs(config)
+    return frozenset(i for i, t in enumerate(types) if t == "sliding_attention")
+
+
+def is_sliding(cache: Cache, idx: int) -> bool:
+    return bool(getattr(cache.layers[idx], "is_sliding", False))
+
+
+def full_layer(cache: Cache) -> int:
+    """The first layer that is not a sliding window (0 if none): a press's map and the mask follow it."""
+    return next((i for i in range(len(cache.layers)) if not is_sliding(cache, i)), 0)
+
+
+def seq_length(cache: Cache, idx: int | None = None) -> int:
+    """Entries stored in layer ``idx`` (default: the first full-attention layer, the one a press shortens)."""
+    idx = full_layer(cache) if idx is None else idx
     return cache.layers[idx].get_seq_length() if idx < len(cache.layers) else 0
 
 
@@ -92,13 +111,15 @@ def kv_bytes(cache: Cache) -> int:
 
 
 def get_state(cache: Cache) -> Provenance | None:
-    """The map of the cache's entries the model-wide 2D mask follows (layer 0's), or None."""
-    return prov.layer_map(cache, 0)
+    """The map of the cache's entries the model-wide 2D mask follows (the first full-attention layer's), or None."""
+    return prov.layer_map(cache, full_layer(cache))
 
 
 def set_state(cache: Cache, state: Provenance) -> None:
-    """Record ``state`` for every layer (a press shortens all layers alike)."""
-    prov.set_maps(cache, state, range(max(1, n_layers(cache))))
+    """Record ``state`` for every full-attention layer (a press shortens them all alike; sliding-window
+    layers are left as transformers keeps them, see :func:`forward_mask`)."""
+    layers = [i for i in range(n_layers(cache)) if not is_sliding(cache, i)]
+    prov.set_maps(cache, state, layers or [0])
 
 
 def rewrite_mask(cache: Cache | None, attention_mask: Tensor | None) -> Tensor | None:
@@ -107,3 +128,34 @@ def rewrite_mask(cache: Cache | None, attention_mask: Tensor | None) -> Tensor |
     if state is None or attention_mask is None or attention_mask.ndim != 2:
         return attention_mask
     return state.rewrite_mask(attention_mask)
+
+
+class LayerMasks(dict):
+    """Per-layer-type 4D masks (``{"full_attention": ..., "sliding_attention": ...}``), the form hybrid
+    models (Gemma 2/3, Qwen2 with sliding layers) accept as ``attention_mask``; ``entries`` is the 2D
+    mask over the compressed layers' entries + the new tokens."""
+
+    entries: Tensor | None = None
+
+
+def has_sliding(cache: Cache) -> bool:
+    return any(is_sliding(cache, i) for i in range(n_layers(cache)))
+
+
+def sliding_masks(model, cache: Cache | None, mask: Tensor | None, ids: Tensor) -> LayerMasks | None:
+    """Where a compressed cache also has sliding-window layers, the ``attention_mask`` for a forward of ``ids``
+    (B, q) (or embeddings (B, q, C)) given ``mask`` (B, seen + q) over every token seen; else None (use
+    :func:`rewrite_mask`). The compressed full-attention layers get the mask mapped onto their entries, the
+    sliding layers (left as transformers keeps them) transformers' own sliding-window mask over the tokens, so
+    a token outside the window stays invisible whatever the press kept."""
+    state = get_state(cache) if cache is not None else None
+    if state is None or not has_sliding(cache) or (mask is not None and mask.ndim != 2):
+        return None
+    q = ids.shape[1]
+    entries = None if mask is None else state.map_mask(mask, seq_length(cache), q)
+    shape = torch.empty(ids.shape[0], q, 0, dtype=model.dtype, device=ids.device)  # only size/dtype/device are read
+    kw = dict(config=model.config, inputs_embeds=shape, cache=cache)
+    out = LayerMasks(full_attention=create_causal_mask(attention_mask=entries, **kw),
+                     sliding_attention=create_sliding_window_causal_mask(attention_mask=mask, **kw))
+    out.entries = entries
+    return out

@@ -13,6 +13,7 @@ import torch
 from torch import Tensor, nn
 
 from . import cache as kvc
+from . import families
 from .hooks import apply_press
 from .kvzip import compress_cache, prompt_ids
 from .presses import KVzip, Press, make_press
@@ -89,6 +90,8 @@ def _generate(model, context_ids, context_mask, question_ids, press, question_ma
         return greedy(session, logits, max_new_tokens, eos, steps=steps)
     if isinstance(press, KVzip):  # full prefill, then a scoring pass over the context
         press.check_model(model)
+        families.check_all_layers(model, "kvzip")
+        families.check_press(model, press)
         logits = prefill(session, context_ids, context_mask, None, chunk_size)
         compress_cache(model, session.cache, context_ids, context_mask, press, prompt_ids(press, tokenizer))
         with ragged_attention_for(model, press):

@@ -18,6 +18,7 @@ from torch import nn
 
 from ..core.provenance import Provenance, layer_map
 from . import cache as kvc
+from . import families
 from .presses.base import (
     DecodeTimePress,
     LayerView,
@@ -69,17 +70,14 @@ def keep_ragged(cache, idx: int, keys, values, kept: list[list[torch.Tensor]]) -
     """Store layer ``idx`` as a ragged layer of the entries at ``kept[b][h]``; returns the prefix mask
     (all ones: ragged entries are all real tokens)."""
     kvc.replace_layer(cache, idx, build_ragged(keys, values, kept))
-    return torch.ones(keys.shape[0], kvc.seq_length(cache, 0), dtype=torch.bool, device=keys.device)
+    return torch.ones(keys.shape[0], kvc.seq_length(cache), dtype=torch.bool, device=keys.device)
 
 
 def attention_modules(model: nn.Module) -> list[nn.Module]:
     """The self-attention modules of a Llama/Qwen2/Mistral/Gemma-style decoder, in layer order."""
     mods = [m for m in model.modules() if all(hasattr(m, a) for a in ("q_proj", "k_proj", "v_proj", "layer_idx"))]
     if not mods:
-        raise ValueError(
-            f"{type(model).__name__}: no decoder self-attention with q_proj/k_proj/v_proj found; supported: "
-            "Hugging Face Llama, Qwen2/Qwen3, Mistral, Gemma-family causal LMs"
-        )
+        raise ValueError(families.refusal(model))
     return sorted(mods, key=lambda m: m.layer_idx)
 
 
@@ -93,8 +91,10 @@ class PressRunner:
     """
 
     def __init__(self, model: nn.Module, press: ScoringPress, auto: bool = True):
-        self.model, self.press, self.modules = model, press, attention_modules(model)
-        self.n_layers = len(self.modules)
+        self.model, self.press = model, press
+        every = attention_modules(model)
+        self.modules = families.press_modules(model, every)  # sliding-window layers stay as they are
+        self.n_layers = len(every)  # a layer's depth (PyramidKV's schedule) counts every layer
         self.mask: torch.Tensor | None = None  # 2D mask of the current forward, mapped onto the cache
         self.armed = False  # compress in the current forward
         self._auto = auto
@@ -114,20 +114,26 @@ class PressRunner:
     def pre_forward(self, module, args, kwargs):
         cache = kvc.ensure_cache(self.model, kwargs)  # model(**enc, use_cache=True) compresses too
         ids = kwargs.get("input_ids", args[0] if args else None)
-        q_len = (ids if ids is not None else kwargs["inputs_embeds"]).shape[1]
+        inputs = ids if ids is not None else kwargs["inputs_embeds"]
+        q_len = inputs.shape[1]
         empty = cache is None or kvc.n_layers(cache) == 0 or kvc.seq_length(cache) == 0
         self.armed = cache is not None and (self._force_next or (self._auto and empty and q_len > 1))
         self._force_next = False
         self.active, self.budgets = self.press, None
         state = kvc.get_state(cache) if cache is not None else None
-        if state is not None:  # one column per token seen -> per cache entry (once, if another hook has not)
-            kwargs["attention_mask"] = state.map_mask(kwargs.get("attention_mask"), kvc.seq_length(cache), q_len)
-        self.mask = kwargs.get("attention_mask")
+        mask = kwargs.get("attention_mask")
+        if not isinstance(mask, kvc.LayerMasks):  # not mapped yet (the session maps its own)
+            hybrid = kvc.sliding_masks(self.model, cache, mask, inputs)
+            if hybrid is not None:  # compressed full-attention layers + uncompressed sliding-window layers
+                mask = kwargs["attention_mask"] = hybrid
+            elif state is not None:  # one column per token seen -> per cache entry (once, if another hook has not)
+                mask = kwargs["attention_mask"] = state.map_mask(mask, kvc.seq_length(cache), q_len)
+        self.mask = mask.entries if isinstance(mask, kvc.LayerMasks) else mask
         if isinstance(self.press, DecodeTimePress) and cache is not None:  # decode-time compression
             if self.armed and self.press.keep >= 1.0:
                 self.armed = False
             elif not self.armed and not empty and q_len == 1:
-                step = self.press.decode_step(self._counts(ids if ids is not None else kwargs["inputs_embeds"], cache))
+                step = self.press.decode_step(self._counts(inputs, cache))
                 self.armed = step is not None
                 if step is not None:
                     self.active, self.budgets = step
@@ -200,6 +206,7 @@ def apply_press(model: nn.Module, press: Press, *, auto: bool = True) -> Iterato
         raise TypeError(f"press must be a scoring Press (see tokenreduce.kv.make_press), got {type(press).__name__}")
     model = press_target(model)
     press.check_model(model)
+    families.check_press(model, press)
     runner = PressRunner(model, press, auto)
     handles = [model.register_forward_pre_hook(runner.pre_forward, with_kwargs=True)]
     handles += [m.register_forward_hook(runner.after_attention, with_kwargs=True) for m in runner.modules]

@@ -41,7 +41,9 @@ class Session:
             if runner is None:
                 raise ValueError("compress=True needs the PressRunner of an apply_press block")
             runner.compress_next()
-        mapped = kvc.rewrite_mask(self.cache, full)  # onto the compressed cache's entries
+        mapped = kvc.sliding_masks(self.model, self.cache, full, ids)  # sliding layers: over tokens
+        if mapped is None:
+            mapped = kvc.rewrite_mask(self.cache, full)  # onto the compressed cache's entries
         out = self.model(input_ids=ids, attention_mask=mapped, position_ids=pos, cache=self.cache, use_cache=True,
                          logits_to_keep=1 if last_only else 0)
         self.mask = full

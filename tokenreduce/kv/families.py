@@ -1,0 +1,72 @@
+"""Which decoder families a press runs on, and why the others are refused (checked before any compute).
+
+A press needs, per layer, an attention module with separate ``q_proj``/``k_proj``/``v_proj`` and rotary
+positions (``kv/scoring.py`` recomputes the window's queries from them) and a plain dynamic cache layer.
+Sliding-window layers (Gemma 2/3, Qwen2 with ``use_sliding_window``, Mistral with ``sliding_window``) are
+left as transformers keeps them -- already bounded at ``sliding_window - 1`` entries -- and the press
+compresses the full-attention layers (docs/KV.md, "Decoder families"). A model whose every layer slides has
+nothing left to compress and is refused, as are fused q/k/v projections and absolute positions.
+"""
+
+from __future__ import annotations
+
+from torch import nn
+
+from . import cache as kvc
+
+SUPPORTED = (
+    "Hugging Face Llama, Qwen2/Qwen3, Mistral without a sliding window, Gemma, and Gemma 2/3 or Qwen2 "
+    "(use_sliding_window) with sliding-window layers (their full-attention layers are compressed)"
+)
+
+# attribute of a fused attention projection -> (families using it, why it is refused)
+_FUSED = {
+    "qkv_proj": "Phi-3 (fused qkv_proj)",
+    "query_key_value": "GPT-NeoX/Falcon (fused query_key_value)",
+    "c_attn": "GPT-2 (fused c_attn, absolute positions without RoPE)",
+    "Wqkv": "MPT/ModernBERT-style (fused Wqkv)",
+}
+
+
+def refusal(model: nn.Module) -> str:
+    """Why ``model`` has no attention a press can score, naming the families that work."""
+    name = type(model).__name__
+    for attr, family in _FUSED.items():
+        if any(hasattr(m, attr) for m in model.modules()):
+            return (f"{name}: {family} is not supported yet -- a press recomputes the scoring window's queries "
+                    f"from separate q_proj/k_proj/v_proj with rotary positions; supported: {SUPPORTED}")
+    return f"{name}: no decoder self-attention with q_proj/k_proj/v_proj found; supported: {SUPPORTED}"
+
+
+def press_modules(model: nn.Module, modules: list[nn.Module]) -> list[nn.Module]:
+    """The attention modules (of ``modules``, in layer order) whose cache a press compresses: every
+    full-attention layer; sliding-window layers stay as transformers keeps them. Refuses a model with none."""
+    sliding = kvc.sliding_layers(model.config)
+    kept = [m for m in modules if m.layer_idx not in sliding]
+    if not kept:
+        window = getattr(model.config, "sliding_window", None)
+        raise ValueError(
+            f"{type(model).__name__}: every layer keeps a sliding window of {window} tokens (its cache is already "
+            "bounded at sliding_window - 1 entries) and a press compresses full-attention layers only, so there "
+            "is nothing to press; for contexts shorter than the window, config.sliding_window=None gives the same "
+            f"model. Supported: {SUPPORTED}"
+        )
+    return kept
+
+
+def check_all_layers(model: nn.Module, what: str) -> None:
+    """Refuse ``what`` (a method that reads or rewrites every layer's cache, e.g. KVzip's cross-layer
+    ranking) on a model with sliding-window layers, before compute."""
+    if kvc.sliding_layers(model.config):
+        raise ValueError(f"{what} reads every layer's cache and does not support sliding-window layers yet "
+                         f"({type(model).__name__}); use a scoring press (snapkv, tova, ...), which compresses "
+                         "the full-attention layers")
+
+
+def check_press(model: nn.Module, press) -> None:
+    """Refuse, before compute, a press whose storage needs an attention the model cannot run: ragged
+    (per-head) storage attends with SDPA, which has no logit soft-capping (Gemma 2)."""
+    if press.ragged and getattr(model.config, "attn_logit_softcapping", None):
+        raise ValueError(f"{press.name} stores entries per head and attends with SDPA, which has no logit "
+                         f"soft-capping ({type(model).__name__} caps at {model.config.attn_logit_softcapping}); "
+                         "use a dense press (snapkv, tova, h2o, ...) on this model")
