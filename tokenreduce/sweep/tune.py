@@ -192,7 +192,8 @@ class Tuner:
 
     def refine(self, found: dict[str, list[Measured]]) -> None:
         """Bisect keep for the best methods between their lowest passing and highest failing keep."""
-        speed = {k: max((m.metrics["speedup"] for m in v if self.useful(m)), default=1.0) for k, v in found.items()}
+        # fastest point within tolerance, slower-than-unreduced ones included (they rank methods all the same)
+        speed = {k: max((m.metrics["speedup"] for m in v if self.passes(m)), default=0.0) for k, v in found.items()}
         best = sorted(found, key=lambda k: -speed[k])[: self.refine_methods]
         self.skip((self.refine_methods - len(best)) * self.refine_steps)
         for _ in range(self.refine_steps):

@@ -20,7 +20,7 @@ from .svg import colors, scatter
 from .tune import TuneResult
 
 COLUMNS = (("label", "config"), ("flops_ratio", "MAC ratio"), ("speedup", "speedup"),
-           ("quality", "quality"), ("loss_pct", "loss %"), ("meets", "within tolerance"))
+           ("quality", "quality"), ("loss_pct", "loss %"), ("within", "within tolerance"))
 
 CHECK_COLS = ("label", "tuning", "held", "held_loss_pct", "passes")
 
@@ -34,7 +34,7 @@ def call(pick: Mapping[str, Any] | None) -> str:
 
 def front(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
     """Measured rows (baseline included) with ``loss_pct`` and their Pareto flag (speedup vs quality)."""
-    ok = [{**r, "loss_pct": 100 * r["loss"]} for r in rows if "quality" in r]
+    ok = [{**r, "loss_pct": 100 * r["loss"], "within": "yes" if r["meets"] else "no"} for r in rows if "quality" in r]
     for r, flag in zip(ok, pareto_front(ok, "speedup", "quality")):
         r["pareto_speedup"] = flag
     return ok
