@@ -85,3 +85,29 @@ def tiny_mistral_sliding(window: int = 8) -> torch.nn.Module:
     cfg = MistralConfig(**COMMON, sliding_window=window, attn_implementation="sdpa")
     torch.manual_seed(0)
     return MistralForCausalLM(cfg).eval()
+
+
+# Fused-projection families (queries recorded from the attention call): config class, model class, config.
+FUSED = {
+    "gpt2": ("GPT2Config", "GPT2LMHeadModel", dict(
+        vocab_size=97, n_embd=48, n_layer=3, n_head=6, n_positions=512, pad_token_id=0)),
+    "gpt_neox": ("GPTNeoXConfig", "GPTNeoXForCausalLM", dict(
+        vocab_size=97, hidden_size=48, intermediate_size=96, num_hidden_layers=3, num_attention_heads=6,
+        max_position_embeddings=512, pad_token_id=0)),  # partial rotary (rotary_pct 0.25)
+    "phi3": ("Phi3Config", "Phi3ForCausalLM", dict(COMMON, sliding_window=None)),
+}
+
+
+def tiny_fused_lm(family: str, impl: str = "sdpa", seed: int = 0) -> torch.nn.Module:
+    """A tiny causal LM with a fused q/k/v projection; the projection is scaled up so attention is peaked."""
+    import transformers
+
+    cfg_name, model_name, kw = FUSED[family]
+    cfg = getattr(transformers, cfg_name)(**kw, attn_implementation=impl)
+    torch.manual_seed(seed)
+    model = getattr(transformers, model_name)(cfg)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith(("c_attn.weight", "query_key_value.weight", "qkv_proj.weight")):
+                p.mul_(4.0)
+    return model.eval()

@@ -30,8 +30,12 @@ def new_cache(model) -> DynamicCache:
 
 
 def cache_of(kwargs: dict) -> Cache | None:
-    """The cache passed to a model's forward (``cache``, or the older ``past_key_values``)."""
-    return kwargs.get("cache", kwargs.get("past_key_values"))
+    """The cache passed to a model's forward (``cache``, or the older ``past_key_values``; GPT-NeoX's
+    attention takes ``layer_past``)."""
+    for key in ("cache", "past_key_values", "layer_past"):
+        if key in kwargs:
+            return kwargs[key]
+    return None
 
 
 def ensure_cache(model, kwargs: dict) -> Cache | None:

@@ -15,9 +15,12 @@ from torch import nn
 from . import cache as kvc
 
 SUPPORTED = (
-    "Hugging Face Llama, Qwen2/Qwen3, Mistral without a sliding window, Gemma, and Gemma 2/3 or Qwen2 "
-    "(use_sliding_window) with sliding-window layers (their full-attention layers are compressed)"
+    "Hugging Face Llama, Qwen2/Qwen3, Mistral without a sliding window, Gemma, Gemma 2/3 or Qwen2 "
+    "(use_sliding_window) with sliding-window layers (their full-attention layers are compressed), and "
+    "GPT-2, GPT-NeoX and Phi-3 (fused projections: queries recorded from the attention call)"
 )
+# fused-projection families whose queries are recorded (kv/capture.py), by config.model_type
+RECORDED = {"gpt2": "c_attn", "gpt_neox": "query_key_value", "phi3": "qkv_proj"}
 
 # attribute of a fused attention projection -> (families using it, why it is refused)
 _FUSED = {
@@ -28,14 +31,29 @@ _FUSED = {
 }
 
 
-def refusal(model: nn.Module) -> str:
-    """Why ``model`` has no attention a press can score, naming the families that work."""
+def refusal(model: nn.Module, what: str = "a press") -> str:
+    """Why ``what`` cannot run on ``model``'s attention, naming the families that work."""
     name = type(model).__name__
     for attr, family in _FUSED.items():
         if any(hasattr(m, attr) for m in model.modules()):
-            return (f"{name}: {family} is not supported yet -- a press recomputes the scoring window's queries "
-                    f"from separate q_proj/k_proj/v_proj with rotary positions; supported: {SUPPORTED}")
+            how = ("recomputes queries from separate q_proj/k_proj/v_proj" if what != "a press" else
+                   "records queries only for the fused families it was tested on")
+            return f"{name}: {family} is not supported by {what}, which {how}; supported: {SUPPORTED}"
     return f"{name}: no decoder self-attention with q_proj/k_proj/v_proj found; supported: {SUPPORTED}"
+
+
+def attention_layers(model: nn.Module) -> tuple[list[nn.Module], bool]:
+    """The self-attention modules in layer order, and whether a press must record their queries (the fused
+    families of :data:`RECORDED`) rather than recompute them from ``q_proj``."""
+    mods = [m for m in model.modules() if all(hasattr(m, a) for a in ("q_proj", "k_proj", "v_proj", "layer_idx"))]
+    recorded = not mods
+    if recorded:
+        attr = RECORDED.get(getattr(model.config, "model_type", ""))
+        mods = [m for m in model.modules() if attr and hasattr(m, attr) and hasattr(m, "layer_idx")
+                and not getattr(m, "is_cross_attention", False)]
+    if not mods:
+        raise ValueError(refusal(model))
+    return sorted(mods, key=lambda m: m.layer_idx), recorded
 
 
 def press_modules(model: nn.Module, modules: list[nn.Module]) -> list[nn.Module]:

@@ -18,7 +18,7 @@ from torch import nn
 
 from ..core.provenance import Provenance, layer_map
 from . import cache as kvc
-from . import families
+from . import capture, families
 from .presses.base import (
     DecodeTimePress,
     LayerView,
@@ -77,7 +77,7 @@ def attention_modules(model: nn.Module) -> list[nn.Module]:
     """The self-attention modules of a Llama/Qwen2/Mistral/Gemma-style decoder, in layer order."""
     mods = [m for m in model.modules() if all(hasattr(m, a) for a in ("q_proj", "k_proj", "v_proj", "layer_idx"))]
     if not mods:
-        raise ValueError(families.refusal(model))
+        raise ValueError(families.refusal(model, "this method (kvzip, gemfilter, the benchmark)"))
     return sorted(mods, key=lambda m: m.layer_idx)
 
 
@@ -92,7 +92,7 @@ class PressRunner:
 
     def __init__(self, model: nn.Module, press: ScoringPress, auto: bool = True):
         self.model, self.press = model, press
-        every = attention_modules(model)
+        every, self.recorded = families.attention_layers(model)  # recorded: fused projections (kv/capture.py)
         self.modules = families.press_modules(model, every)  # sliding-window layers stay as they are
         self.n_layers = len(every)  # a layer's depth (PyramidKV's schedule) counts every layer
         self.mask: torch.Tensor | None = None  # 2D mask of the current forward, mapped onto the cache
@@ -137,6 +137,8 @@ class PressRunner:
                 self.armed = step is not None
                 if step is not None:
                     self.active, self.budgets = step
+        if self.recorded and self.armed:  # record this forward's queries for the press
+            capture.watch(self.modules)
         return args, kwargs
 
     def _counts(self, inputs: torch.Tensor, cache) -> torch.Tensor:
@@ -149,8 +151,11 @@ class PressRunner:
         if not self.armed:
             return output
         cache = kvc.cache_of(kwargs)
-        hidden = kwargs.get("hidden_states", args[0] if args else None)
-        cos, sin = kwargs["position_embeddings"]
+        if self.recorded:  # the queries the model attended with stand in for hidden states + rotary
+            module, hidden, cos, sin = capture.take(module)
+        else:
+            hidden = kwargs.get("hidden_states", args[0] if args else None)
+            cos, sin = kwargs["position_embeddings"]
         idx = module.layer_idx
         n = kvc.seq_length(cache, idx)
         state = layer_map(cache, idx)  # the entries' provenance so far (e.g. visual tokens pruned before the LLM)
@@ -178,6 +183,16 @@ def _check_alike(cache, idx: int, state: Provenance | None) -> None:
         raise ValueError("a KV press needs every layer's cache to stand for the same tokens; visual-token methods "
                          "that shorten only later layers (fastv, pyramiddrop) cannot be combined with a press -- "
                          "use a method applied before the LLM (fastervlm, visionzip, ...)")
+
+
+@contextmanager
+def recording(model: nn.Module, runner: PressRunner) -> Iterator[None]:
+    """Record the queries of a fused-projection family's attention while ``runner`` presses it."""
+    if not runner.recorded:
+        yield
+        return
+    with capture.capture_queries(model, runner.modules):
+        yield
 
 
 def press_target(model: nn.Module) -> nn.Module:
@@ -211,7 +226,7 @@ def apply_press(model: nn.Module, press: Press, *, auto: bool = True) -> Iterato
     handles = [model.register_forward_pre_hook(runner.pre_forward, with_kwargs=True)]
     handles += [m.register_forward_hook(runner.after_attention, with_kwargs=True) for m in runner.modules]
     try:
-        with ragged_attention_for(model, press):
+        with ragged_attention_for(model, press), recording(model, runner):
             yield runner
     finally:
         for h in handles:
