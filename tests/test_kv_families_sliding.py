@@ -148,3 +148,19 @@ def test_ragged_presses_are_refused_with_logit_softcapping(models):
     for name in ("adakv", "pyramidkv"):
         with pytest.raises(ValueError, match="no logit soft-capping"):
             generate_ids(models["gemma2"], ids, mask, q, make_press(name, keep=0.5))
+
+
+def test_vlm_with_a_sliding_language_model_is_refused():
+    """Gemma 3's vision-language wrapper builds the per-layer masks itself, over tokens: refused up front."""
+    from transformers import Gemma3Config, Gemma3ForConditionalGeneration, Gemma3TextConfig, SiglipVisionConfig
+
+    text = Gemma3TextConfig(vocab_size=300, hidden_size=48, intermediate_size=96, num_hidden_layers=2,
+                            num_attention_heads=6, num_key_value_heads=2, head_dim=8, sliding_window=8)
+    vision = SiglipVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+                                image_size=28, patch_size=14)
+    vlm = Gemma3ForConditionalGeneration(Gemma3Config(text_config=text, vision_config=vision, mm_tokens_per_image=4,
+                                                      image_token_index=299, boi_token_index=297,
+                                                      eoi_token_index=298))
+    with pytest.raises(ValueError, match="language model has sliding-window layers"), \
+            apply_press(vlm, make_press("snapkv", keep=0.5)):
+        pass

@@ -83,8 +83,13 @@ def replace_layer(cache: Cache, idx: int, layer) -> None:
 
 
 def sliding_layers(config) -> frozenset[int]:
-    """Layers whose cache keeps only a sliding window of recent tokens (transformers' own rule for ``config``)."""
-    types, _ = get_layer_types_and_kwargs(config)
+    """Layers whose cache keeps only a sliding window of recent tokens (transformers' own rule for ``config``,
+    or for its text config; none where the config names no layers)."""
+    config = config.get_text_config() if hasattr(config, "get_text_config") else config
+    try:
+        types, _ = get_layer_types_and_kwargs(config)
+    except AttributeError:
+        return frozenset()
     return frozenset(i for i, t in enumerate(types) if t == "sliding_attention")
 
 
@@ -153,7 +158,8 @@ def sliding_masks(model, cache: Cache | None, mask: Tensor | None, ids: Tensor) 
     sliding layers (left as transformers keeps them) transformers' own sliding-window mask over the tokens, so
     a token outside the window stays invisible whatever the press kept."""
     state = get_state(cache) if cache is not None else None
-    if state is None or not has_sliding(cache) or (mask is not None and mask.ndim != 2):
+    two_d = mask is None or (isinstance(mask, Tensor) and mask.ndim == 2)
+    if state is None or not has_sliding(cache) or not two_d:
         return None
     q = ids.shape[1]
     entries = None if mask is None else state.map_mask(mask, seq_length(cache), q)

@@ -88,3 +88,12 @@ def check_press(model: nn.Module, press) -> None:
         raise ValueError(f"{press.name} stores entries per head and attends with SDPA, which has no logit "
                          f"soft-capping ({type(model).__name__} caps at {model.config.attn_logit_softcapping}); "
                          "use a dense press (snapkv, tova, h2o, ...) on this model")
+
+
+def check_target(model: nn.Module, target: nn.Module) -> None:
+    """Refuse a vision-language model whose language model has sliding-window layers (Gemma 3 VLM): its
+    wrapper builds the per-layer masks itself, over tokens, which a compressed cache cannot follow."""
+    if target is not model and kvc.sliding_layers(target.config):
+        raise ValueError(f"{type(model).__name__}: its language model has sliding-window layers and the "
+                         "vision-language wrapper builds their masks itself; a press is supported on the "
+                         f"language model alone ({type(target).__name__}) or on {SUPPORTED}")

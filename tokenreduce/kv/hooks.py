@@ -219,7 +219,9 @@ def apply_press(model: nn.Module, press: Press, *, auto: bool = True) -> Iterato
                          "model.generate; use tokenreduce.kv.generate / generate_ids")
     if not isinstance(press, ScoringPress):
         raise TypeError(f"press must be a scoring Press (see tokenreduce.kv.make_press), got {type(press).__name__}")
-    model = press_target(model)
+    target = press_target(model)
+    families.check_target(model, target)
+    model = target
     press.check_model(model)
     families.check_press(model, press)
     runner = PressRunner(model, press, auto)
