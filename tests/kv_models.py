@@ -111,3 +111,28 @@ def tiny_fused_lm(family: str, impl: str = "sdpa", seed: int = 0) -> torch.nn.Mo
             if name.endswith(("c_attn.weight", "query_key_value.weight", "qkv_proj.weight")):
                 p.mul_(4.0)
     return model.eval()
+
+
+# Rotary families with q/k norms or rope scaling: (config class, model class, extra config).
+NORMED = {
+    "qwen3": ("Qwen3Config", "Qwen3ForCausalLM", {"head_dim": 8}),  # per-head q/k norm: recomputed
+    "olmo2": ("Olmo2Config", "Olmo2ForCausalLM", {}),  # q/k norm over the whole projection: recorded
+    "llama3": ("LlamaConfig", "LlamaForCausalLM", {"rope_scaling": {  # Llama-3 rope scaling
+        "rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+        "original_max_position_embeddings": 64}}),
+}
+
+
+def tiny_normed_lm(family: str, impl: str = "sdpa", seed: int = 0) -> torch.nn.Module:
+    """A tiny causal LM of :data:`NORMED`, initialised like :func:`tiny_lm`."""
+    import transformers
+
+    cfg_name, model_name, extra = NORMED[family]
+    cfg = getattr(transformers, cfg_name)(**COMMON, **extra, attn_implementation=impl)
+    torch.manual_seed(seed)
+    model = getattr(transformers, model_name)(cfg)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith(("q_proj.weight", "k_proj.weight")):
+                p.mul_(6.0)
+    return model.eval()

@@ -42,12 +42,22 @@ def refusal(model: nn.Module, what: str = "a press") -> str:
     return f"{name}: no decoder self-attention with q_proj/k_proj/v_proj found; supported: {SUPPORTED}"
 
 
+def _per_head_norms(module: nn.Module) -> bool:
+    """True unless a q/k norm spans the whole projection (OLMo 2) rather than one head (Qwen3, Gemma 3):
+    ``kv/scoring.py`` applies it per head, so such queries are recorded instead."""
+    for attr in ("q_norm", "k_norm"):
+        weight = getattr(getattr(module, attr, None), "weight", None)
+        if weight is not None and weight.shape[-1] != module.head_dim:
+            return False
+    return True
+
+
 def attention_layers(model: nn.Module) -> tuple[list[nn.Module], bool]:
     """The self-attention modules in layer order, and whether a press must record their queries (the fused
-    families of :data:`RECORDED`) rather than recompute them from ``q_proj``."""
+    families of :data:`RECORDED`, and q/k norms over the whole projection) rather than recompute them."""
     mods = [m for m in model.modules() if all(hasattr(m, a) for a in ("q_proj", "k_proj", "v_proj", "layer_idx"))]
-    recorded = not mods
-    if recorded:
+    recorded = not mods or not all(_per_head_norms(m) for m in mods)
+    if not mods:
         attr = RECORDED.get(getattr(model.config, "model_type", ""))
         mods = [m for m in model.modules() if attr and hasattr(m, attr) and hasattr(m, "layer_idx")
                 and not getattr(m, "is_cross_attention", False)]
@@ -97,3 +107,12 @@ def check_target(model: nn.Module, target: nn.Module) -> None:
         raise ValueError(f"{type(model).__name__}: its language model has sliding-window layers and the "
                          "vision-language wrapper builds their masks itself; a press is supported on the "
                          f"language model alone ({type(target).__name__}) or on {SUPPORTED}")
+
+
+def check_recomputable(model: nn.Module, modules: list[nn.Module], what: str) -> None:
+    """Refuse ``what`` (a method that recomputes queries from ``q_proj``: KVzip, GemFilter, the benchmark) on
+    models whose queries a press records instead (q/k norms over the whole projection, OLMo 2)."""
+    if not all(_per_head_norms(m) for m in modules):
+        raise ValueError(f"{type(model).__name__}: its q/k norm spans the whole projection (OLMo 2), which {what} "
+                         "cannot recompute per head; a scoring press (snapkv, tova, ...) records the model's "
+                         "own queries and works")

@@ -74,10 +74,15 @@ def keep_ragged(cache, idx: int, keys, values, kept: list[list[torch.Tensor]]) -
 
 
 def attention_modules(model: nn.Module) -> list[nn.Module]:
-    """The self-attention modules of a Llama/Qwen2/Mistral/Gemma-style decoder, in layer order."""
+    """The self-attention modules of a Llama/Qwen2/Mistral/Gemma-style decoder, in layer order, for methods
+    that recompute queries from ``q_proj`` (KVzip, GemFilter, the benchmark; a press uses
+    :func:`tokenreduce.kv.families.attention_layers`)."""
+    what = "this method (kvzip, gemfilter, the benchmark)"
     mods = [m for m in model.modules() if all(hasattr(m, a) for a in ("q_proj", "k_proj", "v_proj", "layer_idx"))]
     if not mods:
-        raise ValueError(families.refusal(model, "this method (kvzip, gemfilter, the benchmark)"))
+        raise ValueError(families.refusal(model, what))
+    families.check_recomputable(model, mods, what)
+    families.check_all_layers(model, what)
     return sorted(mods, key=lambda m: m.layer_idx)
 
 

@@ -1,26 +1,33 @@
-"""Presses on fused-projection families (GPT-2: c_attn + absolute positions; GPT-NeoX: query_key_value +
-partial rotary; Phi-3: qkv_proj), whose queries are recorded from the attention call (kv/capture.py)."""
+"""Presses on attention variants beyond Llama's: fused projections (GPT-2: c_attn + absolute positions;
+GPT-NeoX: query_key_value + partial rotary; Phi-3: qkv_proj) and OLMo 2's q/k norm over the whole
+projection, whose queries are recorded from the attention call (kv/capture.py); Qwen3's per-head q/k norm
+and Llama-3 rope scaling, recomputed from q_proj as for Llama."""
 
 from __future__ import annotations
 
 import pytest
 import torch
-from kv_models import FUSED, padded_batch, random_ids, tiny_fused_lm
+from kv_models import FUSED, NORMED, padded_batch, random_ids, tiny_fused_lm, tiny_normed_lm
 
 from tokenreduce.kv import apply_press, generate_ids, make_press
 from tokenreduce.kv import cache as kvc
 from tokenreduce.kv.session import Session, prefill
 
-FAMILIES = list(FUSED)
+BUILD = {**dict.fromkeys(FUSED, tiny_fused_lm), **dict.fromkeys(NORMED, tiny_normed_lm)}
+FAMILIES = list(BUILD)
 BATCH_SPECS = {
     "snapkv": {"window": 4}, "h2o": {}, "tova": {}, "keyformer": {"window": 4}, "adakv": {"window": 4},
     "pyramidkv": {"window": 4}, "zipcache": {"bits": 4, "group": 8}, "decoding": {"target": 12, "interval": 2},
+}
+BATCH_FAMILY = {  # besides SnapKV on every family, each press kind on one family whose queries are recorded
+    "h2o": "gpt2", "adakv": "gpt2", "tova": "gpt_neox", "pyramidkv": "gpt_neox", "zipcache": "phi3",
+    "keyformer": "phi3", "decoding": "olmo2",
 }
 
 
 @pytest.fixture(scope="module")
 def models():
-    return {f: tiny_fused_lm(f) for f in FAMILIES}
+    return {f: BUILD[f](f) for f in FAMILIES}
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -79,9 +86,10 @@ def _eager_snapkv(attn_weights, hkv, window, kernel, k):
 
 
 @pytest.mark.parametrize("family", FAMILIES)
-def test_recorded_queries_score_like_eager_attention(models, family):
-    """SnapKV from the recorded queries keeps what the eager attention weights say (and runs on eager too)."""
-    eager = tiny_fused_lm(family, impl="eager")
+def test_queries_score_like_eager_attention(models, family):
+    """SnapKV from the recorded (or recomputed) queries keeps what the eager attention weights say, on SDPA
+    and on eager models."""
+    eager = BUILD[family](family, impl="eager")
     n, window, k = 60, 8, 18
     ids = random_ids(1, n, seed=5)
     with torch.no_grad():
@@ -105,7 +113,7 @@ def test_batch_rows_equal_single_rows(models, name):
     cm, qm = torch.zeros_like(ctx), torch.zeros_like(qs)
     for b, (c, q) in enumerate(lengths):
         cm[b, -c:], qm[b, -q:] = 1, 1
-    for family in FAMILIES if name == "snapkv" else [FAMILIES[(len(name)) % len(FAMILIES)]]:
+    for family in FAMILIES if name == "snapkv" else [BATCH_FAMILY[name]]:
         m = models[family]
         both, logits = generate_ids(m, ctx * cm, cm, qs * qm, press, question_mask=qm, max_new_tokens=5,
                                     output_logits=True)
@@ -127,3 +135,5 @@ def test_untested_and_second_pass_methods_are_refused_before_compute(models):
         generate_ids(falcon, ids, mask, q, make_press("snapkv", keep=0.5))
     with pytest.raises(ValueError, match=r"GPT-2 .* not supported by this method \(kvzip"):
         generate_ids(models["gpt2"], ids, mask, q, make_press("kvzip", keep=0.5))
+    with pytest.raises(ValueError, match=r"spans the whole projection \(OLMo 2\), which this method \(kvzip"):
+        generate_ids(models["olmo2"], ids, mask, q, make_press("kvzip", keep=0.5))
