@@ -131,7 +131,7 @@ def test_untested_and_second_pass_methods_are_refused_before_compute(models):
                                             num_attention_heads=6)).eval()
     ids, mask, q = padded_batch()
     with pytest.raises(ValueError, match=r"GPT-NeoX/Falcon \(fused query_key_value\) is not supported by a press.*"
-                                         r"supported: .*GPT-2, GPT-NeoX and Phi-3"):
+                                         r"supported: .*GPT-2, GPT-NeoX, Phi-3 and OLMo 2"):
         generate_ids(falcon, ids, mask, q, make_press("snapkv", keep=0.5))
     with pytest.raises(ValueError, match=r"GPT-2 .* not supported by this method \(kvzip"):
         generate_ids(models["gpt2"], ids, mask, q, make_press("kvzip", keep=0.5))

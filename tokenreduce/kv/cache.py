@@ -126,7 +126,7 @@ def get_state(cache: Cache) -> Provenance | None:
 
 def set_state(cache: Cache, state: Provenance) -> None:
     """Record ``state`` for every full-attention layer (a press shortens them all alike; sliding-window
-    layers are left as transformers keeps them, see :func:`forward_mask`)."""
+    layers are left as transformers keeps them, see :func:`sliding_masks`)."""
     layers = [i for i in range(n_layers(cache)) if not is_sliding(cache, i)]
     prov.set_maps(cache, state, layers or [0])
 

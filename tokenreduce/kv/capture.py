@@ -38,7 +38,8 @@ def _wrapper(impl: str):
     def capture_attention(module, query, key, value, attention_mask, scaling=None, **kwargs):
         """Record ``query`` (and the scaling the model attends with), then attend as ``impl`` does."""
         if module in _watched:
-            _records[module] = (query, module.scaling if scaling is None else scaling)
+            default = getattr(module, "scaling", None) or query.shape[-1] ** -0.5
+            _records[module] = (query, default if scaling is None else scaling)
         return _delegate(module, impl)(module, query, key, value, attention_mask, scaling=scaling, **kwargs)
 
     return capture_attention

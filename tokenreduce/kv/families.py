@@ -1,11 +1,13 @@
 """Which decoder families a press runs on, and why the others are refused (checked before any compute).
 
-A press needs, per layer, an attention module with separate ``q_proj``/``k_proj``/``v_proj`` and rotary
-positions (``kv/scoring.py`` recomputes the window's queries from them) and a plain dynamic cache layer.
-Sliding-window layers (Gemma 2/3, Qwen2 with ``use_sliding_window``, Mistral with ``sliding_window``) are
-left as transformers keeps them -- already bounded at ``sliding_window - 1`` entries -- and the press
-compresses the full-attention layers (docs/KV.md, "Decoder families"). A model whose every layer slides has
-nothing left to compress and is refused, as are fused q/k/v projections and absolute positions.
+One place for the per-family rules. Attention with separate ``q_proj``/``k_proj``/``v_proj`` and rotary
+positions (Llama, Qwen2/3, Mistral, Gemma) is scored by recomputing the window's queries (``kv/scoring.py``);
+fused projections (GPT-2, GPT-NeoX, Phi-3) and q/k norms over the whole projection (OLMo 2) by the queries
+the model attended with, recorded from its attention call (``kv/capture.py``). Sliding-window layers
+(Gemma 2/3, Qwen2 with ``use_sliding_window``) are left as transformers keeps them -- already bounded at
+``sliding_window - 1`` entries -- and the press compresses the full-attention layers (docs/KV.md, "Decoder
+families"); a model whose every layer slides has nothing left to press and is refused, as are untested
+fused families (Falcon, MPT).
 """
 
 from __future__ import annotations
@@ -17,12 +19,12 @@ from . import cache as kvc
 SUPPORTED = (
     "Hugging Face Llama, Qwen2/Qwen3, Mistral without a sliding window, Gemma, Gemma 2/3 or Qwen2 "
     "(use_sliding_window) with sliding-window layers (their full-attention layers are compressed), and "
-    "GPT-2, GPT-NeoX and Phi-3 (fused projections: queries recorded from the attention call)"
+    "GPT-2, GPT-NeoX, Phi-3 and OLMo 2 (queries recorded from the attention call)"
 )
 # fused-projection families whose queries are recorded (kv/capture.py), by config.model_type
 RECORDED = {"gpt2": "c_attn", "gpt_neox": "query_key_value", "phi3": "qkv_proj"}
 
-# attribute of a fused attention projection -> (families using it, why it is refused)
+# attribute of a fused attention projection -> the families using it (named when refused)
 _FUSED = {
     "qkv_proj": "Phi-3 (fused qkv_proj)",
     "query_key_value": "GPT-NeoX/Falcon (fused query_key_value)",
