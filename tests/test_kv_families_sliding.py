@@ -123,6 +123,16 @@ def test_batch_rows_equal_single_rows(models, name, aware):
             torch.testing.assert_close(logits[b:b + 1], one_logits, atol=1e-5, rtol=0)
 
 
+@pytest.mark.parametrize("family", FAMILIES)
+def test_chunked_prefill_matches_one_shot(models, family):
+    """Chunks of 16 run past the window of 8 before the press compresses after the last one."""
+    m = models[family]
+    ids, mask, q = padded_batch()
+    for press in (None, make_press("key_norm", keep=0.5), make_press("streaming_llm", keep=0.5)):
+        one = generate_ids(m, ids, mask, q, press, max_new_tokens=6)
+        assert torch.equal(one, generate_ids(m, ids, mask, q, press, max_new_tokens=6, chunk_size=16))
+
+
 def test_every_layer_sliding_is_refused_before_compute():
     m = tiny_mistral_sliding()
     ids, mask, q = padded_batch()
