@@ -193,18 +193,20 @@ def fit_sentences(
     for u in units[lo:]:
         if got >= target:
             break
-        if keep[u].all() or count(seg.join(with_units(keep, [u]) & ~keep)) > target - got + JOIN_SLACK:
-            continue  # what the unit would add, counted alone, is well over the gap
         m = with_units(keep, [u])
+        added = m & ~keep
+        if not added.any() or count(seg.join(added)) > target - got + JOIN_SLACK:
+            continue  # nothing new, or what it adds, counted alone, is well over the gap
         t = tokens(m)
         if t <= target:
             keep, got, kept_any = m, t, True
     if kept_any or not units:
         return Fit(keep, got, False)
+    # not one whole sentence fits: trim the best one at token level (its protected spans bound to it)
     trimmed = fit_budget(seg, units[0], target, count, base, requires, order, bound=seg.atomic)
     keep = close(trimmed.keep)
     got = tokens(keep)
-    if got > target:  # the trimmed sentence's heading does not fit beside it: keep the sentence part only
+    if got > target:  # its heading or its label's sentence does not fit beside it: the trimmed part only
         keep, got = trimmed.keep, trimmed.tokens
     return Fit(keep, got, False, sentence_cut=bool((keep & ~base).any()))
 
