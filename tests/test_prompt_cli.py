@@ -23,6 +23,23 @@ def test_compress_prints_text_stats_and_html(tmp_path, capsys):
     assert '<span class="k">' in html and '<span class="d">' in html and "https://x.org" in html
 
 
+@pytest.mark.parametrize("granularity", ["sentence", "token"])
+def test_compress_says_its_granularity(tmp_path, capsys, granularity):
+    import json
+
+    f = tmp_path / "in.txt"
+    f.write_text(TEXT, encoding="utf-8")
+    tok = str(default_model_path())
+    args = ["compress", str(f), "--rate", "0.5", "--method", "first", "--tokenizer", tok, "--json"]
+    code = main(args + ["--granularity", granularity])
+    cap = capsys.readouterr()
+    stats = json.loads(cap.err.strip().splitlines()[-1])
+    assert code == 0 and stats["granularity"] == granularity
+    assert stats["ratio"] >= stats["target_ratio"] and stats["compressed_tokens"] <= stats["target_tokens"]
+    if granularity == "sentence":
+        assert stats["sentences_whole"] == stats["sentences_kept"] >= 1
+
+
 def test_compress_errors(tmp_path, capsys):
     f = tmp_path / "in.txt"
     f.write_text(TEXT, encoding="utf-8")
