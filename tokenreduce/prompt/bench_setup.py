@@ -84,9 +84,10 @@ def split_variant(variant: str) -> tuple[str, dict[str, Any], dict[str, Any]]:
 def make_compressor(
     variant: str | Scorer, tokenizer: Any, data_dir: str | Path | None, **options: Any
 ) -> PromptCompressor:
-    """The compressor of a command-line variant (or of an already loaded scorer with compressor ``options``),
-    its tiktoken files taken from the data folder."""
+    """The compressor of a command-line variant (or of an already loaded scorer), its tiktoken files taken
+    from the data folder; ``options`` (``granularity``, ``bind_protected``) override the variant's own."""
     if isinstance(variant, Scorer):
         return PromptCompressor(variant, tokenizer=tokenizer, tiktoken_dir=tiktoken_dir(data_dir), **options)
-    method, params, options = split_variant(variant)
+    method, params, own = split_variant(variant)
+    options = {**own, **options}
     return PromptCompressor(method, tokenizer=tokenizer, tiktoken_dir=tiktoken_dir(data_dir), **options, **params)

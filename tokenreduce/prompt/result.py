@@ -74,6 +74,7 @@ class CompressionResult:
         """What was done and what was achieved: ``ratio``/``rate`` are measured on the output (with whole
         sentences they land up to one sentence short of ``target_ratio``), ``granularity`` says whether kept
         sentences are whole, ``sentence_cut`` whether the one exception (no sentence fitted) happened."""
+        kept, whole = self.kept_sentences()
         return {
             "method": self.method,
             "tokenizer": self.tokenizer,
@@ -86,6 +87,6 @@ class CompressionResult:
             "rate": round(self.rate, 4),
             "over_budget": self.over_budget,
             "sentence_cut": self.sentence_cut,
-            "sentences_kept": self.kept_sentences()[0],
-            "sentences_whole": self.kept_sentences()[1],
+            "sentences_kept": kept,
+            "sentences_whole": whole,
         }
