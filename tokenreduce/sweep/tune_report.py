@@ -63,6 +63,9 @@ def summary(res: TuneResult, metric: str) -> str:
             f"(loss {100 * p['loss']:.2f}%); "
             f"held-out {h['quality']:.4f} vs {h['base_quality']:.4f} (loss {100 * h['loss']:.2f}%)",
         ]
+        if h["speedup"] < 1:
+            lines.append("  note: the held-out timing is below 1x; the splits disagree (machine load?), "
+                         "so re-measure the speedup on a quiet machine before relying on it")
     else:
         lines.append(f"  no measured setting that ran faster than the unreduced model met {res.tolerance.describe()} "
                      "on both the tuning and the held-out split")
