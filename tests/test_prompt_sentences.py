@@ -141,6 +141,7 @@ def test_token_option_keeps_the_old_word_level_fill():
     # fit(granularity=...) overrides the compressor's default on one prepared context
     prep = FIRST.prepare(TOWER)
     assert FIRST.fit(prep, rate=0.4, granularity="token").text == t.text
+    assert FIRST(TOWER, rate=0.4, granularity="token").text == t.text
     assert FIRST.fit(prep, rate=0.4).text == FIRST(TOWER, rate=0.4).text
 
 

@@ -141,9 +141,11 @@ class PromptCompressor:
         protect: Sequence[str] = DEFAULT_PROTECT,
         force: Sequence[str] = (),
         keep: Iterable[str | re.Pattern | tuple[int, int]] | None = None,
+        granularity: str | None = None,
     ) -> CompressionResult:
+        check_granularity(granularity)
         prep = self.prepare(context, question, protect=protect, force=force, keep=keep)
-        return self.fit(prep, rate=rate, target_tokens=target_tokens)
+        return self.fit(prep, rate=rate, target_tokens=target_tokens, granularity=granularity)
 
     def prepare(
         self,
