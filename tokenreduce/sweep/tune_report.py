@@ -106,7 +106,7 @@ def render(res: TuneResult, metric: str, title: str, command: str = "") -> str:
         f'<p class="meta">generated {datetime.now(timezone.utc).isoformat(timespec="seconds")} &middot; '
         f"tolerance: {escape(res.tolerance.describe())}"
         + (f" &middot; <code>{escape(command)}</code>" if command else "")
-        + f'</p><pre class="note">{escape(summary(res, metric))}</pre>'
+        + f'</p><pre class="note" style="white-space:pre-wrap">{escape(summary(res, metric))}</pre>'
         f'<section class="group"><h2>Speedup vs {escape(metric)} (tuning split)</h2>'
         f'<div class="legend">{legend}<span class="hint">ringed points and the dashed line are the Pareto front'
         f'</span></div><div class="plots"><figure>{plot}</figure></div>'
