@@ -117,3 +117,19 @@ def test_r_is_checked_not_ignored(capsys):
     assert "positive whole numbers" in capsys.readouterr().err
     assert main(["bench", "vit", "--r", "2.5"]) == 2
     assert "positive whole numbers" in capsys.readouterr().err
+
+
+def test_every_help_shows_defaults(capsys):
+    import pytest as _pytest
+
+    from tokenreduce.cli.commands import COMMANDS
+
+    for words in COMMANDS:
+        with _pytest.raises(SystemExit) as done:
+            main([*words, "--help"])
+        assert done.value.code == 0
+        out = capsys.readouterr().out
+        assert out.startswith("usage: tokenreduce"), words
+    with _pytest.raises(SystemExit):
+        main(["bench", "kv", "--help"])
+    assert "(default: 0.25)" in capsys.readouterr().out

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from ..cli.args import HelpFormatter
 from ..cli_errors import user_error
 from ..encoder.adapters import patch
 from ..encoder.methods import make_method
@@ -99,7 +100,8 @@ def main(argv: list[str] | None = None) -> int:
     from .report import format_table, write_results
     from .vision_bench import vit_b16
 
-    p = argparse.ArgumentParser(prog="tokenreduce bench deploy", description=main.__doc__)
+    p = argparse.ArgumentParser(
+        formatter_class=HelpFormatter,prog="tokenreduce bench deploy", description=main.__doc__)
     p.add_argument("--r", default="8,13", help="ToMe r values (comma-separated)")
     p.add_argument("--runtimes", default=",".join(RUNTIMES))
     p.add_argument("--batch-size", type=int, default=8)

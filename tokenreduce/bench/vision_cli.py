@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 
+from ..cli.args import HelpFormatter
 from ..cli_errors import user_error
 from .report import format_table, markdown_table, write_results
 from .text_bench import RunConfig
@@ -46,6 +47,7 @@ def _parser() -> argparse.ArgumentParser:
     from ..cli.args import names as _names
 
     p = argparse.ArgumentParser(
+        formatter_class=HelpFormatter,
         prog="tokenreduce bench vision",
         description=(
             "Vision token reduction: analytic MACs and CPU throughput on ViT-B/16 (random weights, "

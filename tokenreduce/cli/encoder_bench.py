@@ -18,6 +18,7 @@ from ..cli_errors import user_error
 from ..encoder.methods import methods as list_methods
 from ..encoder.methods.base import REGISTRY
 from ..spec import parse_spec
+from .args import HelpFormatter
 from .args import floats as _floats
 from .args import names as _names
 from .commands import BENCH_GROUPS
@@ -28,7 +29,7 @@ def _parser() -> argparse.ArgumentParser:
         prog="tokenreduce bench",
         description="Accuracy-vs-cost table of encoder methods (text: all-MiniLM-L6-v2; vit: ViT-B/16 speed).",
         epilog="other benchmarks: " + ", ".join(f"tokenreduce bench {w}" for w in BENCH_GROUPS),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     b.add_argument(
         "target", nargs="?", default="text", choices=["text", "vit"], help="text encoder (default) or ViT speed"

@@ -9,6 +9,8 @@ import argparse
 import importlib
 from dataclasses import MISSING, fields
 
+from .args import HelpFormatter
+
 # family -> (title, module holding its REGISTRY)
 FAMILIES = {
     "encoder": ("encoder methods (tokenreduce.patch(model, NAME, ...))", "tokenreduce.encoder.methods.base"),
@@ -39,7 +41,8 @@ def describe(registry) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="tokenreduce methods", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(
+        formatter_class=HelpFormatter,prog="tokenreduce methods", description=__doc__.splitlines()[0])
     p.add_argument("family", nargs="?", choices=list(FAMILIES), help="one family (default: all)")
     a = p.parse_args(argv)
     for family in [a.family] if a.family else FAMILIES:

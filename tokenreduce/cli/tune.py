@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from ..cli_errors import user_error
-from .args import names
+from .args import HelpFormatter, names
 
 DEFAULT_STORE = "tokenreduce-tune.sqlite"
 
@@ -26,7 +26,7 @@ def _parser() -> argparse.ArgumentParser:
         prog="tokenreduce tune",
         description="Search methods x keep rates on your model and data; recommend the fastest setting within "
         "a quality tolerance, checked on a held-out part of the data. Resumable (points kept in --store).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     p.add_argument("data", help="text file (one passage per line) or JSONL with 'text' and optional 'query'/'queries'")
     p.add_argument("--model", default=None, help="local HF encoder folder (default: all-MiniLM-L6-v2, bundled)")

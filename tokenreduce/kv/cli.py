@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 from ..bench.report import format_table, machine_info
+from ..cli.args import HelpFormatter
 from ..cli_errors import user_error
 from .bench import gemfilter_row, quality_rows, speed_rows
 from .data import PASSKEY_PROMPT, PASSKEY_QUESTION, haystack, passkeys, windows
@@ -21,7 +22,8 @@ SPEED_COLS = ["press", "keep", "tokens", "kv_bytes_ratio", "decode_ms_per_token_
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="tokenreduce bench kv", description=__doc__)
+    p = argparse.ArgumentParser(
+        formatter_class=HelpFormatter,prog="tokenreduce bench kv", description=__doc__)
     p.add_argument("--model", help="local HF model folder or .gguf file (default: SmolLM2-135M-Instruct)")
     p.add_argument("--data-dir", help="shared data dir with needle_haystack_paul_graham/ (default: auto, else "
                                       "Python's own docs)")

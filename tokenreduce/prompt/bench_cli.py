@@ -12,6 +12,7 @@ import sys
 import time
 
 from ..bench.report import format_table, machine_info, write_results
+from ..cli.args import HelpFormatter
 from ..cli_errors import user_error
 from .bench_setup import VARIANTS, check_variants, make_compressor, require_data, split_variant
 from .methods import make_prompt_method
@@ -29,7 +30,8 @@ def _floats(text: str) -> list[float]:
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="tokenreduce bench prompt", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(
+        formatter_class=HelpFormatter,prog="tokenreduce bench prompt", description=__doc__.split("\n")[0])
     p.add_argument("what", choices=["retention", "adherence", "speed"])
     p.add_argument(
         "--data",

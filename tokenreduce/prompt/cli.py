@@ -11,6 +11,7 @@ import json
 import sys
 from pathlib import Path
 
+from ..cli.args import HelpFormatter
 from ..cli_errors import user_error
 from .compress import DEFAULT_PROTECT
 from .methods import prompt_methods
@@ -22,7 +23,8 @@ def _kinds(text: str) -> list[str]:
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="tokenreduce compress", description="Compress a prompt / context file.")
+    p = argparse.ArgumentParser(
+        formatter_class=HelpFormatter,prog="tokenreduce compress", description="Compress a prompt / context file.")
     p.add_argument("file", help="text file to compress ('-' for stdin)")
     p.add_argument("--question", default=None, help="question for question-aware methods")
     g = p.add_mutually_exclusive_group(required=True)

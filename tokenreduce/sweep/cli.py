@@ -6,6 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from ..cli.args import HelpFormatter
 from ..cli_errors import user_error
 from .config import DEFAULT_STORE, Sweep, load_sweep, missing_models
 from .results import query, table
@@ -15,6 +16,7 @@ from .store import Store, StoreError, open_existing, warn_if_partial
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
+        formatter_class=HelpFormatter,
         prog="tokenreduce sweep",
         description="Measure every point of a sweep (models x tasks x methods x parameters). Each finished "
         "point is stored at once; re-running skips stored points, so a killed sweep resumes where it stopped.",

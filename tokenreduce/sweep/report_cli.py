@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from ..cli.args import HelpFormatter
 from ..cli_errors import user_error
 from .config import DEFAULT_STORE
 from .report import write_report
@@ -13,6 +14,7 @@ from .store import StoreError, open_existing, warn_if_partial
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
+        formatter_class=HelpFormatter,
         prog="tokenreduce report",
         description="Write OUT/index.html (interactive accuracy-vs-MACs and accuracy-vs-latency plots, Pareto fronts, "
         "per-method tables, machine and versions; no network needed to view it) and the plots as PNG.",

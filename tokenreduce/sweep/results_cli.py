@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from ..cli.args import HelpFormatter
 from ..cli_errors import user_error
 from .config import DEFAULT_STORE
 from .results import parse_where, query, table, write_csv, write_parquet
@@ -12,7 +13,8 @@ from .store import StoreError, open_existing, warn_if_partial
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="tokenreduce results", description="List, filter and export stored points.")
+    p = argparse.ArgumentParser(
+        formatter_class=HelpFormatter,prog="tokenreduce results", description="List, filter and export stored points.")
     p.add_argument("store", nargs="?", default=DEFAULT_STORE, help=f"SQLite results file (default {DEFAULT_STORE})")
     p.add_argument("--sweep", default=None, help="only this sweep's points")
     p.add_argument("--method", default=None)

@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 from ..bench.report import format_table, write_results
+from ..cli.args import HelpFormatter
 from ..cli_errors import user_error
 from .load import KNOWN, load_tok
 from .report import DEFAULT_LANGS, analyse, flores_lines, plot_parity
@@ -33,6 +34,7 @@ def _price(text: str) -> tuple[str, float]:
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
+        formatter_class=HelpFormatter,
         prog="tokenreduce tokenizers",
         description="Tokenizer efficiency on FLORES-200 parallel text: fertility (tokens/word), bytes/token, "
         "parity (token premium vs a reference language), vocabulary audit, cost per request.",

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
+from ..cli.args import HelpFormatter
 from ..cli_errors import user_error
 
 RANDOM = "random-vit-b16"
@@ -30,6 +31,7 @@ def _floats3(text: str) -> tuple[float, ...]:
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
+        formatter_class=HelpFormatter,
         prog="tokenreduce visualize",
         description="PNG of the image patches a token-reduction method merged (coloured groups) or pruned (grey).",
     )

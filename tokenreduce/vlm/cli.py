@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 from ..bench.report import format_table, machine_info
+from ..cli.args import HelpFormatter
 from ..cli_errors import user_error
 from .bench import BEFORE, INSIDE, bench_vlm, llava15_config, processor_inputs, random_llava, synthetic_inputs
 from .methods import InsideMethod, make_vlm_method, vlm_methods
@@ -27,7 +28,8 @@ COLS = [
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="tokenreduce bench vlm", description=__doc__)
+    p = argparse.ArgumentParser(
+        formatter_class=HelpFormatter,prog="tokenreduce bench vlm", description=__doc__)
     p.add_argument(
         "--model",
         help="local LlavaForConditionalGeneration folder (default: LLaVA-1.5-7B layer sizes, "
