@@ -14,6 +14,10 @@ from transformers import (
     Qwen2ForCausalLM,
 )
 
+from tokenreduce.kv import apply_press, generate_ids, make_press
+from tokenreduce.kv import cache as kvc
+from tokenreduce.kv.session import Session, prefill
+
 COMMON = dict(
     vocab_size=97, hidden_size=48, intermediate_size=96, num_hidden_layers=3, num_attention_heads=6,
     num_key_value_heads=2, max_position_embeddings=512, pad_token_id=0,
@@ -26,22 +30,54 @@ FAMILIES = {
 }
 
 
-def tiny_lm(family: str = "llama", impl: str = "sdpa", seed: int = 0) -> torch.nn.Module:
-    """A tiny causal LM with larger-than-default init so attention is peaked (scores discriminate)."""
-    cfg_cls, model_cls, extra = FAMILIES[family]
-    cfg = cfg_cls(**COMMON, **extra, attn_implementation=impl)
+def peaked(model_cls, cfg, seed: int, weights: tuple[str, ...] = ("q_proj.weight", "k_proj.weight"),
+           scale: float = 6.0) -> torch.nn.Module:
+    """``model_cls(cfg)`` seeded, with its query/key projections scaled up so attention is peaked (scores
+    discriminate), in eval mode."""
     torch.manual_seed(seed)
     model = model_cls(cfg)
     with torch.no_grad():
         for name, p in model.named_parameters():
-            if name.endswith(("q_proj.weight", "k_proj.weight")):
-                p.mul_(6.0)
+            if name.endswith(weights):
+                p.mul_(scale)
     return model.eval()
+
+
+def tiny_lm(family: str = "llama", impl: str = "sdpa", seed: int = 0) -> torch.nn.Module:
+    """A tiny causal LM with larger-than-default init so attention is peaked (scores discriminate)."""
+    cfg_cls, model_cls, extra = FAMILIES[family]
+    return peaked(model_cls, cfg_cls(**COMMON, **extra, attn_implementation=impl), seed)
 
 
 def random_ids(batch: int, n: int, seed: int = 0) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)
     return torch.randint(1, COMMON["vocab_size"], (batch, n), generator=g)
+
+
+def compressed_session(model, ids: torch.Tensor, press, mask: torch.Tensor | None = None):
+    """A session whose cache holds ``ids`` prefilled and compressed once by ``press``."""
+    s = Session(model, kvc.new_cache(model), ids[:, :0])
+    with torch.no_grad(), apply_press(model, press, auto=False) as runner:
+        prefill(s, ids, torch.ones_like(ids) if mask is None else mask, runner)
+    return s
+
+
+def assert_keep_one_exact_and_loops_agree(model) -> None:
+    """keep=1 reproduces the unpressed output through our ``generate_ids`` and ``model.generate`` for three
+    press kinds; compressed, ``model.generate`` and our loop give the same tokens."""
+    ids, mask, q = padded_batch()
+    kw = dict(input_ids=ids, attention_mask=mask, max_new_tokens=5, do_sample=False, pad_token_id=0)
+    base = generate_ids(model, ids, mask, q, max_new_tokens=4)
+    with torch.no_grad():
+        ref = model.generate(**kw)
+    for name in ("snapkv", "h2o", "streaming_llm"):
+        assert torch.equal(generate_ids(model, ids, mask, q, make_press(name, keep=1.0), max_new_tokens=4), base), name
+        with torch.no_grad(), apply_press(model, make_press(name, keep=1.0)):
+            assert torch.equal(model.generate(**kw), ref), name
+    with torch.no_grad(), apply_press(model, make_press("snapkv", keep=0.3)):
+        small = model.generate(**kw)
+    ours = generate_ids(model, ids, mask, None, make_press("snapkv", keep=0.3), max_new_tokens=5)
+    assert torch.equal(small[:, ids.shape[1]:], ours)
 
 
 def padded_batch() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -71,13 +107,7 @@ def tiny_sliding_lm(family: str, seed: int = 0) -> torch.nn.Module:
     cfg_name, model_name, extra = SLIDING[family]
     impl = "eager" if family == "gemma2" else "sdpa"
     cfg = getattr(transformers, cfg_name)(**COMMON, **extra, attn_implementation=impl)
-    torch.manual_seed(seed)
-    model = getattr(transformers, model_name)(cfg)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if name.endswith(("q_proj.weight", "k_proj.weight")):
-                p.mul_(6.0)
-    return model.eval()
+    return peaked(getattr(transformers, model_name), cfg, seed)
 
 
 def tiny_mistral_sliding(window: int = 8) -> torch.nn.Module:
@@ -104,13 +134,8 @@ def tiny_fused_lm(family: str, impl: str = "sdpa", seed: int = 0) -> torch.nn.Mo
 
     cfg_name, model_name, kw = FUSED[family]
     cfg = getattr(transformers, cfg_name)(**kw, attn_implementation=impl)
-    torch.manual_seed(seed)
-    model = getattr(transformers, model_name)(cfg)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if name.endswith(("c_attn.weight", "query_key_value.weight", "qkv_proj.weight")):
-                p.mul_(4.0)
-    return model.eval()
+    fused = ("c_attn.weight", "query_key_value.weight", "qkv_proj.weight")
+    return peaked(getattr(transformers, model_name), cfg, seed, weights=fused, scale=4.0)
 
 
 # Rotary families with q/k norms or rope scaling: (config class, model class, extra config).
@@ -129,10 +154,4 @@ def tiny_normed_lm(family: str, impl: str = "sdpa", seed: int = 0) -> torch.nn.M
 
     cfg_name, model_name, extra = NORMED[family]
     cfg = getattr(transformers, cfg_name)(**COMMON, **extra, attn_implementation=impl)
-    torch.manual_seed(seed)
-    model = getattr(transformers, model_name)(cfg)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if name.endswith(("q_proj.weight", "k_proj.weight")):
-                p.mul_(6.0)
-    return model.eval()
+    return peaked(getattr(transformers, model_name), cfg, seed)

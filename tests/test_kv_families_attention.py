@@ -7,11 +7,19 @@ from __future__ import annotations
 
 import pytest
 import torch
-from kv_models import FUSED, NORMED, padded_batch, random_ids, tiny_fused_lm, tiny_normed_lm
+from kv_models import (
+    FUSED,
+    NORMED,
+    assert_keep_one_exact_and_loops_agree,
+    compressed_session,
+    padded_batch,
+    random_ids,
+    tiny_fused_lm,
+    tiny_normed_lm,
+)
 
-from tokenreduce.kv import apply_press, generate_ids, make_press
 from tokenreduce.kv import cache as kvc
-from tokenreduce.kv.session import Session, prefill
+from tokenreduce.kv import generate_ids, make_press
 
 BUILD = {**dict.fromkeys(FUSED, tiny_fused_lm), **dict.fromkeys(NORMED, tiny_normed_lm)}
 FAMILIES = list(BUILD)
@@ -33,27 +41,9 @@ def models():
 @pytest.mark.parametrize("family", FAMILIES)
 def test_keep_one_is_exact_through_model_generate_and_generate_ids(models, family):
     m = models[family]
-    ids, mask, q = padded_batch()
-    kw = dict(input_ids=ids, attention_mask=mask, max_new_tokens=5, do_sample=False, pad_token_id=0)
-    base = generate_ids(m, ids, mask, q, max_new_tokens=4)
-    with torch.no_grad():
-        ref = m.generate(**kw)
-    for name in ("snapkv", "h2o", "streaming_llm"):
-        assert torch.equal(generate_ids(m, ids, mask, q, make_press(name, keep=1.0), max_new_tokens=4), base), name
-        with torch.no_grad(), apply_press(m, make_press(name, keep=1.0)):
-            assert torch.equal(m.generate(**kw), ref), name
-    assert m.config._attn_implementation == "sdpa"  # restored after the block
-    with torch.no_grad(), apply_press(m, make_press("snapkv", keep=0.3)):
-        small = m.generate(**kw)
-    ours = generate_ids(m, ids, mask, None, make_press("snapkv", keep=0.3), max_new_tokens=5)
-    assert torch.equal(small[:, ids.shape[1]:], ours)
+    assert_keep_one_exact_and_loops_agree(m)
+    assert m.config._attn_implementation == "sdpa"  # restored after the blocks
 
-
-def _compressed_session(m, ids, press):
-    s = Session(m, kvc.new_cache(m), ids[:, :0])
-    with torch.no_grad(), apply_press(m, press, auto=False) as runner:
-        prefill(s, ids, torch.ones_like(ids), runner)
-    return s
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -61,7 +51,7 @@ def test_compressed_cache_equals_masking_the_dropped_tokens(models, family):
     m = models[family]
     n, sinks, k = 48, 3, 20
     ids, cont = random_ids(1, n), random_ids(1, 6, seed=3)
-    s = _compressed_session(m, ids, make_press("streaming_llm", keep=0.4, sinks=sinks))
+    s = compressed_session(m, ids, make_press("streaming_llm", keep=0.4, sinks=sinks))
     got = s.feed(cont)
     assert kvc.seq_length(s.cache) == k + 6
     ref_mask = torch.zeros(1, n + 6, dtype=torch.long)
@@ -95,7 +85,7 @@ def test_queries_score_like_eager_attention(models, family):
     with torch.no_grad():
         out = eager(input_ids=ids, output_attentions=True, use_cache=True)
     for m in (models[family], eager):
-        s = _compressed_session(m, ids, make_press("snapkv", keep=0.3, window=window, kernel=5))
+        s = compressed_session(m, ids, make_press("snapkv", keep=0.3, window=window, kernel=5))
         for layer, att in enumerate(out.attentions):
             full_keys, _ = kvc.layer_kv(out.cache, layer)
             small_keys, _ = kvc.layer_kv(s.cache, layer)

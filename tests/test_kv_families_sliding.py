@@ -6,11 +6,18 @@ from __future__ import annotations
 
 import pytest
 import torch
-from kv_models import SLIDING, padded_batch, random_ids, tiny_mistral_sliding, tiny_sliding_lm
+from kv_models import (
+    SLIDING,
+    assert_keep_one_exact_and_loops_agree,
+    compressed_session,
+    padded_batch,
+    random_ids,
+    tiny_mistral_sliding,
+    tiny_sliding_lm,
+)
 
 from tokenreduce.kv import apply_press, generate_ids, kv_bytes, make_press
 from tokenreduce.kv import cache as kvc
-from tokenreduce.kv.session import Session, prefill
 
 FAMILIES = list(SLIDING)
 BATCH_SPECS = {  # every press kind: dense scoring, ragged, mixed precision, decode-time
@@ -26,28 +33,8 @@ def models():
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_keep_one_is_exact_through_model_generate_and_generate_ids(models, family):
-    m = models[family]
-    ids, mask, q = padded_batch()
-    kw = dict(input_ids=ids, attention_mask=mask, max_new_tokens=5, do_sample=False, pad_token_id=0)
-    base = generate_ids(m, ids, mask, q, max_new_tokens=4)
-    with torch.no_grad():
-        ref = m.generate(**kw)
-    for name in ("snapkv", "h2o", "streaming_llm"):
-        assert torch.equal(generate_ids(m, ids, mask, q, make_press(name, keep=1.0), max_new_tokens=4), base), name
-        with torch.no_grad(), apply_press(m, make_press(name, keep=1.0)):
-            assert torch.equal(m.generate(**kw), ref), name
-    # compressed, model.generate and our loop agree
-    with torch.no_grad(), apply_press(m, make_press("snapkv", keep=0.3)):
-        small = m.generate(**kw)
-    ours = generate_ids(m, ids, mask, None, make_press("snapkv", keep=0.3), max_new_tokens=5)
-    assert torch.equal(small[:, ids.shape[1]:], ours)
+    assert_keep_one_exact_and_loops_agree(models[family])
 
-
-def _compressed_session(m, ids, press):
-    s = Session(m, kvc.new_cache(m), ids[:, :0])
-    with torch.no_grad(), apply_press(m, press, auto=False) as runner:
-        prefill(s, ids, torch.ones_like(ids), runner)
-    return s
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -59,7 +46,7 @@ def test_compressed_cache_equals_masking_the_dropped_tokens(models, family):
     m = models[family]
     n, sinks, k = 48, 3, 20
     ids, cont = random_ids(1, n), random_ids(1, 6, seed=3)
-    s = _compressed_session(m, ids, make_press("streaming_llm", keep=0.4, sinks=sinks))
+    s = compressed_session(m, ids, make_press("streaming_llm", keep=0.4, sinks=sinks))
     got = s.feed(cont)
     ref_mask = torch.zeros(1, n + 6, dtype=torch.long)
     ref_mask[0, :sinks] = 1
@@ -78,7 +65,7 @@ def test_compressed_cache_equals_masking_the_dropped_tokens(models, family):
     # handing the sliding layers the compressed layers' mask (entries, not tokens) changes the result
     with torch.no_grad():
         wrong = m(input_ids=cont, attention_mask=kvc.rewrite_mask(s.cache, ref_mask)[:, -(k + 6):],
-                  position_ids=pos[:, n:], cache=_compressed_session(m, ids, make_press(
+                  position_ids=pos[:, n:], cache=compressed_session(m, ids, make_press(
                       "streaming_llm", keep=0.4, sinks=sinks)).cache).logits
     assert not torch.allclose(got, wrong, atol=1e-3)
 
@@ -87,8 +74,8 @@ def test_compressed_cache_equals_masking_the_dropped_tokens(models, family):
 def test_only_full_attention_layers_shrink(models, family):
     m = models[family]
     ids = random_ids(1, 100)
-    full = _compressed_session(m, ids, make_press("snapkv", keep=1.0)).cache
-    quarter = _compressed_session(m, ids, make_press("snapkv", keep=0.25)).cache
+    full = compressed_session(m, ids, make_press("snapkv", keep=1.0)).cache
+    quarter = compressed_session(m, ids, make_press("snapkv", keep=0.25)).cache
     sliding = [i for i in range(kvc.n_layers(full)) if kvc.is_sliding(full, i)]
     per_layer = kv_bytes(full) // kvc.n_layers(full)  # full layers hold 100 entries, sliding ones 7
     slide_bytes = sum(full.layers[i].keys.numel() * 2 * full.layers[i].keys.element_size() for i in sliding)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from kv_models import FAMILIES, padded_batch, random_ids, tiny_lm
+from kv_models import FAMILIES, compressed_session, padded_batch, random_ids, tiny_lm
 
 from tokenreduce.kv import apply_press, generate_ids, kv_bytes, make_press, presses
 from tokenreduce.kv import cache as kvc
@@ -52,12 +52,6 @@ def test_model_generate_with_press(models, name):
     assert torch.equal(small[:, ids.shape[1] :], ours)
 
 
-def _compressed_session(m, ids, press):
-    s = Session(m, kvc.new_cache(m), ids[:, :0])
-    with torch.no_grad(), apply_press(m, press, auto=False) as runner:
-        prefill(s, ids, torch.ones_like(ids), runner)
-    return s
-
 
 @pytest.mark.parametrize("family", list(FAMILIES))
 def test_compressed_cache_equals_masking_the_dropped_tokens(models, family):
@@ -68,7 +62,7 @@ def test_compressed_cache_equals_masking_the_dropped_tokens(models, family):
     m = models[family]
     n, sinks = 48, 3
     ids, cont = random_ids(1, n), random_ids(1, 6, seed=3)
-    s = _compressed_session(m, ids, make_press("streaming_llm", keep=0.4, sinks=sinks))
+    s = compressed_session(m, ids, make_press("streaming_llm", keep=0.4, sinks=sinks))
     got = s.feed(cont)
     k = -(-n * 4 // 10)
     ref_mask = torch.zeros(1, n + 6, dtype=torch.long)
@@ -111,7 +105,7 @@ def test_snapkv_keeps_what_eager_attention_says(models, family):
     ids = random_ids(1, n, seed=5)
     with torch.no_grad():
         out = eager(input_ids=ids, output_attentions=True, use_cache=True)
-    s = _compressed_session(m, ids, make_press("snapkv", keep=keep, window=window, kernel=5))
+    s = compressed_session(m, ids, make_press("snapkv", keep=keep, window=window, kernel=5))
     k = -(-n * 3 // 10)
     for layer, att in enumerate(out.attentions):
         full_keys, _ = kvc.layer_kv(out.cache, layer)
@@ -135,8 +129,8 @@ def test_batch_composition_does_not_change_a_row(models, name):
 def test_kv_bytes_shrink_with_keep(models):
     m = models["mistral"]
     ids = random_ids(1, 100)
-    full = _compressed_session(m, ids, make_press("snapkv", keep=1.0))
-    quarter = _compressed_session(m, ids, make_press("snapkv", keep=0.25))
+    full = compressed_session(m, ids, make_press("snapkv", keep=1.0))
+    quarter = compressed_session(m, ids, make_press("snapkv", keep=0.25))
     assert kv_bytes(quarter.cache) == kv_bytes(full.cache) * 25 // 100
 
 

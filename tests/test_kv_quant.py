@@ -6,13 +6,11 @@ import math
 
 import pytest
 import torch
-from kv_models import COMMON, random_ids, tiny_lm
+from kv_models import COMMON, compressed_session, random_ids, tiny_lm
 
 from tokenreduce.kv import apply_press, generate_ids, kv_bytes, make_press
-from tokenreduce.kv import cache as kvc
 from tokenreduce.kv.mixed import MixedLayer, salient_positions
 from tokenreduce.kv.quant import channel_scale, dequantize, pack4, quantize, unpack4
-from tokenreduce.kv.session import Session, prefill
 
 HEAD_DIM = COMMON["hidden_size"] // COMMON["num_attention_heads"]
 
@@ -62,19 +60,12 @@ def test_constant_groups_are_exact():
     assert torch.equal(dequantize(quantize(x, 4, 4)), x)
 
 
-def _compressed(model, ids, press, mask=None):
-    s = Session(model, kvc.new_cache(model), ids[:, :0])
-    with torch.no_grad(), apply_press(model, press, auto=False) as runner:
-        prefill(s, ids, torch.ones_like(ids) if mask is None else mask, runner)
-    return s
-
-
 @pytest.mark.parametrize(("bits", "group", "salient", "channels"),
                          [(8, 8, 0.25, False), (4, 4, 0.1, False), (4, 8, 0.0, False), (4, 8, 0.1, True)])
 def test_bytes_held_equal_the_formula(model, bits, group, salient, channels):
     n = 64
     press = make_press("zipcache", bits=bits, group=group, salient=salient, key_channels=channels)
-    s = _compressed(model, random_ids(1, n, seed=2), press)
+    s = compressed_session(model, random_ids(1, n, seed=2), press)
     hkv, layers, d = COMMON["num_key_value_heads"], COMMON["num_hidden_layers"], HEAD_DIM
     sal = math.ceil(salient * n - 1e-9)
     per_head = (
@@ -101,7 +92,7 @@ def test_all_salient_reproduces_the_full_cache(model):
         assert torch.equal(generate_ids(model, ids, mask, q, press, max_new_tokens=6, query_aware=aware), base)
     with torch.no_grad():
         ref = model(input_ids=ids[:1], use_cache=True).cache
-    s = _compressed(model, ids[:1], make_press("zipcache", bits=8, group=8, salient=1.0))
+    s = compressed_session(model, ids[:1], make_press("zipcache", bits=8, group=8, salient=1.0))
     for i, layer in enumerate(s.cache.layers):  # stored entries are bit-identical, not just close
         k, v = layer.prefix()
         assert torch.equal(k, ref.layers[i].keys) and torch.equal(v, ref.layers[i].values)
@@ -114,7 +105,7 @@ def test_quantized_prefix_is_close_and_8_bits_beat_4(model):
                     cache=model(input_ids=ids, use_cache=True).cache).logits
     err = {}
     for bits in (8, 4):
-        s = _compressed(model, ids, make_press("zipcache", bits=bits, group=4, salient=0.0))
+        s = compressed_session(model, ids, make_press("zipcache", bits=bits, group=4, salient=0.0))
         err[bits] = float((s.feed(cont) - ref).abs().max())
     assert 0 < err[8] < err[4] and err[8] < 0.05
 
