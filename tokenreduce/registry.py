@@ -22,16 +22,24 @@ class ParamError(TypeError, ValueError):
 _KINDS = {"int": "an int", "float": "a real number", "bool": "a bool (true/false)", "str": "a string"}
 
 
+def is_bool(value: Any) -> bool:
+    """A Python or numpy bool."""
+    return isinstance(value, bool) or type(value).__name__ == "bool_"
+
+
+def is_int(value: Any) -> bool:
+    """An integer (int, numpy integer), not a bool: True is not a number here, however Python counts it."""
+    return isinstance(value, numbers.Integral) and not is_bool(value)
+
+
+def is_real(value: Any, finite: bool = True) -> bool:
+    """A real number (int, float, numpy real), not a bool; ``finite``: NaN and inf refused too."""
+    return isinstance(value, numbers.Real) and not is_bool(value) and (not finite or math.isfinite(float(value)))
+
+
 def _fits(value: Any, kind: str) -> bool:
-    if kind == "bool":
-        return isinstance(value, bool) or type(value).__name__ == "bool_"
-    if isinstance(value, bool) or type(value).__name__ == "bool_":
-        return False  # True is not a number here, however Python counts it
-    if kind == "int":
-        return isinstance(value, numbers.Integral)
-    if kind == "float":
-        return isinstance(value, numbers.Real) and math.isfinite(float(value))
-    return isinstance(value, str)
+    checks = {"bool": is_bool, "int": is_int, "float": is_real}
+    return checks[kind](value) if kind in checks else isinstance(value, str)
 
 
 def check_field_types(obj: Any, owner: str) -> None:

@@ -10,7 +10,6 @@ surrogates, which cannot be encoded as UTF-8 and crash tokenizers).
 from __future__ import annotations
 
 import math
-import numbers
 import os
 import re
 import typing
@@ -19,6 +18,9 @@ from dataclasses import fields
 from typing import Any
 
 import numpy as np
+
+from .. import registry
+from ..registry import is_int
 
 _SURROGATE = re.compile("[\ud800-\udfff]")
 
@@ -33,13 +35,8 @@ def _type(x: Any) -> str:
 
 
 def is_real(x: Any) -> bool:
-    """A real number (int, float, numpy real scalar), not a bool."""
-    return isinstance(x, numbers.Real) and not isinstance(x, (bool, np.bool_))
-
-
-def is_int(x: Any) -> bool:
-    """An integer (int, numpy integer scalar), not a bool."""
-    return isinstance(x, numbers.Integral) and not isinstance(x, (bool, np.bool_))
+    """A real number (int, float, numpy real scalar), not a bool; NaN/inf are checked by the callers."""
+    return registry.is_real(x, finite=False)
 
 
 def check_text(text: str, what: str) -> str:

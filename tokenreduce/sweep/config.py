@@ -16,6 +16,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..registry import is_bool, is_int, is_real
+
 BASELINE = "none"  # method name of the unreduced model (quality and cost of the baseline only)
 DEFAULT_STORE = "tokenreduce-sweep.sqlite"
 SETTINGS_DEFAULTS: dict[str, Any] = {
@@ -109,21 +111,18 @@ def _validate(method: str, params: dict[str, Any], where: str) -> dict[str, Any]
 
 
 def _fits(value: Any, annotation: str) -> bool:
-    """Does a YAML value match one alternative of a method field's annotation (``int | None``, ...)?"""
+    """Does a YAML value match one alternative of a method field's annotation (``int | None``, ...)?
+    bool is an int to Python, never to a sweep config (the registry's predicates say so)."""
+    simple = {"None": lambda v: v is None, "bool": is_bool, "int": is_int,
+              "float": lambda v: is_real(v, finite=False), "str": lambda v: isinstance(v, str)}
     for alt in (a.strip() for a in annotation.split("|")):
-        if alt == "None" and value is None:
-            return True
-        if alt == "bool" and isinstance(value, bool):
-            return True
-        if isinstance(value, bool):
-            continue  # bool is an int to Python, never to a sweep config
-        if (alt == "int" and isinstance(value, int)) or (alt == "float" and isinstance(value, (int, float))):
-            return True
-        if alt == "str" and isinstance(value, str):
-            return True
-        if alt.startswith("tuple[") and isinstance(value, (list, tuple)):
-            return all(isinstance(v, int) and not isinstance(v, bool) for v in value)
-        if alt not in ("None", "bool", "int", "float", "str") and not alt.startswith("tuple["):
+        if alt in simple:
+            if simple[alt](value):
+                return True
+        elif alt.startswith("tuple["):
+            if isinstance(value, (list, tuple)):
+                return all(map(is_int, value))
+        else:
             return True  # an annotation this check does not know: the method validates it
     return False
 

@@ -9,24 +9,14 @@ scoring adds (:mod:`..flops` sums them).
 
 from __future__ import annotations
 
-import math
-import numbers
 from dataclasses import dataclass
 from typing import Any, ClassVar, NamedTuple
 
 from torch import Tensor, nn
 
 from ...kv.scoring import window_attention, window_keys, window_queries
-from ...registry import Registry, check_field_types, check_range
+from ...registry import Registry, check_field_types, check_range, is_int, is_real
 from ..flops import DecoderShape, scoring_macs
-
-
-def is_real(value: Any) -> bool:
-    return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(float(value))
-
-
-def is_int(value: Any) -> bool:
-    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
 @dataclass(frozen=True)

@@ -7,8 +7,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
-from ...registry import check_range
-from .base import InsideMethod, is_int, register
+from ...registry import check_range, is_int
+from .base import InsideMethod, register
 
 
 @register
