@@ -16,6 +16,7 @@ import torch
 from torch import Tensor
 
 from ..core.provenance import Provenance, layer_map, set_layer_map
+from ..kv.cache import cache_of
 from .families.base import Image, VLMFamily, has_images, image_features
 from .methods import BeforeMethod, InsideMethod, Unit, VisualMethod
 from .reduce import keep_top_in_groups
@@ -28,10 +29,6 @@ from .state import (
     gather_mask,
     gather_tokens,
 )
-
-
-def _cache(kwargs: dict):
-    return kwargs.get("cache", kwargs.get("past_key_values"))
 
 
 def _entries(cache, layer: int = 0) -> int:
@@ -64,7 +61,7 @@ class VLMRunner:
     # ---- outer model and vision tower -------------------------------------------------------------
     def outer_pre(self, module, args, kwargs):
         ids = kwargs.get("input_ids", args[0] if args else None)
-        if not has_images(kwargs) or not _empty(_cache(kwargs)):
+        if not has_images(kwargs) or not _empty(cache_of(kwargs)):
             CURRENT.set(None)
             return self._decode_positions(ids, args, kwargs)
         if ids is None:
@@ -82,7 +79,7 @@ class VLMRunner:
 
     def _decode_positions(self, ids: Tensor | None, args, kwargs: dict):
         """The family's true decode positions over a shortened cache, where it has them."""
-        cache = _cache(kwargs)
+        cache = cache_of(kwargs)
         first = layer_map(cache, 0)
         if first is None:
             return None
@@ -114,7 +111,7 @@ class VLMRunner:
 
     # ---- language model ---------------------------------------------------------------------------
     def lm_pre(self, module, args, kwargs):
-        cache, fwd = _cache(kwargs), CURRENT.get()
+        cache, fwd = cache_of(kwargs), CURRENT.get()
         if fwd is not None:
             mask = kwargs.get("attention_mask")
             fwd.valid = mask.bool() if mask is not None and mask.ndim == 2 else None
@@ -182,14 +179,14 @@ class VLMRunner:
         prov = Provenance.identity(hidden.shape[0], fwd.n, hidden.device)
         if fwd.kept is not None:
             prov = prov.select(fwd.kept)
-        cache = _cache(kwargs)
+        cache = cache_of(kwargs)
         if cache is not None:
             set_layer_map(cache, index, prov)
         return prov
 
     def _decode_mask(self, index: int, args, kwargs):
         """A decode step on a layer whose cache is shorter than the first layer's gets its own mask."""
-        cache, fwd = _cache(kwargs), CURRENT.get()
+        cache, fwd = cache_of(kwargs), CURRENT.get()
         own, first = layer_map(cache, index), layer_map(cache, 0)
         if own is None or first is None or fwd.valid is None or own.length == first.length:
             return None
