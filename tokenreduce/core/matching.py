@@ -90,12 +90,15 @@ def prune_duplicates(sim: Tensor, importance: Tensor, cand: Tensor, r: Tensor) -
     return in_a & (rank_of(best, descending=True) < r[:, None]) & (best > NEG)
 
 
-def grid_pool(n: int, protected: int, grid: tuple[int, int], window: tuple[int, int]) -> tuple[Tensor, int]:
-    """Average-pooling windows of a row-major patch grid as slots (N,); prefix tokens keep theirs."""
+def grid_pool(
+    n: int, protected: int, grid: tuple[int, int], window: tuple[int, int], device: torch.device | None = None
+) -> tuple[Tensor, int]:
+    """Average-pooling windows of a row-major patch grid as slots (N,) on ``device``; prefix tokens keep theirs."""
     h, w = grid
     kh, kw = window
     ow = -(-w // kw)
-    i = torch.arange(h * w)
+    i = torch.arange(h * w, device=device)
     slot = protected + (i // w // kh) * ow + (i % w) // kw
-    dst = torch.cat([torch.arange(protected), slot, torch.full((n - protected - h * w,), -1)])
+    rest = torch.full((n - protected - h * w,), -1, device=device)
+    dst = torch.cat([torch.arange(protected, device=device), slot, rest])
     return dst, protected + (-(-h // kh)) * ow

@@ -114,5 +114,5 @@ class GridPool(Method):
                 "pool: tokens are no longer a full patch grid in order (padding or an earlier reduction); "
                 "pooling must be the model's first and only reduction, on unpadded images"
             )
-        dst, n_out = grid_pool(n, p, grid_of(n - p, self.grid), self._window())
-        return Plan(dst.to(t.sizes.device).expand(b, n), n_out)
+        dst, n_out = grid_pool(n, p, grid_of(n - p, self.grid), self._window(), t.sizes.device)
+        return Plan(dst.expand(b, n), n_out)
