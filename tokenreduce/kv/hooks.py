@@ -20,6 +20,7 @@ from ..core.provenance import Provenance, layer_map
 from . import cache as kvc
 from . import capture, families
 from .presses.base import (
+    ChannelPress,
     DecodeTimePress,
     LayerView,
     MixedPrecisionPress,
@@ -46,7 +47,12 @@ def compress_layer(
     keys, values = kvc.layer_kv(cache, idx)
     view = LayerView(module, idx, n_layers, hidden, cos, sin, keys, values, valid)
     scores = protect(press.score(view), valid, press.sinks, press.recent)
-    return keep_scored(press, cache, idx, n_layers, keys, values, scores, valid, budgets)
+    prefix_mask = keep_scored(press, cache, idx, n_layers, keys, values, scores, valid, budgets)
+    if isinstance(press, ChannelPress):  # key channels pruned too (ThinK): its own storage layer
+        layer = press.channel_layer(view, *kvc.layer_kv(cache, idx))
+        if layer is not None:
+            kvc.replace_layer(cache, idx, layer)
+    return prefix_mask
 
 
 def keep_scored(

@@ -62,7 +62,8 @@ class Press:
     What a press can do is declared by its type, never probed: :class:`ScoringPress` (scores one layer's
     entries), :class:`RaggedPress` (budgets differ between heads or layers), :class:`DecodeTimePress`
     (compresses during decoding), :class:`MixedPrecisionPress` (stores entries in its own layer type),
-    :class:`ReconstructionPress` (scored by a second pass over the context).
+    :class:`ReconstructionPress` (scored by a second pass over the context), :class:`ChannelPress` (also
+    prunes key channels).
     """
 
     keep: float = 1.0
@@ -145,6 +146,16 @@ class MixedPrecisionPress(Press):
     def build_layer(self, keys: Tensor, values: Tensor, scores: Tensor, valid: Tensor) -> DynamicLayer:
         """The storage layer for kept entries (B, Hkv, L, D); ``scores`` (B, Hkv, L) are their scores,
         ``valid`` (B, L) marks real ones."""
+        raise NotImplementedError  # pragma: no cover - abstract
+
+
+class ChannelPress(Press):
+    """Also prunes key channels (ThinK): after the entries are kept, :meth:`channel_layer` may store the
+    layer's keys with fewer channels in its own cache layer type (real bytes saved)."""
+
+    def channel_layer(self, view: LayerView, keys: Tensor, values: Tensor) -> DynamicLayer | None:
+        """The storage layer for the kept entries ``keys``/``values`` (B, Hkv, L, D) with channels chosen from
+        ``view`` (the layer before eviction), or None (nothing pruned)."""
         raise NotImplementedError  # pragma: no cover - abstract
 
 

@@ -10,6 +10,7 @@ from torch import Tensor
 from ...registry import check_range
 from .base import (
     REGISTRY,
+    ChannelPress,
     DecodeTimePress,
     LayerView,
     MixedPrecisionPress,
@@ -42,6 +43,7 @@ _NOT_A_SCORER: list[tuple[type[Press], str]] = [
     (RaggedPress, "it redistributes the budget between heads or layers (ragged storage), it does not just score"),
     (DecodeTimePress, "it compresses during decoding, it does not just score"),
     (MixedPrecisionPress, "it stores entries in mixed precision, it does not just score"),
+    (ChannelPress, "it prunes key channels, it does not just score"),
 ]
 
 
