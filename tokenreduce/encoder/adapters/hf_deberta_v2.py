@@ -124,13 +124,13 @@ def _disentangled_bias(sa: nn.Module, q: Tensor, k: Tensor, rel: Tensor, rel_emb
         pos_q = sa.transpose_for_scores(sa.pos_query_proj(emb), heads).repeat(rows, 1, 1) if "p2c" in types else None
     score = 0
     if "c2p" in types:
-        scale = torch.sqrt(torch.tensor(pos_k.size(-1), dtype=torch.float) * factor)
+        scale = torch.sqrt(torch.tensor(pos_k.size(-1), dtype=torch.float, device=q.device) * factor)
         c2p = torch.gather(
             torch.bmm(q, pos_k.transpose(-1, -2)), dim=-1, index=torch.clamp(rel + span, 0, span * 2 - 1)
         )
         score += c2p / scale.to(dtype=c2p.dtype)
     if "p2c" in types:
-        scale = torch.sqrt(torch.tensor(pos_q.size(-1), dtype=torch.float) * factor)
+        scale = torch.sqrt(torch.tensor(pos_q.size(-1), dtype=torch.float, device=q.device) * factor)
         p2c = torch.bmm(k, pos_q.transpose(-1, -2))
         p2c = torch.gather(p2c, dim=-1, index=torch.clamp(-rel + span, 0, span * 2 - 1)).transpose(-1, -2)
         score += p2c / scale.to(dtype=p2c.dtype)
@@ -181,7 +181,7 @@ class HFDebertaV2:
         k = sa.transpose_for_scores(sa.key_proj(x), heads)
         v = sa.transpose_for_scores(sa.value_proj(x), heads)
         factor = 1 + sum(t in sa.pos_att_type for t in ("c2p", "p2c"))
-        scale = torch.sqrt(torch.tensor(q.size(-1), dtype=torch.float) * factor)
+        scale = torch.sqrt(torch.tensor(q.size(-1), dtype=torch.float, device=q.device) * factor)
         scores = torch.bmm(q, k.transpose(-1, -2) / scale.to(dtype=q.dtype))
         if sa.relative_attention:
             rel, rel_embeddings = _POSITIONS.get()
