@@ -63,7 +63,7 @@ def press_cache(model: nn.Module, pre: Prefill, press: Press | None, tokenizer=N
     if isinstance(press, KVzip):
         return compress_cache(model, cache, pre.ids, None, press, prompt_ids(press, tokenizer))
     mods = attention_modules(model)
-    valid = torch.ones(1, pre.n, dtype=torch.bool)
+    valid = torch.ones(1, pre.n, dtype=torch.bool, device=pre.logits.device)
     prefix = None
     for m in mods:
         hidden, cos, sin = pre.inputs[m.layer_idx]
@@ -80,7 +80,7 @@ def kl_rows(p_logits: Tensor, q_logits: Tensor) -> Tensor:
 
 @torch.no_grad()
 def continuation_logits(model, cache, n: int, cont: Tensor) -> Tensor:
-    return Session(model, cache, torch.ones(1, n, dtype=torch.long)).feed(cont)
+    return Session(model, cache, torch.ones(1, n, dtype=torch.long, device=cont.device)).feed(cont)
 
 
 def nll(logits: Tensor, targets: Tensor) -> float:
@@ -90,7 +90,7 @@ def nll(logits: Tensor, targets: Tensor) -> float:
 
 @torch.no_grad()
 def answer(model, cache, n: int, first_logits: Tensor, question: Tensor | None, tokenizer, new_tokens: int = 8) -> str:
-    session = Session(model, cache, torch.ones(1, n, dtype=torch.long))
+    session = Session(model, cache, torch.ones(1, n, dtype=torch.long, device=first_logits.device))
     logits = session.feed(question, last_only=True) if question is not None else first_logits
     ids = greedy(session, logits, new_tokens, None)
     return tokenizer.decode(ids[0], skip_special_tokens=True)
@@ -151,7 +151,7 @@ def _decoder(model, pre: Prefill, cache, steps: int):
     """A closure decoding ``steps`` greedy tokens from a fresh copy of ``cache`` (timing / memory)."""
 
     def run():
-        session = Session(model, kvc.clone(cache), torch.ones(1, pre.n, dtype=torch.long))
+        session = Session(model, kvc.clone(cache), torch.ones(1, pre.n, dtype=torch.long, device=pre.logits.device))
         greedy(session, pre.logits, steps, None)
 
     return run

@@ -35,12 +35,12 @@ def _chunk_inputs(ids: Tensor, valid: Tensor, prompt: Tensor, start: int, chunk:
     rows = [ids[b][valid[b]][start : start + chunk] for b in range(ids.shape[0])]
     length = max(len(r) for r in rows)
     p = len(prompt)
-    out = torch.zeros(ids.shape[0], p + length, dtype=ids.dtype)
+    out = ids.new_zeros(ids.shape[0], p + length)
     mask = torch.zeros_like(out)
-    queries = torch.zeros(ids.shape[0], length)
+    queries = torch.zeros(ids.shape[0], length, device=ids.device)
     for b, r in enumerate(rows):
         if len(r):  # a row whose context is used up takes no part in this pass
-            seq = torch.cat([prompt.to(ids.dtype), r])
+            seq = torch.cat([prompt.to(ids), r])
             out[b, -len(seq) :], mask[b, -len(seq) :], queries[b, length - len(r) :] = seq, 1, 1.0
     return out, mask, queries
 
@@ -117,7 +117,7 @@ def compress_cache(
     mask = torch.ones_like(ids) if mask is None else mask
     if kvc.get_state(cache) is not None or kvc.seq_length(cache) != ids.shape[1]:
         raise ValueError("kvzip needs the uncompressed cache of exactly the given context")
-    prompt = torch.zeros(0, dtype=torch.long) if prompt is None else prompt
+    prompt = ids.new_zeros(0) if prompt is None else prompt
     scores = reconstruction_scores(model, cache, ids, mask, prompt, press.chunk, press.window)
     mods, valid = attention_modules(model), mask.bool()
     scores = [protect(s, valid, press.sinks, press.recent) for s in scores]

@@ -93,7 +93,7 @@ def greedy(
 
     ``steps``, if given, receives the logits (B, V) each new token was chosen from."""
     out = []
-    done = torch.zeros(logits.shape[0], dtype=torch.bool)
+    done = torch.zeros(logits.shape[0], dtype=torch.bool, device=logits.device)
     last = logits[:, -1]
     for t in range(max_new_tokens):
         nxt = last.argmax(-1)
