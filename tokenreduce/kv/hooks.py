@@ -29,7 +29,7 @@ from .presses.base import (
     ReconstructionPress,
     ScoringPress,
 )
-from .ragged import build_ragged, ragged_attention_for, select_ragged
+from .ragged import RaggedLayer, ragged_attention_for, select_ragged
 from .select import gather, protect, select
 
 
@@ -72,10 +72,10 @@ def keep_scored(
     return prefix_mask
 
 
-def keep_ragged(cache, idx: int, keys, values, kept: list[list[torch.Tensor]]) -> torch.Tensor:
-    """Store layer ``idx`` as a ragged layer of the entries at ``kept[b][h]``; returns the prefix mask
-    (all ones: ragged entries are all real tokens)."""
-    kvc.replace_layer(cache, idx, build_ragged(keys, values, kept))
+def keep_ragged(cache, idx: int, keys, values, kept: torch.Tensor) -> torch.Tensor:
+    """Store layer ``idx`` as a ragged layer of the entries marked by ``kept`` (B, Hkv, N) bool; returns the
+    prefix mask (all ones: the per-head filler is masked by the ragged attention, not by the 2D mask)."""
+    kvc.replace_layer(cache, idx, RaggedLayer.from_chosen(keys, values, kept))
     return torch.ones(keys.shape[0], kvc.seq_length(cache), dtype=torch.bool, device=keys.device)
 
 
