@@ -106,7 +106,7 @@ def _run(model: nn.Module, x: dict, steps: int) -> tuple[torch.Tensor, list[int]
     logits, kv = out.logits[0, -1], _kv_bytes(out.cache)
     toks = [int(logits.argmax())]
     for _ in range(steps - 1):
-        out = model(input_ids=torch.tensor([[toks[-1]]]), cache=out.cache, use_cache=True)
+        out = model(input_ids=torch.tensor([[toks[-1]]], device=logits.device), cache=out.cache, use_cache=True)
         toks.append(int(out.logits[0, -1].argmax()))
     return logits, toks, kv
 

@@ -281,8 +281,8 @@ def thumbnail_mass(lay: NextLayout, thumb: Tensor) -> Tensor:
     t = thumb.double().view(g, g)
     h, w = lay.window[1] - lay.window[0], lay.window[3] - lay.window[2]
     if h == 0 or w == 0:  # an extreme aspect unpadded every crop away
-        return torch.zeros(lay.crops - 1, dtype=t.dtype)
-    edges = torch.arange(g + 1, dtype=torch.float64) / g
+        return torch.zeros(lay.crops - 1, dtype=t.dtype, device=t.device)
+    edges = torch.arange(g + 1, dtype=torch.float64, device=t.device) / g
 
     def overlap(a: float, b: float) -> Tensor:  # (g,) fraction of each thumbnail cell inside [a, b)
         return ((edges[1:].clamp(max=b) - edges[:-1].clamp(min=a)).clamp(min=0) * g).to(t)

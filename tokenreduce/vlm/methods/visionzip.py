@@ -45,7 +45,7 @@ class VisionZip(BeforeMethod):
         kc = min(k - kd, len(cand))
         if kc == 0:
             return dom, emb[dom]
-        targets = cand[torch.linspace(0, len(cand) - 1, kc).round().long()]
+        targets = cand[torch.linspace(0, len(cand) - 1, kc, device=cand.device).round().long()]
         return reduce.merge_into_targets(emb, emb, dom, targets)
 
     def image_macs(self, n, k, hidden, vision_width):
