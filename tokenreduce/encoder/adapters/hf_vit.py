@@ -1,4 +1,4 @@
-"""Hugging Face pre-LN vision encoders: ViT, DeiT (two prefix tokens) and the CLIP vision tower.
+"""Hugging Face pre-LN vision encoders: ViT, DeiT (two prefix tokens), ViT-MAE and the CLIP vision tower.
 
 Block = x + attn(ln1(x)); x + mlp(ln2(x)). Reduction sits between the two residual branches.
 In a full CLIPModel only the vision tower is patched (the text tower is causal).
@@ -11,7 +11,7 @@ from torch import Tensor, nn
 from .base import AttnOut, ModelDims, module_list_of
 from .hf_attention import run_attention, run_self_attention
 
-VIT_LAYERS = {"ViTLayer", "DeiTLayer"}
+VIT_LAYERS = {"ViTLayer", "DeiTLayer", "ViTMAELayer"}  # MAE: the encoder stack (found before its decoder's)
 CLIP_LAYERS = {"CLIPEncoderLayer"}
 
 

@@ -19,6 +19,7 @@ from ..methods import make_method
 from ..methods.base import Method
 from .base import Family
 from .hf_albert import HFAlbert
+from .hf_beit import HFBeit, HFData2VecVision
 from .hf_bert import HFBert
 from .hf_deberta_v2 import HFDebertaV2
 from .hf_dinov2 import HFDinov2
@@ -36,7 +37,7 @@ _ATTR = PATCH_ATTR
 def families() -> list[Family]:
     """Supported model families, most specific first (timm only when the extra is installed)."""
     fams: list[Family] = [HFBert(), HFDistilBert(), HFAlbert(), HFMPNet(), HFDebertaV2(), HFModernBert()]
-    fams += [HFViT(), HFCLIPVision(), HFDinov2(), HFSiglipVision()]
+    fams += [HFViT(), HFCLIPVision(), HFDinov2(), HFSiglipVision(), HFBeit(), HFData2VecVision()]
     if importlib.util.find_spec("timm") is None:
         return fams
     from .timm_vit import TimmViT
