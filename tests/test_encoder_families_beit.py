@@ -10,17 +10,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-from models import HID, jitter_norms, pixels
-from transformers import (
-    BeitConfig,
-    BeitForImageClassification,
-    BeitModel,
-    Data2VecVisionConfig,
-    Data2VecVisionModel,
-    ViTMAEConfig,
-    ViTMAEForPreTraining,
-    ViTMAEModel,
-)
+from models import pixels
+from transformers import BeitForImageClassification, ViTMAEForPreTraining, ViTMAEModel
+from vision_models import beit, data2vec, mae
 
 import tokenreduce as tr
 from tokenreduce.bench.flops import measured_flops
@@ -28,43 +20,6 @@ from tokenreduce.encoder.adapters import hf_beit
 from tokenreduce.encoder.adapters.patching import resolve_family
 from tokenreduce.encoder.adapters.runner import record_sources
 from tokenreduce.encoder.cost import encoder_cost, layer_widths, total_macs
-
-IMG = dict(image_size=32, patch_size=4)
-BEIT = dict(layer_scale_init_value=0.5, use_absolute_position_embeddings=False)
-
-
-def _random_tables(model: torch.nn.Module) -> torch.nn.Module:
-    """Random relative-bias tables and LayerScale gains (fresh ones are zeros / equal), so positions matter."""
-    g = torch.Generator().manual_seed(4)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if name.endswith("relative_position_bias_table"):
-                p.copy_(torch.randn(p.shape, generator=g))
-            elif name.endswith(("lambda_1", "lambda_2")):
-                p.copy_(0.5 + 0.3 * torch.randn(p.shape, generator=g))
-    return jitter_norms(model)
-
-
-def beit(cls=BeitModel, impl: str = "sdpa", own: bool = True, shared: bool = False, **extra) -> torch.nn.Module:
-    torch.manual_seed(0)
-    cfg = BeitConfig(**IMG, **HID, **BEIT, use_relative_position_bias=own, use_shared_relative_position_bias=shared,
-                     num_labels=5, attn_implementation=impl, **extra)
-    return _random_tables(cls(cfg))
-
-
-def data2vec(impl: str = "sdpa", own: bool = True, shared: bool = False) -> torch.nn.Module:
-    torch.manual_seed(0)
-    cfg = Data2VecVisionConfig(**IMG, **HID, **BEIT, use_relative_position_bias=own,
-                               use_shared_relative_position_bias=shared, attn_implementation=impl)
-    return _random_tables(Data2VecVisionModel(cfg, add_pooling_layer=True))
-
-
-def mae(cls=ViTMAEModel) -> torch.nn.Module:
-    torch.manual_seed(0)
-    cfg = ViTMAEConfig(**IMG, **HID, mask_ratio=0.0, decoder_hidden_size=16, decoder_num_hidden_layers=1,
-                       decoder_num_attention_heads=2, decoder_intermediate_size=32, attn_implementation="sdpa")
-    return jitter_norms(cls(cfg))
-
 
 MODELS = {
     "beit": beit,

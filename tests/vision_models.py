@@ -1,10 +1,17 @@
-"""Tiny random-weight DINOv2 / SigLIP configurations for the vision-family tests (32×32 images, 4×4 patches)."""
+"""Tiny random-weight vision towers for the family tests (32×32 images, 4×4 patches).
+
+DINOv2 (+ registers), SigLIP / SigLIP 2, BEiT, Data2Vec-vision and ViT-MAE.
+"""
 
 from __future__ import annotations
 
 import torch
 from models import HID, jitter_norms
 from transformers import (
+    BeitConfig,
+    BeitModel,
+    Data2VecVisionConfig,
+    Data2VecVisionModel,
     Dinov2Config,
     Dinov2Model,
     Dinov2WithRegistersConfig,
@@ -15,6 +22,8 @@ from transformers import (
     SiglipModel,
     SiglipVisionConfig,
     SiglipVisionModel,
+    ViTMAEConfig,
+    ViTMAEModel,
 )
 
 IMG = dict(image_size=32, patch_size=4)
@@ -76,3 +85,39 @@ def siglip2_inputs(shapes: tuple[tuple[int, int], ...] = ((8, 8), (6, 5), (4, 4)
         mask[i, : h * w] = 1
     pv = pv * mask[..., None]
     return {"pixel_values": pv, "pixel_attention_mask": mask, "spatial_shapes": torch.tensor(shapes)}
+
+
+BEIT = dict(layer_scale_init_value=0.5, use_absolute_position_embeddings=False)
+
+
+def _random_tables(model: torch.nn.Module) -> torch.nn.Module:
+    """Random relative-bias tables and LayerScale gains (fresh ones are zeros / equal), so positions matter."""
+    g = torch.Generator().manual_seed(4)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("relative_position_bias_table"):
+                p.copy_(torch.randn(p.shape, generator=g))
+            elif name.endswith(("lambda_1", "lambda_2")):
+                p.copy_(0.5 + 0.3 * torch.randn(p.shape, generator=g))
+    return jitter_norms(model)
+
+
+def beit(cls=BeitModel, impl: str = "sdpa", own: bool = True, shared: bool = False, **extra) -> torch.nn.Module:
+    torch.manual_seed(0)
+    cfg = BeitConfig(**IMG, **HID, **BEIT, use_relative_position_bias=own, use_shared_relative_position_bias=shared,
+                     num_labels=5, attn_implementation=impl, **extra)
+    return _random_tables(cls(cfg))
+
+
+def data2vec(impl: str = "sdpa", own: bool = True, shared: bool = False) -> torch.nn.Module:
+    torch.manual_seed(0)
+    cfg = Data2VecVisionConfig(**IMG, **HID, **BEIT, use_relative_position_bias=own,
+                               use_shared_relative_position_bias=shared, attn_implementation=impl)
+    return _random_tables(Data2VecVisionModel(cfg, add_pooling_layer=True))
+
+
+def mae(cls=ViTMAEModel) -> torch.nn.Module:
+    torch.manual_seed(0)
+    cfg = ViTMAEConfig(**IMG, **HID, mask_ratio=0.0, decoder_hidden_size=16, decoder_num_hidden_layers=1,
+                       decoder_num_attention_heads=2, decoder_intermediate_size=32, attn_implementation="sdpa")
+    return jitter_norms(cls(cfg))
