@@ -15,6 +15,8 @@ from torch import nn
 from .families import VLMFamily, find_vlm
 from .methods import InsideMethod, VisualMethod, make_vlm_method
 from .runner import VLMRunner
+from .video.base import VideoMethod
+from .video.runner import VideoRunner
 
 
 @dataclass
@@ -37,7 +39,7 @@ def patch_vlm(model: nn.Module, method: str | VisualMethod, **params: Any) -> VL
     if family is None:
         raise TypeError(f"{type(model).__name__} is not a supported vision-language model")
     m = make_vlm_method(method, **params)
-    runner = VLMRunner(family, m)
+    runner = VideoRunner(family, m) if isinstance(m, VideoMethod) else VLMRunner(family, m)
     h = VLMHandle(m, family)
     reg = h.handles.append
     reg(family.outer.register_forward_pre_hook(runner.outer_pre, with_kwargs=True))
@@ -46,8 +48,12 @@ def patch_vlm(model: nn.Module, method: str | VisualMethod, **params: Any) -> VL
     reg(family.lm.register_forward_pre_hook(runner.lm_pre, with_kwargs=True, prepend=True))
     reg(family.lm.register_forward_hook(runner.lm_post, with_kwargs=True))
     if m.needs_cls:
-        reg(family.cls_module.register_forward_hook(runner.vision_hook, with_kwargs=True))
-        reg(family.outer.vision_tower.register_forward_hook(runner.tower_post, with_kwargs=True))
+        for module in family.vision_modules(m):
+            reg(module.register_forward_hook(runner.vision_hook, with_kwargs=True))
+        reg(family.outer.vision_tower.register_forward_hook(runner.tower_post, with_kwargs=True, always_call=True))
+    if getattr(m, "before_projector", False):
+        reg(family.projector.register_forward_pre_hook(runner.projector_pre, with_kwargs=True))
+        reg(family.projector.register_forward_hook(runner.projector_post, with_kwargs=True))
     for i, layer in enumerate(family.layers):
         reg(layer.register_forward_pre_hook(functools.partial(runner.layer_pre, i), with_kwargs=True))
     if isinstance(m, InsideMethod):

@@ -18,12 +18,11 @@ from torch import Tensor
 from ..core.provenance import Provenance, layer_map, set_layer_map
 from ..kv.cache import cache_of
 from .families.base import Image, VLMFamily, has_images, image_features
-from .methods import BeforeMethod, InsideMethod, Unit, VisualMethod
-from .reduce import keep_top_in_groups
+from .methods import BeforeMethod, InsideMethod, Stage, Unit, VisualMethod
 from .state import (
     CLS_ATTR,
     CURRENT,
-    PENDING_CLS,
+    ROWS,
     Forward,
     decode_mask,
     gather_mask,
@@ -94,20 +93,41 @@ class VLMRunner:
         return output
 
     def vision_hook(self, module, args, kwargs, output):
-        cls = self.family.cls_attention(kwargs.get("hidden_states", args[0] if args else None))
+        """One vision block's score row (the method's :meth:`vision_row`), kept until the tower finishes."""
+        row = self.method.vision_row(self.family, module, kwargs.get("hidden_states", args[0] if args else None))
+        ROWS.set([*(ROWS.get() or []), row])
+        return output
+
+    def tower_post(self, module, args, kwargs, output):
+        """The tower's rows, combined into one per image: onto the prefill, or onto the tower's output when
+        ``generate`` encodes the images before the prefill."""
+        rows = ROWS.get()
+        ROWS.set(None)
+        if not rows:
+            return output
+        cls = self.method.combine_rows(rows)
         fwd = CURRENT.get()
         if fwd is not None:
             fwd.cls.append(cls)
         else:
-            PENDING_CLS.set(cls)
+            object.__setattr__(output, CLS_ATTR, cls)
         return output
 
-    def tower_post(self, module, args, kwargs, output):
-        cls = PENDING_CLS.get()
-        if cls is not None:
-            object.__setattr__(output, CLS_ATTR, cls)
-            PENDING_CLS.set(None)
-        return output
+    # ---- projector (pooling before it) ----------------------------------------------------------
+    def projector_pre(self, module, args, kwargs):
+        """Pool each image's patch features to the method's grid before the projector."""
+        feats = kwargs.get("image_features", args[0] if args else None)
+        pooled = self.method.pool_features(feats, self.family.feature_grid())
+        if pooled is feats:
+            return None
+        if args:
+            return (pooled, *args[1:]), kwargs
+        kwargs["image_features"] = pooled
+        return args, kwargs
+
+    def projector_post(self, module, args, kwargs, output):
+        """Back to one vector per patch (the placeholder count): each patch takes its cell's projected vector."""
+        return self.method.unpool_features(output, self.family.feature_grid())
 
     # ---- language model ---------------------------------------------------------------------------
     def lm_pre(self, module, args, kwargs):
@@ -220,7 +240,7 @@ class VLMRunner:
                     if p.k >= len(p.pos):
                         kept.append([p.pos, emb])
                     elif p.k > 0:
-                        units.append(Unit(emb, p.grid, p.cls, p.k))
+                        units.append(Unit(emb, p.grid, p.cls, p.k, self._text_after(fwd, b, im, hidden)))
                         kept.append([p.pos, None])
                         todo.append(kept[-1])
                 plans[-1].append((im, kept))
@@ -244,15 +264,24 @@ class VLMRunner:
         quota = torch.tensor([self.method.counts(m, depth)[stage] for m in sizes], device=hidden.device)
         present = torch.zeros(b, len(sizes), dtype=torch.long, device=hidden.device)
         present.scatter_add_(1, group.clamp(min=0), (group >= 0).long())  # (B, groups) tokens still there
-        if bool((present <= quota).all()):
-            return everything, hidden
         attn = self.family.layers[index - 1].self_attn
         x, cos, sin = fwd.attn_in[index - 1]
-        scores = self.method.scores(attn, x, cos, sin, vis, valid)
-        keep = keep_top_in_groups(group, scores, quota)
+        keep = self.method.keep_mask(Stage(attn, x, cos, sin, hidden, vis, valid, group, quota, present))
+        if keep is None:
+            return everything, hidden
         _same_count(keep.sum(1), "keep different numbers of tokens")
         kept = keep.nonzero()[:, 1].view(b, -1)
         return kept, gather_tokens(hidden, kept)
+
+
+    def _text_after(self, fwd: Forward, b: int, im: Image, hidden: Tensor) -> Tensor | None:
+        """Embeddings of row ``b``'s text after image ``im`` (the instruction), for methods that read it."""
+        if not self.method.needs_text:
+            return None
+        after = ~fwd.visual[b, im.start + im.n :]
+        if fwd.valid is not None:
+            after &= fwd.valid[b, im.start + im.n :]
+        return hidden[b, im.start + im.n :][after]
 
 
 def _assemble(hidden: Tensor, images: list[tuple[Image, list[list]]]) -> tuple[Tensor, Tensor]:

@@ -30,9 +30,10 @@ class Forward:
 
 
 CURRENT: ContextVar[Forward | None] = ContextVar("tokenreduce_vlm_forward", default=None)
-# [CLS] attention recorded while a vision tower runs outside a prefill (``generate`` encodes images first);
-# the tower's post-hook moves it onto the tower's output object, which ``generate`` hands back to the prefill.
-PENDING_CLS: ContextVar[Tensor | None] = ContextVar("tokenreduce_vlm_pending_cls", default=None)
+# Score rows of the vision blocks a method reads, recorded while the tower runs; the tower's post-hook combines
+# them and puts the result on the prefill, or on the tower's output object when ``generate`` encodes the images
+# first (it hands that object back to the prefill).
+ROWS: ContextVar[list[Tensor] | None] = ContextVar("tokenreduce_vlm_vision_rows", default=None)
 CLS_ATTR = "_tokenreduce_cls"
 
 

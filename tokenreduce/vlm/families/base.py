@@ -100,6 +100,28 @@ class VLMFamily:
             )
         if method.needs_cls and self.cls_module is None:
             raise ValueError(f"{method.name} ranks tokens by the vision tower's [CLS] attention; {self.name}: no [CLS]")
+        if method.needs_cls:
+            self.vision_modules(method)  # the blocks it reads exist
+        if getattr(method, "before_projector", False) and self.projector is None:
+            raise ValueError(f"{method.name} pools patch features before the projector: LLaVA-1.5 models only, "
+                             f"not {self.name}")
+
+    @property
+    def projector(self) -> nn.Module | None:
+        """The projector whose input is one image's (patches, C) grid of features, when pooling before it is
+        supported (LLaVA-1.5; None elsewhere)."""
+        return None
+
+    def feature_grid(self) -> tuple[int, int]:
+        """The patch grid of the projector's input (families with a :attr:`projector`)."""
+        raise NotImplementedError  # pragma: no cover
+
+    def vision_modules(self, method: VisualMethod) -> list[nn.Module]:
+        """The vision attention modules whose rows ``method`` reads (its ``vision_offsets`` from the feature
+        block); by default only the [CLS] block."""
+        if tuple(method.vision_offsets(0)) != (0,):
+            raise ValueError(f"{method.name} reads several vision layers; {self.name} supports only the feature layer")
+        return [self.cls_module]
 
     def guides(self, method: VisualMethod) -> bool:
         """Can crop budgets follow the thumbnail's [CLS] attention for ``method`` (LLaVA-NeXT only)?"""
@@ -135,8 +157,9 @@ class VLMFamily:
         would derive wrong ones (None: the runner's 1-D positions are right)."""
         return None
 
-    def cls_attention(self, hidden: Tensor) -> Tensor:
-        """[CLS] attention row (B, patches) of ``cls_block`` given its input ``hidden`` (B, N, C)."""
+    def cls_attention(self, hidden: Tensor, attn: nn.Module | None = None) -> Tensor:
+        """[CLS] attention row (B, patches) of vision attention ``attn`` (default ``cls_module``) given its input
+        ``hidden`` (B, N, C)."""
         raise NotImplementedError  # pragma: no cover
 
     def cls_for_features(self, cls: Tensor, feats) -> Tensor:

@@ -32,6 +32,10 @@ class LlavaNext(Llava):
     name = "llava-next"
     model_classes = frozenset({"LlavaNextModel"})
 
+    @property
+    def projector(self):
+        return None  # crops are packed and unpadded after the projector: pooling before it is not supported
+
     def guides(self, method: VisualMethod) -> bool:
         return method.needs_cls and isinstance(method, BeforeMethod)
 

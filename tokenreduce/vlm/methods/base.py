@@ -12,11 +12,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, ClassVar, NamedTuple
 
+import torch
 from torch import Tensor, nn
 
 from ...kv.scoring import window_attention, window_keys, window_queries
 from ...registry import Registry, check_field_types, check_range, is_int, is_real
 from ..flops import DecoderShape, scoring_macs
+from ..reduce import keep_top_in_groups
 
 
 @dataclass(frozen=True)
@@ -26,7 +28,8 @@ class VisualMethod:
 
     name: ClassVar[str] = ""
     stage: ClassVar[str] = "before"  # "before" the LLM or "inside" it (reports and docs)
-    needs_cls: ClassVar[bool] = False  # ranks by the vision tower's [CLS] attention
+    needs_cls: ClassVar[bool] = False  # ranks by the vision tower's [CLS] attention (or another tower row)
+    needs_text: ClassVar[bool] = False  # reads the embeddings of the text after the image (Unit.text)
 
     def __post_init__(self) -> None:
         if (self.keep is None) == (self.tokens is None):
@@ -43,6 +46,20 @@ class VisualMethod:
     def thumbnail_guided(self) -> bool:
         """LLaVA-NeXT crop budgets follow the thumbnail's [CLS] attention (a field of some methods)."""
         return bool(getattr(self, "thumbnail_guidance", False))
+
+    def vision_offsets(self, feature_block: int) -> tuple[int, ...]:
+        """Vision blocks whose attention the method reads, as offsets from the feature layer's block (0), which
+        is block ``feature_block`` of the tower."""
+        return (0,)
+
+    def vision_row(self, family: Any, attn: nn.Module, hidden: Tensor) -> Tensor:
+        """Per-patch scores (B, patches) from one vision block's attention ``attn`` given its input ``hidden``:
+        by default the [CLS] row."""
+        return family.cls_attention(hidden, attn)
+
+    def combine_rows(self, rows: list[Tensor]) -> Tensor:
+        """One score row per image from the rows of :meth:`vision_offsets`' blocks (by default the only one)."""
+        return rows[0] if len(rows) == 1 else torch.stack(rows).mean(0)
 
     def budget(self, n: int) -> int:
         """Tokens kept out of an image's ``n`` (at least 1, at most n)."""
@@ -83,12 +100,14 @@ def cls_row_macs(tokens: int, width: int) -> int:
 
 
 class Unit(NamedTuple):
-    """One image (or LLaVA-NeXT crop) to reduce: embeddings (n, C), token grid, [CLS] scores (n,), budget."""
+    """One image (or LLaVA-NeXT crop) to reduce: embeddings (n, C), token grid, [CLS] scores (n,), budget, and
+    (for methods that declare ``needs_text``) the embeddings (t, C) of the row's text after the image."""
 
     emb: Tensor
     grid: tuple[int, int]
     cls: Tensor | None
     k: int
+    text: Tensor | None = None
 
 
 @dataclass(frozen=True)
@@ -101,7 +120,7 @@ class BeforeMethod(VisualMethod):
 
     def reduce_all(self, units: list[Unit]) -> list[tuple[Tensor, Tensor]]:
         """:meth:`reduce` for every unit of a forward; methods that batch across images override this."""
-        return [self.reduce(*u) for u in units]
+        return [self.reduce(u.emb, u.grid, u.cls, u.k) for u in units]
 
     def kept(self, grid: tuple[int, int]) -> int:
         """Tokens an image of this grid keeps (the budget unless the method rounds it)."""
@@ -124,6 +143,23 @@ class BeforeMethod(VisualMethod):
         return total
 
 
+class Stage(NamedTuple):
+    """What an inside-LLM stage sees: the previous layer's attention module with its input ``x`` and rotary
+    ``cos``/``sin``, this layer's input ``hidden`` (B, N, C), visual flags and validity of the current tokens,
+    each token's group (-1: never dropped), each group's quota and the tokens of each group present (B, G)."""
+
+    attn: nn.Module
+    x: Tensor
+    cos: Tensor
+    sin: Tensor
+    hidden: Tensor
+    vis: Tensor
+    valid: Tensor | None
+    group: Tensor
+    quota: Tensor
+    present: Tensor
+
+
 @dataclass(frozen=True)
 class InsideMethod(VisualMethod):
     """Drops visual tokens at decoder layers ``stages(depth)``; ``counts`` says how many stay after each.
@@ -142,6 +178,14 @@ class InsideMethod(VisualMethod):
         bad = [s for s in self.stages(depth) if not 1 <= s < depth]
         if bad:
             raise ValueError(f"{self.name}: pruning layers must be in [1, {depth - 1}] for a {depth}-layer LLM: {bad}")
+
+    def keep_mask(self, st: Stage) -> Tensor | None:
+        """(B, N) tokens kept at a stage, or None when no group holds more than its quota: by default each
+        group's ``quota`` best by :meth:`scores`. Methods that pick a set rather than rank override this."""
+        if bool((st.present <= st.quota).all()):
+            return None
+        scores = self.scores(st.attn, st.x, st.cos, st.sin, st.vis, st.valid)
+        return keep_top_in_groups(st.group, scores, st.quota)
 
     def scores(self, attn: nn.Module, x: Tensor, cos: Tensor, sin: Tensor, vis: Tensor, valid: Tensor | None) -> Tensor:
         """Rating (B, N) of every current token: the last token's head-averaged attention in layer ``attn``,
