@@ -27,6 +27,12 @@ SPECS = {
     "kvzip": {},
     "zipcache": {"bits": 4, "group": 8},
     "decoding": {"target": 12, "interval": 2},
+    "keydiff": {},
+    "expected_attention": {},
+    "chunkkv": {"chunk": 4},
+    "think": {"channel_keep": 0.5, "window": 4},
+    "qfilters": {},
+    "rkv": {"target": 12, "interval": 2, "window": 4},
 }
 LENGTHS = [(40, 3), (31, 16), (23, 9)]  # (context, question) per row: all different
 

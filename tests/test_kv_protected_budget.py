@@ -18,7 +18,8 @@ from tokenreduce.kv.ragged import RaggedLayer
 from tokenreduce.kv.select import protect, select
 
 N = 40
-EXTRA = {"zipcache": {"salient": 1.0, "group": 8}, "decoding": {"target": 8}}
+EXTRA = {"zipcache": {"salient": 1.0, "group": 8}, "decoding": {"target": 8}, "rkv": {"target": 8},
+         "think": {"channel_keep": 1.0}}  # think: all channels, so kept keys compare equal
 
 
 @pytest.fixture(scope="module")

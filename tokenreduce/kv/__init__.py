@@ -13,11 +13,16 @@ from .generate import generate, generate_ids
 from .hooks import apply_press
 from .presses import (
     H2O,
+    RKV,
     TOVA,
     AdaKV,
     BudgetPress,
+    ChannelPress,
+    ChunkKV,
     DecodeTimePress,
     DecodingPress,
+    ExpectedAttention,
+    KeyDiff,
     Keyformer,
     KeyNorm,
     KVzip,
@@ -25,12 +30,14 @@ from .presses import (
     MixedPrecisionPress,
     Press,
     PyramidKV,
+    QFilters,
     RaggedPress,
     RandomPress,
     ReconstructionPress,
     ScoringPress,
     SnapKV,
     StreamingLLM,
+    ThinK,
     ZipCache,
     make_press,
     presses,
@@ -38,8 +45,9 @@ from .presses import (
 )
 
 __all__ = [
-    "H2O", "TOVA", "AdaKV", "BudgetPress", "DecodeTimePress", "DecodingPress", "KVzip", "KeyNorm", "Keyformer",
-    "LayerView", "MixedPrecisionPress", "Press", "PyramidKV", "RaggedPress", "RandomPress", "ReconstructionPress",
-    "ScoringPress", "SnapKV", "StreamingLLM", "ZipCache", "apply_press", "gemfilter_ids", "gemfilter_select",
+    "H2O", "RKV", "TOVA", "AdaKV", "BudgetPress", "ChannelPress", "ChunkKV", "DecodeTimePress", "DecodingPress",
+    "ExpectedAttention", "KVzip", "KeyDiff", "KeyNorm", "Keyformer", "LayerView", "MixedPrecisionPress", "Press",
+    "PyramidKV", "QFilters", "RaggedPress", "RandomPress", "ReconstructionPress", "ScoringPress", "SnapKV",
+    "StreamingLLM", "ThinK", "ZipCache", "apply_press", "gemfilter_ids", "gemfilter_select",
     "generate", "generate_ids", "kv_bytes", "make_press", "presses", "register",
 ]
