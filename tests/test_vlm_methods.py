@@ -131,5 +131,6 @@ def test_every_method_is_its_own_module_with_a_paper_or_baseline_docstring():
     for name in vlm_methods():
         cls = type(make_vlm_method(name, keep=0.5))
         module = importlib.import_module(cls.__module__)
-        assert module.__name__.startswith("tokenreduce.vlm.methods.") and module.__doc__
+        packages = ("tokenreduce.vlm.methods.", "tokenreduce.vlm.video.methods.")
+        assert module.__name__.startswith(packages) and module.__doc__
         assert sum(getattr(v, "name", None) == name for v in vars(module).values() if isinstance(v, type)) == 1

@@ -33,6 +33,21 @@ class Image:
 
 
 @dataclass(frozen=True)
+class Video:
+    """One video's run of placeholder tokens in a row: start column, frames (temporal token groups) and the
+    (rows, cols) token grid of each frame; its tokens are frame-major, then row-major (Qwen2-VL's order)."""
+
+    start: int
+    frames: int
+    grid: tuple[int, int]
+    index: int = 0
+
+    @property
+    def n(self) -> int:
+        return self.frames * self.grid[0] * self.grid[1]
+
+
+@dataclass(frozen=True)
 class Piece:
     """Part of an image run reduced on its own: run positions (ascending), token grid, [CLS] scores, budget.
     A budget of at least its size keeps it whole; 0 drops it."""
@@ -67,6 +82,12 @@ def has_images(inputs: dict) -> bool:
     return inputs.get("pixel_values") is not None or image_features(inputs) is not None
 
 
+def has_videos(inputs: dict) -> bool:
+    """Video pixels, or the video encoder outputs ``generate`` passes instead."""
+    encoded = (inputs.get("mm_encoder_outputs") or {}).get("video")
+    return inputs.get("pixel_values_videos") is not None or encoded is not None
+
+
 class VLMFamily:
     """A supported VLM, bound to one model. Subclasses set ``name`` and ``model_classes`` and override the
     hooks their architecture needs; the defaults describe a family of fixed-grid images and no [CLS]."""
@@ -78,6 +99,7 @@ class VLMFamily:
         self.outer = outer  # the multimodal model whose forward sees input_ids and pixels
         self.lm: nn.Module = outer.language_model  # the decoder stack (has .layers)
         self.image_token_id: int = outer.config.image_token_id
+        self.video_token_id: int | None = None  # set by families that take videos
         self.cls_block: nn.Module | None = None  # vision block whose attention's [CLS] row is read
         self.strip_cls = False  # the feature layer drops [CLS]
 
@@ -135,6 +157,11 @@ class VLMFamily:
     def images(self, ids: Tensor, inputs: dict) -> list[list[Image]]:
         """Every row's images, in order, from the placeholder runs of ``ids`` (B, N) and the image grids."""
         return split_rows(ids, self.image_token_id, self.image_grids(inputs))
+
+    def videos(self, ids: Tensor, inputs: dict) -> list[list[Video]]:
+        """Every row's videos, in order (frames and per-frame grid of each placeholder run); families that
+        take videos override this and set ``video_token_id``."""
+        raise ValueError(f"{self.name}: this family takes no video input")
 
     def pieces(self, method: VisualMethod, image: Image, cls: Tensor | None, device: torch.device) -> list[Piece]:
         """How a before-LLM method reduces ``image``: by default the whole run, with its own [CLS] row

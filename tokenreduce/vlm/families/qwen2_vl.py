@@ -10,12 +10,47 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .base import VLMFamily, runs
+from .base import Video, VLMFamily, runs
 
 
 class Qwen2VL(VLMFamily):
     name = "qwen2-vl"
     model_classes = frozenset({"Qwen2VLModel", "Qwen2_5_VLModel"})
+
+    def __init__(self, outer):
+        super().__init__(outer)
+        self.video_token_id = outer.config.video_token_id
+
+    def videos(self, ids: Tensor, inputs: dict) -> list[list[Video]]:
+        """Each video's (frames, rows, cols) from ``video_grid_thw`` (or, under ``generate``, from its M-RoPE
+        positions: distinct temporal positions and the h/w ranges), matched to placeholder runs in order."""
+        thw = inputs.get("video_grid_thw")
+        m = self.outer.config.vision_config.spatial_merge_size
+        if thw is not None:
+            grids = [(int(t), int(h) // m, int(w) // m) for t, h, w in thw.tolist()]
+        pos = None if thw is not None else inputs.get("position_ids")
+        if thw is None and (pos is None or pos.ndim != 3):
+            raise ValueError("Qwen2-VL: pass video_grid_thw (or M-RoPE position_ids) with the video features")
+        rows, count = [], 0
+        for r in range(ids.shape[0]):
+            row = []
+            for i, j in runs((ids[r] == self.video_token_id).tolist()):
+                if thw is None:
+                    span = pos[-3:, r, i:j]
+                    t = len(torch.unique(span[0]))
+                    h, w = (int(span[a].max() - span[a].min()) + 1 for a in (1, 2))
+                elif count >= len(grids):
+                    raise ValueError("more video placeholder runs than videos in video_grid_thw")
+                else:
+                    t, h, w = grids[count]
+                if t * h * w != j - i:
+                    raise ValueError(f"a video run of {j - i} tokens does not match its {t}x{h}x{w} grid")
+                row.append(Video(i, t, (h, w), count))
+                count += 1
+            rows.append(row)
+        if thw is not None and count != len(grids):
+            raise ValueError(f"{len(grids)} videos given but {count} placeholder runs found")
+        return rows
 
     def image_grids(self, inputs):
         thw = inputs.get("image_grid_thw")

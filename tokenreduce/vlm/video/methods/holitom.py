@@ -1,0 +1,81 @@
+"""HoliTom: Shao et al., "HoliTom: Holistic Token Merging for Fast Video Large Language Models", arXiv
+2505.21334.
+
+Outside the LLM, in order:
+
+1. Global redundancy-aware temporal segmentation: dynamic programming over all frame partitions maximizes
+   the tokens temporal merging can remove -- a segment of L frames saves L - 1 tokens at every place whose
+   token stays similar (consecutive cosine >= ``threshold``) across it.
+2. Temporal merging: in each segment such places become one token (their mean) at the segment's first
+   frame (the most static first, while the budget allows).
+3. Spatial merging: what is left in each frame is clustered by density peaks (DPC-kNN) and merged into the
+   cluster centres, frames sharing the budget in proportion to the tokens they hold.
+
+HoliTom's third stage, merging visual tokens inside the LLM by attention importance, is not implemented:
+the runner applies a video method before the LLM only (image methods have the inside-LLM stages).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+
+from ....registry import check_range
+from ...methods.base import register
+from ..base import VideoMethod
+from ..ops import consecutive_similarity, spatial_merge, spatial_merge_macs, static_merge
+
+
+def global_segments(step: torch.Tensor, threshold: float) -> list[tuple[int, int]]:
+    """Frame partition maximizing the tokens saved by temporal merging, from consecutive cosines ``step``
+    (T-1, P): segment [i, j) saves (j - i - 1) x (places similar throughout). O(T^2 P) dynamic programming."""
+    t = step.shape[0] + 1
+    best = [0.0] + [-1.0] * t
+    cut = [0] * (t + 1)
+    ok = step >= threshold
+    for j in range(1, t + 1):
+        run = torch.ones(step.shape[1], dtype=torch.bool, device=step.device)
+        for i in range(j - 1, -1, -1):  # segment [i, j); extend to the left
+            if i < j - 1:
+                run = run & ok[i]
+            gain = best[i] + (j - i - 1) * int(run.sum())
+            if gain > best[j]:
+                best[j], cut[j] = gain, i
+    out, j = [], t
+    while j > 0:
+        out.append((cut[j], j))
+        j = cut[j]
+    return out[::-1]
+
+
+@register
+@dataclass(frozen=True)
+class HoliTom(VideoMethod):
+    """Global temporal segmentation, temporal then spatial merging (HoliTom, arXiv 2505.21334), before the LLM."""
+
+    threshold: float = 0.8
+    knn: int = 5
+    name: ClassVar[str] = "holitom"
+    merges: ClassVar[bool] = True
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_range(self.name, "threshold", self.threshold, -1.0, 1.0, hint=" (cosine of a place's consecutive tokens)")
+        check_range(self.name, "knn", self.knn, 1, hint=" (neighbours for the density)")
+
+    def reduce_video(self, u):
+        t, p = u.frames, u.grid[0] * u.grid[1]
+        x = u.emb.view(t, p, -1)
+        if t < 2:
+            one = torch.ones(p, device=x.device)
+            return spatial_merge(torch.arange(p, device=x.device), u.emb, one, 1, p, u.k, self.knn)
+        step = consecutive_similarity(x)
+        segs = global_segments(step, self.threshold)
+        idx, rest, size = static_merge(x, step, segs, u.k, self.threshold)
+        return spatial_merge(idx, rest, size, t, p, u.k, self.knn)
+
+    def video_macs(self, frames, grid, k, hidden, query):
+        p = grid[0] * grid[1]
+        return max(0, frames - 1) * p * hidden + spatial_merge_macs(frames, p, k, hidden)

@@ -1,0 +1,65 @@
+"""PruneVid: Huang et al., "PruneVid: Visual Token Pruning for Efficient Video Large Language Models", ACL
+Findings 2025 (arXiv 2412.16117).
+
+Before the LLM: frames are clustered by their mean tokens with DPC-kNN into ``segments`` scenes (runs of
+consecutive frames of one cluster are segments); inside a segment, places whose token stays similar
+(consecutive cosine >= ``threshold``) are static and merge over time into one token at the segment's first
+frame; then each frame's remaining tokens are clustered by density peaks and merged into the centres.
+
+PruneVid's last stage, keeping only the visual KV entries the question attends to inside the LLM, is not
+implemented here (a KV press such as SnapKV, composed through ``apply_press``, plays that role).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+
+from ....registry import check_range
+from ...methods.base import register
+from ..base import VideoMethod
+from ..ops import consecutive_similarity, density_peaks, spatial_merge, spatial_merge_macs, static_merge
+
+
+def scene_segments(x: torch.Tensor, segments: int, knn: int) -> list[tuple[int, int]]:
+    """Runs of consecutive frames whose mean tokens fall in the same of ``segments`` DPC-kNN clusters."""
+    t = x.shape[0]
+    _centres, label = density_peaks(x.float().mean(1), min(segments, t), knn)
+    change = (label[1:] != label[:-1]).nonzero().squeeze(1).add(1).tolist()
+    edges = [0, *change, t]
+    return list(zip(edges[:-1], edges[1:]))
+
+
+@register
+@dataclass(frozen=True)
+class PruneVid(VideoMethod):
+    """Scene segments, static tokens merged over time, then per-frame density-peak merging (PruneVid)."""
+
+    threshold: float = 0.8
+    segments: int = 4
+    knn: int = 5
+    name: ClassVar[str] = "prunevid"
+    merges: ClassVar[bool] = True
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_range(self.name, "threshold", self.threshold, -1.0, 1.0, hint=" (cosine of a place's consecutive tokens)")
+        check_range(self.name, "segments", self.segments, 1, hint=" (frame clusters)")
+        check_range(self.name, "knn", self.knn, 1, hint=" (neighbours for the density)")
+
+    def reduce_video(self, u):
+        t, p = u.frames, u.grid[0] * u.grid[1]
+        x = u.emb.view(t, p, -1)
+        if t < 2:
+            one = torch.ones(p, device=x.device)
+            return spatial_merge(torch.arange(p, device=x.device), u.emb, one, 1, p, u.k, self.knn)
+        segs = scene_segments(x, self.segments, self.knn)
+        step = consecutive_similarity(x)
+        idx, rest, size = static_merge(x, step, segs, u.k, self.threshold)
+        return spatial_merge(idx, rest, size, t, p, u.k, self.knn)
+
+    def video_macs(self, frames, grid, k, hidden, query):
+        p = grid[0] * grid[1]
+        return frames * frames * hidden + max(0, frames - 1) * p * hidden + spatial_merge_macs(frames, p, k, hidden)
