@@ -62,11 +62,17 @@ def bipartite_merge(emb: Tensor, k: int) -> tuple[Tensor, Tensor]:
     each; a merged token stands at its B target's index.
     """
     single = emb.ndim == 2
-    x = emb[None] if single else emb
+    idx, out, _size = bipartite_merge_sized(emb[None] if single else emb, None, k)
+    return (idx[0], out[0]) if single else (idx, out)
+
+
+def bipartite_merge_sized(x: Tensor, size: Tensor | None, k: int) -> tuple[Tensor, Tensor, Tensor]:
+    """:func:`bipartite_merge` of a batch (B, n, C) whose tokens already stand for ``size`` (B, n) tokens each
+    (None: one each): returns the owners' indices (B, k), the size-weighted means and their sizes."""
     b, n, _ = x.shape
     idx = torch.arange(n, device=x.device).expand(b, n)
     work = x.to(torch.promote_types(x.dtype, torch.float32))
-    size = work.new_ones(b, n)
+    size = work.new_ones(b, n) if size is None else size.to(work.dtype)
     valid = torch.ones(b, n, dtype=torch.bool, device=x.device)
     while work.shape[1] > k:
         cur = work.shape[1]
@@ -77,7 +83,7 @@ def bipartite_merge(emb: Tensor, k: int) -> tuple[Tensor, Tensor]:
         work, size = apply_assignment(work, size, dst, n_out)
         idx = _slot_owners(idx, dst, n_out)
     out = x if work.shape[1] == n else work.to(x.dtype)
-    return (idx[0], out[0]) if single else (idx, out)
+    return idx, out, size
 
 
 def _slot_owners(idx: Tensor, dst: Tensor, n_out: int) -> Tensor:
