@@ -53,6 +53,8 @@ class VLMRunner:
         if isinstance(method, InsideMethod):
             method.check(depth)
             self.stages = dict(zip(method.stages(depth), range(99)))
+            if method.before_llm is not None:  # a first stage before the LLM (layer 0)
+                self.stages[0] = -1
         else:
             self.stages = {0: 0}
         family.check(method)
@@ -218,15 +220,17 @@ class VLMRunner:
     # ---- reduction --------------------------------------------------------------------------------
     def _reduce(self, index: int, fwd: Forward, hidden: Tensor) -> Tensor:
         if isinstance(self.method, BeforeMethod):
-            kept, hidden = self._before(fwd, hidden)
+            kept, hidden = self._before(fwd, hidden, self.method)
+        elif index == 0 and self.stages[0] == -1:
+            kept, hidden = self._before(fwd, hidden, self.method.before_llm)
         else:
             kept, hidden = self._inside(index, fwd, hidden)
         fwd.kept = kept if fwd.kept is None else fwd.kept.gather(1, kept)
         return hidden
 
-    def _before(self, fwd: Forward, hidden: Tensor) -> tuple[Tensor, Tensor]:
-        """Every image's run -> its reduced tokens (all pieces of all images reduced in one call); text is
-        kept. Returns current-index kept (B, K) and the states."""
+    def _before(self, fwd: Forward, hidden: Tensor, method: BeforeMethod) -> tuple[Tensor, Tensor]:
+        """Every image's run -> its reduced tokens by ``method`` (all pieces of all images reduced in one call);
+        text is kept. Returns current-index kept (B, K) and the states."""
         cls = torch.cat(fwd.cls) if fwd.cls else None
         units: list[Unit] = []
         todo: list[list] = []  # [run positions, embeddings] entries that wait for their unit's result
@@ -235,16 +239,16 @@ class VLMRunner:
             plans.append([])
             for im in images:
                 kept: list[list] = []
-                for p in self.family.pieces(self.method, im, cls, hidden.device):
+                for p in self.family.pieces(method, im, cls, hidden.device):
                     emb = hidden[b, im.start + p.pos]
                     if p.k >= len(p.pos):
                         kept.append([p.pos, emb])
                     elif p.k > 0:
-                        units.append(Unit(emb, p.grid, p.cls, p.k, self._text_after(fwd, b, im, hidden)))
+                        units.append(Unit(emb, p.grid, p.cls, p.k, _text_after(method, fwd, b, im, hidden)))
                         kept.append([p.pos, None])
                         todo.append(kept[-1])
                 plans[-1].append((im, kept))
-        for entry, (loc, red) in zip(todo, self.method.reduce_all(units), strict=True):
+        for entry, (loc, red) in zip(todo, method.reduce_all(units), strict=True):
             entry[0], entry[1] = entry[0][loc], red
         rows = [_assemble(hidden[b], row) for b, row in enumerate(plans)]
         _same_count(torch.tensor([len(idx) for idx, _x in rows]), "keep different numbers of tokens")
@@ -274,14 +278,14 @@ class VLMRunner:
         return kept, gather_tokens(hidden, kept)
 
 
-    def _text_after(self, fwd: Forward, b: int, im: Image, hidden: Tensor) -> Tensor | None:
-        """Embeddings of row ``b``'s text after image ``im`` (the instruction), for methods that read it."""
-        if not self.method.needs_text:
-            return None
-        after = ~fwd.visual[b, im.start + im.n :]
-        if fwd.valid is not None:
-            after &= fwd.valid[b, im.start + im.n :]
-        return hidden[b, im.start + im.n :][after]
+def _text_after(method: VisualMethod, fwd: Forward, b: int, im: Image, hidden: Tensor) -> Tensor | None:
+    """Embeddings of row ``b``'s text after image ``im`` (the instruction), for methods that read it."""
+    if not method.needs_text:
+        return None
+    after = ~fwd.visual[b, im.start + im.n :]
+    if fwd.valid is not None:
+        after &= fwd.valid[b, im.start + im.n :]
+    return hidden[b, im.start + im.n :][after]
 
 
 def _assemble(hidden: Tensor, images: list[tuple[Image, list[list]]]) -> tuple[Tensor, Tensor]:

@@ -168,6 +168,11 @@ class InsideMethod(VisualMethod):
 
     stage: ClassVar[str] = "inside"
 
+    @property
+    def before_llm(self) -> BeforeMethod | None:
+        """A first stage applied to each image before the LLM (multi-stage methods), or None."""
+        return None
+
     def stages(self, depth: int) -> tuple[int, ...]:
         raise NotImplementedError  # pragma: no cover
 
