@@ -7,5 +7,6 @@ prefill; images in the same prompt pass through.
 from . import methods
 from .base import VideoMethod, VideoUnit
 from .methods import VIDEO_METHODS
+from .stream import VideoStream
 
-__all__ = ["VIDEO_METHODS", "VideoMethod", "VideoUnit", "methods"]
+__all__ = ["VIDEO_METHODS", "VideoMethod", "VideoStream", "VideoUnit", "methods"]
