@@ -112,10 +112,11 @@ def test_batch_rows_equal_single_rows(models, name, aware):
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_chunked_prefill_matches_one_shot(models, family):
-    """Chunks of 16 run past the window of 8 before the press compresses after the last one."""
+    """Chunks of 16 run past the window of 8 before the press compresses after the last one (keep 0.9:
+    no row exceeds its budget before the last chunk, so nothing is compressed earlier)."""
     m = models[family]
     ids, mask, q = padded_batch()
-    for press in (None, make_press("key_norm", keep=0.5), make_press("streaming_llm", keep=0.5)):
+    for press in (None, make_press("key_norm", keep=0.9), make_press("streaming_llm", keep=0.9)):
         one = generate_ids(m, ids, mask, q, press, max_new_tokens=6)
         assert torch.equal(one, generate_ids(m, ids, mask, q, press, max_new_tokens=6, chunk_size=16))
 

@@ -137,7 +137,9 @@ def test_kv_bytes_shrink_with_keep(models):
 def test_chunked_prefill_matches_one_shot(models):
     m = models["llama"]
     ids, mask, q = padded_batch()
-    for press in (None, make_press("key_norm", keep=0.5), make_press("streaming_llm", keep=0.5)):
+    # keep 0.9: no row holds more than its budget before the last chunk, so nothing is compressed
+    # earlier (a chunked prefill compresses whenever a row exceeds it: tests/test_kv_chunked.py)
+    for press in (None, make_press("key_norm", keep=0.9), make_press("streaming_llm", keep=0.9)):
         one = generate_ids(m, ids, mask, q, press, max_new_tokens=6)
         chunked = generate_ids(m, ids, mask, q, press, max_new_tokens=6, chunk_size=16)
         assert torch.equal(one, chunked)

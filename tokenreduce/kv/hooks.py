@@ -41,13 +41,21 @@ def compress_layer(
 
     ``hidden``/``cos``/``sin`` are the inputs of the last forward (its queries are the scoring window);
     ``valid`` (B, N) marks the real cached entries; ``budgets`` (B,), if given, are entry counts per row
-    that replace the press's ``keep`` (decode-time compression).
+    that replace the press's ``keep`` (decode-time compression, and every chunk of a chunked prefill).
+    A layer already stored ragged (an earlier chunk of a chunked prefill) is scored on its padded
+    entries, each KV head seeing only its own.
     """
     idx = module.layer_idx
     keys, values = kvc.layer_kv(cache, idx)
-    view = LayerView(module, idx, n_layers, hidden, cos, sin, keys, values, valid)
-    scores = protect(press.score(view), valid, press.sinks, press.recent)
-    prefix_mask = keep_scored(press, cache, idx, n_layers, keys, values, scores, valid, budgets)
+    stored = cache.layers[idx]
+    head_valid = None
+    if isinstance(stored, RaggedLayer):  # the 2D mask is sized after layer 0: only its tail is this layer's
+        head_valid = stored.head_valid()
+        tail = valid[:, valid.shape[1] - stored.appended :]
+        valid = torch.cat([head_valid[..., : stored.prefix_len].any(1), tail], dim=-1)
+    view = LayerView(module, idx, n_layers, hidden, cos, sin, keys, values, valid, head_valid)
+    scores = protect(press.score(view), view.key_valid, press.sinks, press.recent)
+    prefix_mask = keep_scored(press, cache, idx, n_layers, keys, values, scores, view.key_valid, budgets)
     if isinstance(press, ChannelPress):  # key channels pruned too (ThinK): its own storage layer
         layer = press.channel_layer(view, *kvc.layer_kv(cache, idx))
         if layer is not None:
@@ -59,7 +67,8 @@ def keep_scored(
     press: Press, cache, idx: int, n_layers: int, keys, values, scores, valid, budgets: torch.Tensor | None = None
 ) -> torch.Tensor:
     """Replace layer ``idx``'s entries with the best by ``scores`` (B, Hkv, N) (already protected); returns
-    the prefix mask. Shared by :func:`compress_layer` and presses scored outside the layer (KVzip)."""
+    the prefix mask. Shared by :func:`compress_layer` and presses scored outside the layer (KVzip).
+    ``valid``: (B, N), or (B, Hkv, N) for a ragged layer pressed again (ragged presses only)."""
     keep = press.layer_keep(idx, n_layers) if budgets is None else budgets
     if isinstance(press, RaggedPress) and press.ragged:
         return keep_ragged(cache, idx, keys, values, select_ragged(scores, valid, keep, press.min_share))
@@ -110,6 +119,9 @@ class PressRunner:
         self.armed = False  # compress in the current forward
         self._auto = auto
         self._force_next = False  # set by compress_next() for the next forward only
+        self._tokens: torch.Tensor | None = None  # set by compress_next(): prompt tokens per row (budgets)
+        self.tokens: torch.Tensor | None = None  # the forward in flight compresses to these tokens' budgets
+        self._seen = 0  # tokens the cache stands for once the forward in flight is cached (its first layer's)
         self.active: ScoringPress = press  # the press applied in the current forward
         self.budgets: torch.Tensor | None = None  # per-row entry budgets of a decode-time compression
 
@@ -118,9 +130,14 @@ class PressRunner:
         """True if the first multi-token forward on an empty cache compresses (fixed at construction)."""
         return self._auto
 
-    def compress_next(self) -> None:
-        """Compress the cache after the next forward, whatever its length (the last chunk of a prefill)."""
+    def compress_next(self, tokens: torch.Tensor | None = None) -> None:
+        """Compress the cache after the next forward, whatever its length (a chunk of a prefill).
+
+        ``tokens`` (B,): the real tokens of each row's whole prompt; the layer budgets are then
+        ``ceil(layer_keep * tokens)`` entries (a chunked prefill compresses to the final budget after
+        every chunk), instead of ``keep`` times the entries held."""
         self._force_next = True
+        self._tokens = tokens
 
     def pre_forward(self, module, args, kwargs):
         cache = kvc.ensure_cache(self.model, kwargs)  # model(**enc, use_cache=True) compresses too
@@ -131,6 +148,7 @@ class PressRunner:
         self.armed = cache is not None and (self._force_next or (self._auto and empty and q_len > 1))
         self._force_next = False
         self.active, self.budgets = self.press, None
+        self.tokens, self._tokens = (self._tokens if self.armed else None), None
         state = kvc.get_state(cache) if cache is not None else None
         mask = kwargs.get("attention_mask")
         if not isinstance(mask, kvc.LayerMasks):  # not mapped yet (the session maps its own)
@@ -171,11 +189,19 @@ class PressRunner:
         n = kvc.seq_length(cache, idx)
         state = layer_map(cache, idx)  # the entries' provenance so far (e.g. visual tokens pruned before the LLM)
         _check_alike(cache, idx, state)
-        valid = self._valid(hidden.shape[0], n, hidden.device, state)
-        prefix_mask = compress_layer(self.active, cache, module, self.n_layers, hidden, cos, sin, valid, self.budgets)
+        if isinstance(cache.layers[idx], RaggedLayer) and self.mask is not None and self.mask.ndim == 2:
+            valid = self.mask.bool()  # entries of layer 0: compress_layer reads only the appended tail
+        else:
+            valid = self._valid(hidden.shape[0], n, hidden.device, state)
+        if idx == self.modules[0].layer_idx:  # tokens the entries stand for (ragged layers differ in length)
+            self._seen = state.tokens(n) if state else n
+        budgets = self.budgets
+        if budgets is None and self.tokens is not None:  # chunked prefill: this layer's final budget
+            keep = float(self.active.layer_keep(idx, self.n_layers))
+            budgets = torch.ceil(self.tokens.to(hidden.device).double() * keep - 1e-9).long()
+        prefix_mask = compress_layer(self.active, cache, module, self.n_layers, hidden, cos, sin, valid, budgets)
         if idx == self.modules[-1].layer_idx:  # the cache now stands for everything seen so far
-            seen = state.tokens(n) if state else n  # tokens the n entries stood for
-            kvc.set_state(cache, kvc.KVState(prefix_mask, seen))
+            kvc.set_state(cache, kvc.KVState(prefix_mask, self._seen))
         return output
 
     def _valid(self, b: int, n: int, device, state: Provenance | None) -> torch.Tensor:

@@ -49,7 +49,8 @@ def window_logits(
 
     The w queries are the last w positions of the sequence (causal: query i sees keys <= N - w + i,
     or ``q_offset + i`` when given, or ``positions[i]`` (w,) for scattered queries). ``valid`` (B, N)
-    marks real (non-padding) keys. GQA: each query head attends to its KV head, as in the model.
+    marks real (non-padding) keys, or (B, Hkv, N) per KV head (ragged storage, where each head holds
+    its own entries behind filler). GQA: each query head attends to its KV head, as in the model.
     """
     b, h, w, d = queries.shape
     hkv, n = keys.shape[1], keys.shape[2]
@@ -60,7 +61,8 @@ def window_logits(
     masked = torch.arange(n, device=keys.device)[None, :] > pos_q[:, None]  # (w, N)
     logits = logits.masked_fill(masked, float("-inf"))
     if valid is not None:
-        logits = logits.masked_fill(~valid[:, None, None, None, :], float("-inf"))
+        per_head = valid[:, :, None, None, :] if valid.ndim == 3 else valid[:, None, None, None, :]
+        logits = logits.masked_fill(~per_head, float("-inf"))
     return logits.view(b, h, w, n)
 
 
@@ -76,15 +78,19 @@ def window_attention(
 def column_mass(
     attn: nn.Module, hidden: Tensor, cos: Tensor, sin: Tensor, keys: Tensor, valid: Tensor | None, chunk: int = 256
 ) -> Tensor:
-    """Attention each key receives, summed over all queries (B, H, N), computed ``chunk`` queries at a time."""
-    n = hidden.shape[1]
+    """Attention each key receives, summed over the queries of ``hidden`` (B, H, N), ``chunk`` queries at a time.
+
+    ``hidden`` holds the last q of the N cached positions (all N in a one-shot prefill; the newest chunk
+    after a compressed prefix in a chunked one). ``valid``: (B, N), or (B, Hkv, N) per KV head."""
+    n, offset = hidden.shape[1], keys.shape[2] - hidden.shape[1]
+    rows = None if valid is None else (valid if valid.ndim == 2 else valid.any(1))  # the queries: real tokens
     total = None
     for s in range(0, n, chunk):
         e = min(n, s + chunk)
         q = window_queries(attn, hidden[:, s:e], cos[:, s:e], sin[:, s:e])
-        a = window_attention(q, keys, attn.scaling, valid, q_offset=s)
-        if valid is not None:
-            a = a * valid[:, None, s:e, None]  # padding queries contribute nothing
+        a = window_attention(q, keys, attn.scaling, valid, q_offset=offset + s)
+        if rows is not None:
+            a = a * rows[:, None, offset + s : offset + e, None]  # padding queries contribute nothing
         part = a.sum(dim=2)
         total = part if total is None else total + part
     return total

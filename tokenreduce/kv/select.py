@@ -38,14 +38,17 @@ def protect(scores: Tensor, valid: Tensor, sinks: int, recent: int) -> Tensor:
     """Scores with padding at -inf and protected entries ranked above every score, so that a budget
     smaller than what is protected keeps, in this order: the newest protected entries (the last
     ``recent`` real tokens and every entry a press scored +inf, i.e. its own window), newest first;
-    then the first ``sinks`` real tokens, oldest first; then the best by score."""
-    s = scores.float().masked_fill(~valid[:, None, :], float("-inf"))
-    rank = real_rank(valid)
-    n_real = valid.sum(-1, keepdim=True)
-    newest = torch.isposinf(s) | (valid & (rank >= n_real - recent))[:, None, :]
-    sink = valid & (rank < sinks)
-    s = s.masked_fill(sink[:, None, :], _SINK)
-    return torch.where(newest & valid[:, None, :], _NEWEST + rank[:, None, :].float() * _STEP, s)
+    then the first ``sinks`` real tokens, oldest first; then the best by score.
+
+    ``valid`` is (B, N), or (B, Hkv, N) when each KV head holds its own entries (a ragged layer): ranks
+    then count each head's own entries."""
+    v = valid[:, None, :] if valid.ndim == 2 else valid
+    s = scores.float().masked_fill(~v, float("-inf"))
+    rank = real_rank(v)
+    n_real = v.sum(-1, keepdim=True)
+    newest = torch.isposinf(s) | (v & (rank >= n_real - recent))
+    s = s.masked_fill(v & (rank < sinks), _SINK)
+    return torch.where(newest & v, _NEWEST + rank.float() * _STEP, s)
 
 
 def select(scores: Tensor, valid: Tensor, keep: float | Tensor) -> tuple[Tensor, Tensor]:

@@ -72,17 +72,31 @@ def pack_left(ids: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
 def prefill(
     session: Session, ids: Tensor, mask: Tensor, runner: PressRunner | None, chunk_size: int | None = None
 ) -> Tensor:
-    """Feed the prompt (in chunks of ``chunk_size`` tokens if given); compress once, after the last chunk.
+    """Feed the prompt (in chunks of ``chunk_size`` tokens if given), compressing after every chunk;
+    returns the logits of the last chunk.
 
-    Returns the logits of the last chunk. The scoring window of window-based presses lies in the last chunk.
+    The budget is the whole prompt's, ``ceil(keep * n_b)`` entries per row (and layer, and head share),
+    and the press compresses the cache back to it after each chunk, so the cache never holds more than
+    the budget plus one chunk; window presses score each chunk with that chunk's own last queries.
+    Chunks are cut from the end (the last ends at the last token), so with left padding a row is cut
+    into the same chunks in a batch as alone. One chunk (``chunk_size`` None or >= the prompt) is
+    one-shot compression exactly.
     """
     n = ids.shape[1]
     step = n if chunk_size is None else chunk_size
+    tokens = mask.sum(-1)
     logits = None
-    for s in range(0, n, step):
-        e = min(n, s + step)
-        logits = session.feed(ids[:, s:e], mask[:, s:e], runner, compress=runner is not None and e == n, last_only=True)
+    for e in _chunk_ends(n, step):
+        s = max(0, e - step)
+        if runner is not None:
+            runner.compress_next(tokens)
+        logits = session.feed(ids[:, s:e], mask[:, s:e], runner, last_only=True)
     return logits
+
+
+def _chunk_ends(n: int, step: int) -> list[int]:
+    """Ends of the chunks of ``step`` columns cut from the end of ``n`` (the first may be shorter)."""
+    return sorted(range(n, 0, -step))
 
 
 def greedy(

@@ -36,6 +36,12 @@ class LayerView:
     keys: Tensor  # (B, Hkv, N, D) cached keys (RoPE applied)
     values: Tensor
     valid: Tensor  # (B, N) bool: real tokens (False = padding / filler)
+    head_valid: Tensor | None = None  # (B, Hkv, N) bool: each KV head's real entries (a ragged layer pressed again)
+
+    @property
+    def key_valid(self) -> Tensor:
+        """The real entries each KV head attends to: ``head_valid`` where given, else ``valid``."""
+        return self.valid if self.head_valid is None else self.head_valid & self.valid[:, None, :]
 
     @property
     def n_kv_heads(self) -> int:
@@ -45,12 +51,12 @@ class LayerView:
         """Attention (B, H, w, N) of the last ``window`` queries, recomputed (no eager attention needed)."""
         w = min(window, self.hidden.shape[1])
         q = scoring.window_queries(self.module, self.hidden[:, -w:], self.cos[:, -w:], self.sin[:, -w:])
-        return scoring.window_attention(q, self.keys, self.module.scaling, self.valid)
+        return scoring.window_attention(q, self.keys, self.module.scaling, self.key_valid)
 
     @cached_property
     def column_mass(self) -> Tensor:
         """Attention each key received from all queries of this forward (B, H, N), chunked."""
-        return scoring.column_mass(self.module, self.hidden, self.cos, self.sin, self.keys, self.valid)
+        return scoring.column_mass(self.module, self.hidden, self.cos, self.sin, self.keys, self.key_valid)
 
 
 @dataclass(frozen=True)
