@@ -6,6 +6,8 @@ a row's scores depend on that row alone, so results never depend on the rest of 
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import torch
 from torch import Tensor
 
@@ -87,3 +89,64 @@ def pitome_energy(sim: Tensor, cand: Tensor, margin: float, alpha: float = 1.0) 
     e = torch.nn.functional.elu(sim.float() - margin, alpha=alpha)
     e = (e * cand[:, None, :]).sum(-1) / cand.sum(1, keepdim=True).clamp(min=1)
     return torch.where(cand, e, float("-inf"))
+
+
+def attention_blocks(
+    q: Tensor, k: Tensor, scaling: float, valid: Tensor, log_sizes: Tensor | None = None, block_bytes: int = 1 << 20
+) -> Iterator[tuple[int, int, int, int, Tensor]]:
+    """Softmax attention of ``q`` (B, H, N, d) over ``k`` (B, Hk, N, d), a few heads at a time.
+
+    Yields ``(b0, b1, h0, h1, probs)`` with ``probs`` (b1 − b0, h1 − h0, N, N) in float32: the rows of
+    :func:`tokenreduce.core.attention.query_rows` for those rows and heads (padding keys masked,
+    ``log_sizes`` added to each key). Each block holds about ``block_bytes`` (at least one head), so
+    a caller that reduces every block to O(N) numbers (column sums, PageRank) needs O(N) memory per
+    head instead of the (B, H, N, N) tensor, and the block stays in cache while it is used.
+    """
+    b, h, n, _ = q.shape
+    if k.shape[1] != h:
+        k = k.repeat_interleave(h // k.shape[1], dim=1)
+    bias = torch.zeros(b, n, dtype=torch.float32, device=q.device)
+    if log_sizes is not None:
+        bias = bias + log_sizes.float()
+    bias = bias.masked_fill(~valid.bool(), torch.finfo(torch.float32).min)[:, None, None, :]
+    per_head = max(n * n * 4, 1)
+    heads = max(1, min(h, block_bytes // per_head))
+    rows = max(1, block_bytes // (per_head * h)) if heads == h else 1
+    for b0 in range(0, b, rows):
+        b1 = min(b, b0 + rows)
+        for h0 in range(0, h, heads):
+            h1 = min(h, h0 + heads)
+            logits = (q[b0:b1, h0:h1].float() @ k[b0:b1, h0:h1].float().transpose(-1, -2)) * scaling
+            yield b0, b1, h0, h1, (logits + bias[b0:b1]).softmax(-1)
+
+
+def attention_received_blockwise(
+    q: Tensor, k: Tensor, scaling: float, valid: Tensor, log_sizes: Tensor | None = None, block_bytes: int = 1 << 20
+) -> Tensor:
+    """:func:`attention_received` of the attention of ``q`` over ``k`` (B, N), computed block by block
+    (:func:`attention_blocks`): the (B, H, N, N) probabilities are never held at once."""
+    b, h, n, _ = q.shape
+    w = (valid.float() / valid.sum(1, keepdim=True).clamp(min=1))[:, None, None, :]  # (B, 1, 1, N)
+    out = torch.empty(b, h, n, dtype=torch.float32, device=q.device)
+    for b0, b1, h0, h1, p in attention_blocks(q, k, scaling, valid, log_sizes, block_bytes):
+        out[b0:b1, h0:h1] = (w[b0:b1] @ p).squeeze(2)
+    return out.mean(1)
+
+
+def weighted_pagerank_blockwise(
+    q: Tensor,
+    k: Tensor,
+    scaling: float,
+    valid: Tensor,
+    iters: int,
+    log_sizes: Tensor | None = None,
+    block_bytes: int = 1 << 20,
+) -> Tensor:
+    """:func:`weighted_pagerank` (B, H, N) of the attention of ``q`` over ``k``, one block of heads at
+    a time (:func:`attention_blocks`): each head's graph is built once, stays in cache for its
+    ``iters`` products, and is freed; memory O(N) per head instead of the (B, H, N, N) tensor."""
+    b, h, n, _ = q.shape
+    out = torch.empty(b, h, n, dtype=torch.float32, device=q.device)
+    for b0, b1, h0, h1, p in attention_blocks(q, k, scaling, valid, log_sizes, block_bytes):
+        out[b0:b1, h0:h1] = weighted_pagerank(p, valid[b0:b1], iters)
+    return out

@@ -126,7 +126,7 @@ def _cls_attention(q: Tensor, k: Tensor, scaling: float, sizes: Tensor, prop: bo
     return _rows(q[:, :, :1], k, scaling, sizes, prop)[:, :, 0].mean(1)
 
 
-NEEDS = frozenset({"keys", "cls_attn", "cls_attn_heads", "values", "attn", "target"})
+NEEDS = frozenset({"keys", "cls_attn", "cls_attn_heads", "values", "attn", "qk", "target"})
 
 
 def _cls_attention_heads(q: Tensor, k: Tensor, scaling: float, sizes: Tensor, prop: bool) -> Tensor:
@@ -168,7 +168,7 @@ def reduced_forward(
             _finish(h)
         return out
 
-    bias = mask if st.pristine else attention_bias(st.sizes, m.proportional_attention, x.dtype)
+    bias = mask if st.pristine else _key_bias(h, st, x.dtype)
     att = h.family.attention(layer, x, bias)
     x = att.x
     if _reduces(r):
@@ -183,6 +183,21 @@ def reduced_forward(
         if h.restore_length:
             x = restore(x, st.src, _survivor_mean(x, st.sizes) if m.drops else None)
     return x
+
+
+def _key_bias(h: PatchHandle, st: TokenState, dtype: torch.dtype) -> Tensor | None:
+    """The additive key bias of a reduced block (log sizes, padding), or None where it would be all zeros:
+    no proportional attention and no padding in an image family. Without a float mask SDPA may pick its
+    flash kernel (one read of the sizes decides; under torch.compile the zero mask stays, reading nothing)."""
+    prop = h.method.proportional_attention
+    if (
+        not prop
+        and not getattr(h.family, "padded", True)
+        and not torch.compiler.is_compiling()
+        and bool((st.sizes > 0).all())
+    ):
+        return None
+    return attention_bias(st.sizes, prop, dtype)
 
 
 def _reduce(h: PatchHandle, st: TokenState, att: AttnOut, r: Tensor | int, index: int) -> Tensor:
@@ -222,6 +237,9 @@ def _extras(h: PatchHandle, st: TokenState, att: AttnOut, index: int) -> dict[st
         out["values"] = att.v
     if "attn" in m.needs:
         out["attn"] = _full_attention(att.q, att.k, att.scaling, st.sizes, prop)
+    if "qk" in m.needs:  # per-head queries and keys, for methods that build attention blockwise
+        out.update(queries=att.q, keys_heads=att.k, scaling=att.scaling,
+                   key_bias=st.sizes.float().clamp(min=1e-6).log() if prop else None)
     if "target" in m.needs:
         done = st.removals[: index + 1]
         out["target"] = st.n0 - (sum(done) if isinstance(done, list) else done.sum(0))

@@ -35,6 +35,10 @@ class LayerTensors(NamedTuple):
     num_layers: int = 0  # depth of the patched stack
     n_out: int | None = None  # when known in Python (no padding, same budget per row): the required
     # output length; pass it to the core so no tensor value is read (torch.compile / ONNX export)
+    queries: Tensor | None = None  # (B, H, N, d) attention queries per head, if the method needs "qk"
+    keys_heads: Tensor | None = None  # (B, H, N, d) attention keys per head, with "qk"
+    scaling: float = 1.0  # the attention's logit scale, with "qk"
+    key_bias: Tensor | None = None  # (B, N) log(size) per key under proportional attention, with "qk"
 
 
 class Plan(NamedTuple):

@@ -10,8 +10,10 @@ Fused tokens are averaged with weights attention-received × size.
 
 Training-free variant: the paper's one-step-ahead attention (the next layer's attention) and its
 consistency loss need fine-tuning; here informativeness is the current layer's attention. With
-``info="attn"`` (the paper's) that is the column mean of the full attention, recomputed explicitly
-(an extra Q·Kᵀ per reducing layer, counted in FLOPs); ``info="cls"`` uses the [CLS] row instead
+``info="attn"`` (the paper's) that is the column mean of the full attention, recomputed next to the
+fused kernel a few heads at a time (:func:`tokenreduce.core.scoring.attention_received_blockwise`):
+no (B, H, N, N) tensor is held, but the extra Q·Kᵀ and softmax are inherently quadratic in N
+(H·N²·d MACs per reducing layer, counted in FLOPs); ``info="cls"`` uses the [CLS] row instead
 (O(N·d), SDPA-friendly); ``info="none"`` drops the criterion.
 """
 
@@ -24,7 +26,7 @@ from torch import Tensor
 
 from ...core.dims import ModelDims
 from ...core.matching import NEG, bidirectional_merge, merge_into
-from ...core.scoring import attention_received, cosine_matrix
+from ...core.scoring import attention_received, attention_received_blockwise, cosine_matrix
 from .base import LayerTensors, Method, Plan, register
 
 INFO = ("attn", "cls", "none")
@@ -60,7 +62,7 @@ class MCTF(Method):
 
     @property
     def needs(self) -> frozenset[str]:  # type: ignore[override]
-        extra = {"attn": {"attn"}, "cls": {"cls_attn"}, "none": set()}[self.info]
+        extra = {"attn": {"qk"}, "cls": {"cls_attn"}, "none": set()}[self.info]
         return frozenset(extra | ({"keys"} if self.metric == "keys" else set()))
 
     @property
@@ -69,7 +71,9 @@ class MCTF(Method):
 
     def informativeness(self, t: LayerTensors) -> Tensor | None:
         if self.info == "attn":
-            return attention_received(t.attn, t.sizes > 0)
+            if t.attn is not None:  # given explicitly (tests, custom runners)
+                return attention_received(t.attn, t.sizes > 0)
+            return attention_received_blockwise(t.queries, t.keys_heads, t.scaling, t.sizes > 0, t.key_bias)
         return t.cls_attn if self.info == "cls" else None
 
     def plan(self, t: LayerTensors, n_remove: Tensor) -> Plan:
@@ -96,5 +100,6 @@ class MCTF(Method):
     def cost_macs(self, n: int, dims: ModelDims, protected: int) -> int:
         u = n - protected
         sim = (u - u // 2) * (u // 2) * (dims.head_dim if self.metric == "keys" else dims.hidden)
-        info = {"attn": dims.heads * n * n * dims.head_dim, "cls": dims.heads * n * dims.head_dim, "none": 0}
+        # "attn": the recomputed Q·Kᵀ, then the column sums as a (1, N) @ (N, N) product per head
+        info = {"attn": dims.heads * n * n * (dims.head_dim + 1), "cls": dims.heads * n * dims.head_dim, "none": 0}
         return sim + info[self.info]

@@ -12,8 +12,12 @@ head-averaged keys) to some more important token are pruned as duplicates. Of a 
 rest, the least important tokens, by the I-stage. Simplifications: heads are averaged uniformly
 (no head filtering / informative-region emphasis) and the S-stage uses a fixed importance split.
 
-This method needs every row of the attention matrix: it recomputes it explicitly (B, H, N, N) next
-to the fused kernel, and counts that Q·Kᵀ, the PageRank products and the similarity in its cost.
+This method is inherently quadratic: it needs every row of the attention matrix of every head
+(the paper's PageRank runs per head, so averaging the heads' graphs first would change its results).
+It recomputes the attention next to the fused kernel a few heads at a time
+(:func:`tokenreduce.core.scoring.weighted_pagerank_blockwise`): each head's N×N graph is built, used
+for its ``iters`` products while it is in cache, and freed, so no (B, H, N, N) tensor is held. Its
+cost counts that Q·Kᵀ, the PageRank products and the similarity.
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ from torch import Tensor
 from ...core.assign import compact
 from ...core.dims import ModelDims
 from ...core.matching import prune_duplicates, rank_of
-from ...core.scoring import cosine_matrix, weighted_pagerank
+from ...core.scoring import cosine_matrix, weighted_pagerank, weighted_pagerank_blockwise
 from .base import LayerTensors, Method, Plan, register
 
 
@@ -39,7 +43,7 @@ class ZeroTPrune(Method):
     iters: int = 10
     similarity_share: float = 0.5
 
-    needs: ClassVar[frozenset[str]] = frozenset({"attn", "keys"})
+    needs: ClassVar[frozenset[str]] = frozenset({"qk", "keys"})
     cap: ClassVar[float] = 0.9
     drops: ClassVar[bool] = True
 
@@ -53,7 +57,11 @@ class ZeroTPrune(Method):
     def plan(self, t: LayerTensors, n_remove: Tensor) -> Plan:
         p = t.protected
         valid = t.sizes > 0
-        importance = weighted_pagerank(t.attn, valid, self.iters).mean(1)[:, p:]
+        if t.attn is not None:  # given explicitly (tests, custom runners)
+            ranks = weighted_pagerank(t.attn, valid, self.iters)
+        else:
+            ranks = weighted_pagerank_blockwise(t.queries, t.keys_heads, t.scaling, valid, self.iters, t.key_bias)
+        importance = ranks.mean(1)[:, p:]
         cand = valid[:, p:]
         u = cand.sum(1)
         r = torch.minimum(n_remove, u)
