@@ -64,4 +64,14 @@ class CDPruner(BeforeMethod):
         return out
 
     def image_macs(self, n, k, hidden, vision_width):
-        return n * n * hidden + n * k * k  # similarity, then the k Cholesky rows (relevance: n x text, small)
+        """The similarity and the Cholesky rows of the greedy MAP (relevance: see :meth:`extra_macs`)."""
+        return n * n * hidden + n * k * (k - 1) // 2
+
+    def extra_macs(self, shape, counts, images, text_after, vision_width):
+        """Per reduced image: :meth:`image_macs` plus its relevance to the ``text_after`` instruction tokens
+        (exact for one image; with several, the text between images counts for the earlier ones too)."""
+        return sum(
+            self.image_macs(h * w, self.budget(h * w), shape.hidden, vision_width) + h * w * text_after * shape.hidden
+            for h, w in images
+            if self.budget(h * w) < h * w
+        )

@@ -38,11 +38,13 @@ def dart_select(sim: Tensor, pivots: Tensor, k: int) -> Tensor:
 @dataclass(frozen=True)
 class DART(InsideMethod):
     """DART (Wen et al., arXiv 2502.11494): before decoder layer ``layer``, pick ``pivots`` visual pivots by the
-    L1 norm of their keys in the previous layer (and ``text_pivots`` from the text after the image); the rest of
+    norm of their keys in the previous layer (and ``text_pivots`` from the text after the image); the rest of
     the budget is shared out over the pivots, each keeping the visual tokens least similar (cosine of this
     layer's input hidden states) to it, among those not yet kept. Image pivots are kept; text ones only guide.
-    Differences from the paper's code: pivots are visited in norm order (it walks a Python set), the budget is
-    split exactly (it rounds per pivot), and hidden states are compared before the final norm (it applies it)."""
+    Differences from the paper's code: key norms are L2, not L1 (rotary embeddings keep L2 norms, so a row's
+    pivots do not depend on its absolute positions, i.e. on its padding), pivots are visited in norm order (it
+    walks a Python set), the budget is split exactly (it rounds per pivot), and hidden states are compared
+    before the final norm (it applies it)."""
 
     layer: int = 2
     pivots: int = 4
@@ -62,7 +64,7 @@ class DART(InsideMethod):
         if bool((st.present <= st.quota).all()):
             return None
         keys = window_keys(st.attn, st.x, st.cos, st.sin)  # (B, Hkv, N, D) of the previous layer
-        norms = keys.float().abs().sum((1, 3))  # (B, N): L1 over all heads
+        norms = keys.float().square().sum((1, 3))  # (B, N): squared L2 over all heads (RoPE leaves it as is)
         h = st.hidden.float()
         h = h / h.norm(dim=-1, keepdim=True).clamp(min=1e-12)
         b, n = st.group.shape

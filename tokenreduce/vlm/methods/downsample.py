@@ -33,6 +33,12 @@ def cell_of(grid: tuple[int, int], out: tuple[int, int], device=None) -> Tensor:
     return (r[:, None] * b + c[None, :]).reshape(-1)
 
 
+def _square(n: int) -> tuple[int, int] | None:
+    """LLaVA-1.5's square patch grid of ``n`` tokens (None if ``n`` is not a square)."""
+    g = round(n**0.5)
+    return (g, g) if g * g == n else None
+
+
 @register
 @dataclass(frozen=True)
 class Downsample(BeforeMethod):
@@ -86,6 +92,13 @@ class Downsample(BeforeMethod):
         out = self.cells(grid) or grid
         idx = cell_centres(grid, out, emb.device)
         return idx, emb[idx]
+
+    def image_macs(self, n, k, hidden, vision_width):
+        """Negative: the projector (LLaVA's Linear(vision, hidden), GELU, Linear(hidden, hidden)) projects only
+        the pooled cells, not every patch (pooling itself is additions)."""
+        g = _square(n)
+        cells = k if g is None else self.kept(g)
+        return -(n - cells) * (vision_width * hidden + hidden * hidden)
 
     def kept(self, grid):
         out = self.cells(grid)

@@ -80,4 +80,4 @@ class DyVTE(InsideMethod):
         last = self.latest(n_vis, shape.layers) if n_vis else None
         if last is None:
             return 0
-        return sum(scoring_macs(shape, counts[s - 1], 1) for s in self.stages(shape.layers) if s <= last)
+        return sum(scoring_macs(shape, counts[s - 1], 1) for s in self.stages(shape.layers) if s < last)

@@ -41,8 +41,11 @@ class VisPruner(BeforeMethod):
         ki = self.split(k)
         order = torch.sort(cls.float(), descending=True, stable=True).indices
         rest = order[ki:]
-        local = torch.arange(len(rest), device=emb.device)
-        diverse = rest[prune_pairwise_duplicates(cosine_self(emb[rest]), local, k - ki, self.step)]
+        if k > ki:
+            local = torch.arange(len(rest), device=emb.device)
+            diverse = rest[prune_pairwise_duplicates(cosine_self(emb[rest]), local, k - ki, self.step)]
+        else:
+            diverse = rest[:0]
         idx = torch.sort(torch.cat([order[:ki], diverse])).values
         return idx, emb[idx]
 
