@@ -322,3 +322,29 @@ def test_prefill_macs_formula_equals_flop_counter(method, qwen):
     text_after = len(ids) - 1 - int((ids == qwen.config.video_token_id).nonzero().max())
     want = prefill_macs(DecoderShape.of(qwen.config.text_config), m, len(ids), [(6, 4, 4)], text_after)
     assert (total - vision) // 2 == want
+
+
+def test_bench_video_cli_on_a_tiny_qwen25(tmp_path, capsys, monkeypatch):
+    """The CLI runs end to end (tiny Qwen2.5-VL in place of the 7B-shaped one): measured MACs equal the formula,
+    ratios against the unreduced baseline, and the stream's held tokens stay under its budget."""
+    import json
+
+    from tokenreduce.vlm.video import bench, cli
+
+    monkeypatch.setattr(bench, "qwen25_7b", lambda layers: tiny_qwen25(layers=layers))
+    out = tmp_path / "video.json"
+    assert cli.main(["--frames", "6", "--grid", "4", "--llm-layers", "2", "--methods", "dycoke,video-pool",
+                     "--keep", "0.25,0.5", "--repeats", "1", "--stream-frames", "40", "--budget", "50",
+                     "--checkpoints", "1,20,40", "--no-progress", "--json", str(out)]) == 0
+    data = json.loads(out.read_text())
+    rows = data["rows"]
+    assert [r["method"] for r in rows] == ["unreduced", "dycoke", "dycoke", "video-pool", "video-pool"]
+    assert all(r["macs"] == r["llm_macs_formula"] for r in rows)
+    assert rows[0]["macs_ratio"] == 1.0 and all(r["macs_ratio"] < 1.0 for r in rows[1:])
+    assert [r["visual_tokens"] for r in rows[1:3]] == [24, 48]
+    stream = data["stream"]
+    assert len(stream["held"]) == 40 and max(stream["held"]) <= 50
+    assert [a["frame"] for a in stream["answers"]] == [1, 20, 40]
+    assert "llm28_macs_ratio" in capsys.readouterr().out
+    assert cli.main(["--methods", "visual-pool", "--no-progress"]) == 2
+    assert cli.main(["--keep", "1.5", "--no-progress"]) == 2

@@ -10,6 +10,7 @@ COMMANDS: dict[tuple[str, ...], tuple[str, str]] = {
                  "encoder methods × keep rates: FLOPs, speed-up, quality (text: all-MiniLM-L6-v2; `bench vit`)"),
     ("bench", "kv"): ("tokenreduce.kv.cli", "KV-cache presses on a causal LM (SmolLM2 by default)"),
     ("bench", "vlm"): ("tokenreduce.vlm.cli", "visual-token methods on a LLaVA-1.5-shaped VLM: MACs, prefill, KV"),
+    ("bench", "video"): ("tokenreduce.vlm.video.cli", "video methods on a Qwen2.5-VL-7B-shaped VLM; streaming memory"),
     ("bench", "vision"): ("tokenreduce.bench.vision_cli", "vision methods: FLOPs, speed, accuracy table"),
     ("bench", "prompt"): ("tokenreduce.prompt.bench_cli", "prompt compression: rate adherence, speed, retention"),
     ("bench", "deploy"): ("tokenreduce.bench.deploy_bench", "ViT under eager, torch.compile and ONNX Runtime"),

@@ -1,0 +1,190 @@
+"""Prefill cost of video methods on a Qwen2.5-VL-7B-shaped model, and the streaming session's memory.
+
+``bench_video``: per method x share of the visual tokens kept, measured prefill MACs (``FlopCounterMode``: the
+LLM layers built, the LM head, the method's own work), the LLM's analytic MACs at the full 28-layer depth,
+median prefill time round-robin with the unreduced model in the same process, and KV bytes at 28 layers.
+The vision tower is not run (every method reduces after it, so it is the same for all): the video's
+encoder outputs are random tensors of the right shape, handed to the model as ``generate`` does.
+
+``bench_stream``: a :class:`~.stream.VideoStream` fed that many random frames, its held tokens after every
+frame, and at checkpoints the answer's prefill time and the process's peak RSS while answering (Linux: the
+high-water mark reset through ``/proc/self/clear_refs``).
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ...bench.flops import measured_flops
+from ..flops import DecoderShape, prefill_macs
+from ..methods import make_vlm_method
+from ..patch import patch_vlm
+from .base import VideoMethod
+from .stream import VideoStream
+
+QWEN25_7B = DecoderShape(3584, 18944, 28, 28, 4, 128, 152064)
+KV_BYTES_PER_TOKEN = QWEN25_7B.layers * 2 * QWEN25_7B.kv_heads * QWEN25_7B.head_dim * 2  # K and V, bf16
+
+
+def qwen25_7b(llm_layers: int = 1, seed: int = 0) -> nn.Module:
+    """Qwen2.5-VL-7B's real widths (LLM 3584 / MLP 18944 / 28 heads / 4 KV heads / vocabulary 152064; vision
+    merger out 3584) with ``llm_layers`` decoder layers and a one-block vision tower, random weights."""
+    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+
+    cfg = Qwen2_5_VLConfig(
+        text_config=dict(vocab_size=152064, hidden_size=3584, intermediate_size=18944, num_hidden_layers=llm_layers,
+                         num_attention_heads=28, num_key_value_heads=4, max_position_embeddings=32768,
+                         rope_parameters={"rope_type": "default", "mrope_section": [16, 24, 24],
+                                          "rope_theta": 1000000.0}),
+        vision_config=dict(depth=1, hidden_size=1280, out_hidden_size=3584, num_heads=16, intermediate_size=3420,
+                           patch_size=14, spatial_merge_size=2, temporal_patch_size=2, window_size=112,
+                           fullatt_block_indexes=[0], tokens_per_second=2),
+        image_token_id=151655, video_token_id=151656, vision_start_token_id=151652, vision_end_token_id=151653,
+    )
+    torch.manual_seed(seed)
+    return Qwen2_5_VLForConditionalGeneration(cfg).eval()
+
+
+def video_prompt(model: nn.Module, frames: int, grid: tuple[int, int], prefix: int = 14, question: int = 24,
+                 seed: int = 0, motion: float = 0.5) -> dict:
+    """Prompt ids (system text, <vision_start> video <vision_end>, question) and random encoder outputs for a
+    video of ``frames`` temporal groups of ``grid`` LLM tokens; ``motion`` sets how much each frame departs
+    from the one before (temporal methods need some redundancy to find)."""
+    from transformers.modeling_outputs import BaseModelOutputWithPooling
+
+    cfg = model.config
+    g = torch.Generator().manual_seed(seed)
+    p = grid[0] * grid[1]
+    text = _text_ids(cfg)
+    ids = torch.cat([torch.randint(1, text, (prefix,), generator=g), torch.tensor([cfg.vision_start_token_id]),
+                     torch.full((frames * p,), cfg.video_token_id), torch.tensor([cfg.vision_end_token_id]),
+                     torch.randint(1, text, (question,), generator=g)])[None]
+    width = cfg.text_config.hidden_size
+    x = torch.randn(1, p, width, generator=g)
+    out = [x]
+    for _ in range(frames - 1):
+        x = (x + motion * torch.randn(1, p, width, generator=g)) / (1 + motion**2) ** 0.5
+        out.append(x)
+    feats = torch.cat(out, 1)[0]
+    m = cfg.vision_config.spatial_merge_size
+    types = 2 * (ids == cfg.video_token_id).long()
+    return {"input_ids": ids, "attention_mask": torch.ones_like(ids), "mm_token_type_ids": types,
+            "video_grid_thw": torch.tensor([[frames, grid[0] * m, grid[1] * m]]),
+            "mm_encoder_outputs": {"video": BaseModelOutputWithPooling(pooler_output=(feats,))}}
+
+
+def _text_ids(cfg) -> int:
+    """Ordinary token ids are drawn below the first special (vision) token id."""
+    return min(cfg.image_token_id, cfg.video_token_id, cfg.vision_start_token_id, cfg.vision_end_token_id)
+
+
+def _call(model: nn.Module, x: dict) -> Callable[[], object]:
+    def run():
+        with torch.no_grad():
+            inputs = {**x, "mm_encoder_outputs": dict(x["mm_encoder_outputs"])}  # the model writes into it
+            return model(**inputs, logits_to_keep=1)
+
+    return run
+
+
+def bench_video(model: nn.Module, x: dict, methods: list[str], fractions: list[float], repeats: int = 3,
+                progress: Callable[[str], None] | None = None) -> list[dict]:
+    """Rows per method x kept share (and the unreduced baseline first); times are round-robin medians."""
+    grid_thw = x["video_grid_thw"][0].tolist()
+    m = model.config.vision_config.spatial_merge_size
+    video = (grid_thw[0], grid_thw[1] // m, grid_thw[2] // m)
+    n_vis = video[0] * video[1] * video[2]
+    ids = x["input_ids"][0]
+    n = len(ids)
+    text_after = n - 1 - int((ids == model.config.video_token_id).nonzero().max())
+    configs: list[tuple[str, VideoMethod | None]] = [("unreduced", None)]
+    configs += [(name, make_vlm_method(name, keep=f)) for name in methods for f in fractions]
+    shape = DecoderShape.of(model.config.text_config)
+    rows = []
+    for name, method in configs:
+        row = {"method": name, "keep": 1.0 if method is None else method.keep}
+        row["visual_tokens"] = n_vis if method is None else method.kept_video(video[0], video[1:])
+        if method is None:
+            row["macs"] = measured_flops(_call(model, x)) // 2
+        else:
+            handle = patch_vlm(model, method)
+            try:
+                row["macs"] = measured_flops(_call(model, x)) // 2
+            finally:
+                handle.remove()
+        row["llm_macs_formula"] = prefill_macs(shape, method, n, [video], text_after)
+        row["llm28_macs"] = prefill_macs(QWEN25_7B, method, n, [video], text_after)
+        row["kv_mb_28l_bf16"] = (n - n_vis + row["visual_tokens"]) * KV_BYTES_PER_TOKEN / 2**20
+        row["times"] = []
+        rows.append(row)
+        if progress:
+            progress(f"{name} macs")
+    for _ in range(repeats + 1):  # the first round warms up and is dropped
+        for row, (name, method) in zip(rows, configs):
+            handle = None if method is None else patch_vlm(model, method)
+            try:
+                t0 = time.perf_counter()
+                _call(model, x)()
+                row["times"].append(time.perf_counter() - t0)
+            finally:
+                if handle is not None:
+                    handle.remove()
+            if progress:
+                progress(f"{name} time")
+    base = rows[0]
+    for row in rows:
+        row["prefill_s"] = statistics.median(row["times"][1:])
+        row["spread_s"] = max(row["times"][1:]) - min(row["times"][1:])
+        row["macs_ratio"] = row["macs"] / base["macs"]
+        row["llm28_macs_ratio"] = row["llm28_macs"] / base["llm28_macs"]
+        row["time_ratio"] = row["prefill_s"] / base["prefill_s"]
+        del row["times"]
+    return rows
+
+
+def _peak_reset() -> bool:
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        return True
+    except OSError:
+        return False
+
+
+def _peak_mb() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def bench_stream(model: nn.Module, frames: int, grid: tuple[int, int], budget: int, recent: int = 2,
+                 old: float = 0.25, checkpoints: tuple[int, ...] = (), motion: float = 0.5, seed: int = 0,
+                 progress: Callable[[str], None] | None = None) -> dict:
+    """Held tokens after every frame, and at each checkpoint frame the answer's prefill time and peak RSS."""
+    g = torch.Generator().manual_seed(seed)
+    width = model.config.text_config.hidden_size
+    prompt = torch.randint(1, _text_ids(model.config), (14,), generator=g)
+    question = torch.randint(1, _text_ids(model.config), (24,), generator=g)
+    s = VideoStream(model, budget=budget, recent=recent, old=old, prompt=prompt)
+    p = grid[0] * grid[1]
+    x = torch.randn(p, width, generator=g)
+    answers = []
+    for f in range(1, frames + 1):
+        x = (x + motion * torch.randn(p, width, generator=g)) / (1 + motion**2) ** 0.5
+        s.add_features(x.clone(), grid)
+        if f in checkpoints:
+            ok = _peak_reset()
+            t0 = time.perf_counter()
+            s.logits(question)
+            dt = time.perf_counter() - t0
+            answers.append({"frame": f, "held": s.held, "unreduced_tokens": f * p, "prefill_s": dt,
+                            "peak_rss_mb": _peak_mb() if ok else float("nan")})
+            if progress:
+                progress(f"frame {f}")
+    return {"held": s.history, "answers": answers, "entries": [e.frames for e in s.entries]}

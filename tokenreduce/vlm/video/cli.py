@@ -1,0 +1,96 @@
+"""``tokenreduce bench video``: video methods x kept shares on a Qwen2.5-VL-7B-shaped model (random weights,
+fewer LLM layers, vision tower not run), then the streaming session's held tokens and memory over many frames."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from ...bench.report import format_table, machine_info
+from ...cli.args import HelpFormatter
+from ...cli_errors import user_error
+from ..methods import make_vlm_method, vlm_methods
+from .methods import VIDEO_METHODS
+
+COLS = ["method", "keep", "visual_tokens", "macs_ratio", "llm28_macs_ratio", "time_ratio", "prefill_s", "spread_s",
+        "kv_mb_28l_bf16"]
+STREAM_COLS = ["frame", "held", "unreduced_tokens", "prefill_s", "peak_rss_mb"]
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(formatter_class=HelpFormatter, prog="tokenreduce bench video", description=__doc__)
+    p.add_argument("--frames", type=int, default=16, help="temporal token groups (Qwen2.5-VL: 2 raw frames each)")
+    p.add_argument("--grid", type=int, default=14, help="LLM tokens per frame side (14: 196 tokens, 392x392 input)")
+    p.add_argument("--llm-layers", type=int, default=1, help="decoder layers built (Qwen2.5-VL-7B has 28)")
+    p.add_argument("--methods", default=",".join(VIDEO_METHODS), help="comma list of video methods")
+    p.add_argument("--keep", default="0.1,0.25,0.5", help="shares of the visual tokens kept")
+    p.add_argument("--repeats", type=int, default=3, help="timed prefills per config (median; one more warms up)")
+    p.add_argument("--stream-frames", type=int, default=256, help="frames fed to the streaming session (0: skip)")
+    p.add_argument("--budget", type=int, default=1024, help="visual tokens the streaming session may hold")
+    p.add_argument("--recent", type=int, default=2, help="newest frames the session keeps whole")
+    p.add_argument("--old", type=float, default=0.25, help="share of a frame kept once merged")
+    p.add_argument("--checkpoints", default="1,8,32,64,128,192,256", help="frames after which the stream answers")
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0: leave as is)")
+    p.add_argument("--json", help="write rows + machine info here")
+    p.add_argument("--no-progress", action="store_true")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        methods = [m for m in args.methods.split(",") if m]
+        bad = sorted(set(methods) - set(VIDEO_METHODS))
+        if bad:
+            others = sorted(set(vlm_methods()) - set(VIDEO_METHODS))
+            raise ValueError(f"not video methods: {bad}; video methods: {', '.join(VIDEO_METHODS)}"
+                             + (f" (image methods: {', '.join(others)})" if set(bad) & set(others) else ""))
+        keeps = [float(k) for k in args.keep.split(",") if k]
+        for m in methods:
+            for k in keeps:
+                make_vlm_method(m, keep=k)  # every config checked before any work
+        checkpoints = tuple(int(c) for c in args.checkpoints.split(",") if c)
+        if min(args.frames, args.grid, args.llm_layers, args.repeats) < 1 or args.stream_frames < 0:
+            raise ValueError("--frames, --grid, --llm-layers and --repeats must be >= 1, --stream-frames >= 0")
+    except ValueError as e:
+        return user_error(e)
+    import torch
+    from tqdm import tqdm
+
+    from . import bench
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    model = bench.qwen25_7b(args.llm_layers)
+    x = bench.video_prompt(model, args.frames, (args.grid, args.grid))
+    total = (1 + len(methods) * len(keeps)) * (args.repeats + 2) + len(checkpoints)
+    bar = tqdm(total=total, disable=args.no_progress, desc="bench video")
+
+    def step(label: str) -> None:
+        bar.set_postfix_str(label[:40])
+        bar.update(1)
+
+    try:
+        rows = bench.bench_video(model, x, methods, keeps, args.repeats, progress=step)
+        stream = None
+        if args.stream_frames:
+            stream = bench.bench_stream(model, args.stream_frames, (args.grid, args.grid), args.budget, args.recent,
+                                        args.old, checkpoints, progress=step)
+    except ValueError as e:
+        return user_error(e)
+    finally:
+        bar.close()
+    info = machine_info()
+    n = x["input_ids"].shape[1]
+    print(f"prefill of {n} tokens ({args.frames} x {args.grid * args.grid} visual), {args.llm_layers} LLM layer(s) "
+          f"of Qwen2.5-VL-7B's widths; {info['cpu']}, {info['torch_threads']} threads")
+    print(format_table(rows, COLS))
+    if stream is not None:
+        print(f"\nstreaming: budget {args.budget}, recent {args.recent}, old {args.old}; held after every 16th frame:")
+        print(" ".join(str(h) for h in stream["held"][15::16]))
+        print(format_table(stream["answers"], STREAM_COLS))
+    if args.json:
+        Path(args.json).write_text(json.dumps({"machine": info, "rows": rows, "stream": stream,
+                                               "args": vars(args)}, indent=2))
+    return 0
