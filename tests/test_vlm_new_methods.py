@@ -384,3 +384,23 @@ def test_downsample_equals_pooling_before_the_projector(mode, llava):
     centres = [mid(i, a) * 8 + mid(j, b) for i in range(a) for j in range(b)]
     assert (cols[vis] - start).tolist() == centres
     torch.testing.assert_close(seen["h"][0, vis], ref, rtol=1e-5, atol=1e-5)
+
+
+@pytest.fixture(scope="module")
+def llava_next():
+    return tiny_llava_next()
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("method", [m for m in NEW if m != "downsample"])
+def test_llava_next_keep_all_is_exact_and_a_budget_shortens_every_crop(method, llava_next):
+    from vlm_models import llava_next_inputs
+
+    x = llava_next_inputs(llava_next)
+    ref = llava_next(**x).logits
+    with tokenreduce.patched(llava_next, method, keep=1.0):
+        assert torch.equal(llava_next(**x).logits, ref)
+    with tokenreduce.patched(llava_next, method, keep=0.3):
+        cols = get_state(llava_next(**x, use_cache=True).cache).cols
+    n = x["input_ids"].shape[1]
+    assert cols[-1].shape[1] < n and all(c.shape[1] <= n for c in cols)
