@@ -10,6 +10,7 @@ from typing import NamedTuple, Protocol
 
 import torch
 from torch import Tensor, nn
+from torch.nn.attention.flex_attention import BlockMask
 
 from ...core.dims import ModelDims
 
@@ -59,13 +60,17 @@ def module_list_of(model: nn.Module, class_names: set[str], prefer: str | None =
 
 
 def valid_from_mask(mask: Tensor | None, x: Tensor) -> Tensor:
-    """Real-token mask (B, N) from the 4-D mask a Hugging Face model passes to its layers.
+    """Real-token mask (B, N) from the 4-D mask (or flex ``BlockMask``) a Hugging Face model passes to its layers.
 
     Row 0 ([CLS], always real) tells which keys are real; no mask means no padding.
     """
     b, n = x.shape[:2]
     if mask is None:
         return torch.ones(b, n, dtype=torch.bool, device=x.device)
+    if isinstance(mask, BlockMask):  # flex_attention: the mask function at query 0 over every key
+        zero = torch.zeros((), dtype=torch.long, device=x.device)
+        batch = torch.arange(mask.shape[0], device=x.device)[:, None]
+        return mask.mask_mod(batch, zero, zero, torch.arange(n, device=x.device)[None, :]).expand(b, n).clone()
     row = mask[:, 0, 0, :] if mask.dim() == 4 else mask
     if row.dtype == torch.bool:
         valid = row
