@@ -47,16 +47,22 @@ def _chunk_inputs(ids: Tensor, valid: Tensor, prompt: Tensor, start: int, chunk:
 
 @torch.no_grad()
 def reconstruction_scores(
-    model: nn.Module, cache, ids: Tensor, mask: Tensor, prompt: Tensor, chunk: int = 512, window: int = 0
+    model: nn.Module, cache, ids: Tensor, mask: Tensor, prompt: Tensor, chunk: int = 512, window: int = 0,
+    block: int = 128,
 ) -> list[Tensor]:
     """Per layer, the max attention (B, Hkv, N) each of the N context entries in ``cache`` receives from
     the reconstruction queries of its GQA group (``ids``/``mask`` (B, N): the context; the cache is untouched).
 
     ``window`` > 0 also scores each entry by the square root of the mean attention it gets from the
     context's own last ``window`` queries (SnapKV's observation window, GQA-averaged; recomputed by
-    feeding those tokens again after a copy of the cache cut before them) and keeps the larger score:
+    feeding those tokens again after the cache cut before them) and keeps the larger score:
     what the next tokens will read, which the reconstruction alone under-weights. The square root puts
-    a mean over many queries on the scale of the reconstruction's per-query maxima."""
+    a mean over many queries on the scale of the reconstruction's per-query maxima.
+
+    Cost: the passes run after a read-only view of the cache (:func:`tokenreduce.kv.cache.passing`), so
+    only one layer's keys are copied at a time, never the whole cache; a reconstruction query's attention
+    on a context entry is ``exp(logit - logsumexp(row))``, so the max over queries is taken on the logits
+    (``block`` query rows at a time) and no softmax matrix is materialized."""
     mods = attention_modules(model)
     valid = mask.bool()
     b, n = ids.shape
@@ -66,18 +72,13 @@ def reconstruction_scores(
     def hook(mod, args, kwargs, out):
         hidden = kwargs.get("hidden_states", args[0] if args else None)
         cos, sin = kwargs["position_embeddings"]
-        keys, _ = kvc.layer_kv(current["cache"], mod.layer_idx)
-        length, total = current["length"], keys.shape[2]
+        keys, _ = kvc.take_last(current["cache"], mod.layer_idx)
+        length = current["length"]
         q = scoring.window_queries(mod, hidden[:, -length:], cos[:, -length:], sin[:, -length:])
-        a = scoring.window_attention(q, keys, mod.scaling, current["valid"], q_offset=total - length)[..., :n]
-        qmask = current["qmask"]
-        a = a * qmask[:, None, :, None]  # padding queries give nothing
-        hkv = keys.shape[1]
-        if current["mean"]:  # window: sqrt of the mean over real queries, GQA-averaged
-            mean = a.sum(dim=2) / qmask.sum(-1).clamp(min=1.0)[:, None, None]
-            s = mean.view(b, hkv, -1, n).mean(dim=2).sqrt()
-        else:  # reconstruction: max over queries, then over the GQA group
-            s = a.amax(dim=2).view(b, hkv, -1, n).amax(dim=2)
+        if current["mean"]:
+            s = _window_scores(q, keys, mod.scaling, current["valid"], current["qmask"], n)
+        else:
+            s = _reconstruction_max(q, keys, mod.scaling, current["valid"], current["qmask"], n, block)
         best[mod.layer_idx] = torch.maximum(best[mod.layer_idx], s) if mod.layer_idx in best else s
         return out
 
@@ -85,13 +86,13 @@ def reconstruction_scores(
     try:
         for start in range(0, int(valid.sum(-1).max()), chunk):
             rec, rec_mask, qmask = _chunk_inputs(ids, valid, prompt, start, chunk)
-            session = Session(model, kvc.clone(cache), mask.long())
+            session = Session(model, kvc.passing(cache), mask.long())
             full = torch.cat([mask.long(), rec_mask], dim=1)
             current.update(cache=session.cache, length=qmask.shape[1], valid=full.bool(), qmask=qmask, mean=False)
             session.feed(rec, rec_mask, last_only=True)
         if window > 0:
             w = min(window, n)
-            session = Session(model, _cut(cache, n - w), mask[:, : n - w].long())
+            session = Session(model, kvc.passing(cache, n - w), mask[:, : n - w].long())
             current.update(cache=session.cache, length=w, valid=valid, qmask=mask[:, n - w :].float(), mean=True)
             session.feed(ids[:, n - w :], mask[:, n - w :], last_only=True)
     finally:
@@ -100,13 +101,47 @@ def reconstruction_scores(
     return [best[m.layer_idx].masked_fill(~valid[:, None, :], 0.0) for m in mods]
 
 
-def _cut(cache, length: int):
-    """A copy of a dense ``cache`` holding only its first ``length`` entries per layer."""
-    out = kvc.clone(cache)
-    for i in range(kvc.n_layers(out)):
-        keys, values = kvc.layer_kv(out, i)
-        kvc.set_layer_kv(out, i, keys[:, :, :length], values[:, :, :length])
-    return out
+def _reconstruction_max(q: Tensor, keys: Tensor, scaling: float, valid: Tensor, qmask: Tensor, n: int,
+                        block: int) -> Tensor:
+    """Max attention (B, Hkv, n) the first n keys get from the queries ``q`` (B, H, L, D) -- the last L of the
+    T = ``keys.shape[2]`` positions, causal among the T - n after the context -- over each GQA group;
+    ``valid`` (B, T) real keys, ``qmask`` (B, L) real queries (padding queries give nothing).
+
+    attention = exp(logit - lse), lse the row's logsumexp over all T keys, so the max over queries is
+    exp(max(logit - lse)): only logits are formed, ``block`` query rows at a time."""
+    bsz, h, length, d = q.shape
+    hkv, total = keys.shape[1], keys.shape[2]
+    g = h // hkv
+    qs = (q.to(keys.dtype) * scaling).reshape(bsz, hkv, g * length, d)  # row = group member * L + query
+    ctx, tail = keys[:, :, :n], keys[:, :, n:]
+    t = total - n  # prompt + chunk: query i sees tail keys <= t - length + i
+    pos = torch.arange(length, device=keys.device) + t - length
+    after = torch.arange(t, device=keys.device)[None, :] > pos[:, None]
+    hidden_tail = after[None] | ~valid[:, None, n:]  # (B, L, t)
+    ctx_off = ~valid[:, :n]
+    any_off = bool(ctx_off.any())
+    best = None
+    for s in range(0, g * length, block):
+        rows = qs[:, :, s : s + block]  # (B, Hkv, r, D)
+        qi = torch.arange(s, s + rows.shape[2], device=keys.device) % length  # each row's query
+        lc = torch.matmul(rows, ctx.transpose(-1, -2)).float()  # (B, Hkv, r, n)
+        if any_off:
+            lc.masked_fill_(ctx_off[:, None, None, :], float("-inf"))
+        lt = torch.matmul(rows, tail.transpose(-1, -2)).float().masked_fill_(hidden_tail[:, None, qi], float("-inf"))
+        lse = torch.logaddexp(torch.logsumexp(lc, -1), torch.logsumexp(lt, -1))  # (B, Hkv, r)
+        lse = lse.masked_fill(qmask[:, None, qi] == 0, float("inf"))  # padding queries: attention 0
+        part = lc.sub_(lse[..., None]).amax(dim=2)  # (B, Hkv, n): over these rows (queries and group members)
+        best = part if best is None else torch.maximum(best, part)
+    return best.exp_().nan_to_num_(0.0)
+
+
+def _window_scores(q: Tensor, keys: Tensor, scaling: float, valid: Tensor, qmask: Tensor, n: int) -> Tensor:
+    """sqrt of the mean attention (B, Hkv, n) of the real window queries ``q`` (the last L of the n keys),
+    GQA-averaged."""
+    bsz, length = q.shape[0], q.shape[2]
+    a = scoring.window_attention(q, keys, scaling, valid, q_offset=n - length) * qmask[:, None, :, None]
+    mean = a.sum(dim=2) / qmask.sum(-1).clamp(min=1.0)[:, None, None]
+    return mean.view(bsz, keys.shape[1], -1, n).mean(dim=2).sqrt()
 
 
 @torch.no_grad()
