@@ -33,6 +33,7 @@ SPECS = {
     "think": {"channel_keep": 0.5, "window": 4},
     "qfilters": {},
     "rkv": {"target": 12, "interval": 2, "window": 4},
+    "duo_attention": {"stream_sinks": 2, "stream_recent": 4, "window": 4},
 }
 LENGTHS = [(40, 3), (31, 16), (23, 9)]  # (context, question) per row: all different
 

@@ -21,6 +21,7 @@ from .presses import (
     ChunkKV,
     DecodeTimePress,
     DecodingPress,
+    DuoAttention,
     ExpectedAttention,
     KeyDiff,
     Keyformer,
@@ -46,7 +47,8 @@ from .presses import (
 
 __all__ = [
     "H2O", "RKV", "TOVA", "AdaKV", "BudgetPress", "ChannelPress", "ChunkKV", "DecodeTimePress", "DecodingPress",
-    "ExpectedAttention", "KVzip", "KeyDiff", "KeyNorm", "Keyformer", "LayerView", "MixedPrecisionPress", "Press",
+    "DuoAttention", "ExpectedAttention", "KVzip", "KeyDiff", "KeyNorm", "Keyformer", "LayerView",
+    "MixedPrecisionPress", "Press",
     "PyramidKV", "QFilters", "RaggedPress", "RandomPress", "ReconstructionPress", "ScoringPress", "SnapKV",
     "StreamingLLM", "ThinK", "ZipCache", "apply_press", "gemfilter_ids", "gemfilter_select",
     "generate", "generate_ids", "kv_bytes", "make_press", "presses", "register",

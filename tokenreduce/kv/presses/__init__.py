@@ -19,6 +19,7 @@ from .base import (
 from .chunkkv import ChunkKV
 from .common import BudgetPress, scorer_problem
 from .decoding import DecodingPress
+from .duo_attention import DuoAttention
 from .expected_attention import ExpectedAttention
 from .h2o import H2O
 from .key_norm import KeyNorm
@@ -37,7 +38,8 @@ from .zipcache import ZipCache
 
 __all__ = [
     "H2O", "RKV", "TOVA", "AdaKV", "BudgetPress", "ChannelPress", "ChunkKV", "DecodeTimePress", "DecodingPress",
-    "ExpectedAttention", "KVzip", "KeyDiff", "KeyNorm", "Keyformer", "LayerView", "MixedPrecisionPress", "Press",
+    "DuoAttention", "ExpectedAttention", "KVzip", "KeyDiff", "KeyNorm", "Keyformer", "LayerView",
+    "MixedPrecisionPress", "Press",
     "PyramidKV", "QFilters", "RaggedPress", "RandomPress", "ReconstructionPress", "ScoringPress", "SnapKV",
     "StreamingLLM", "ThinK", "ZipCache", "label", "make_press", "parse_press", "presses", "register", "scorer_problem",
 ]
