@@ -59,16 +59,18 @@ class MixedLayer(DynamicLayer):
         self.device, self.is_initialized = keys.device, True
 
     def prefix(self) -> tuple[Tensor, Tensor]:
-        """The prefix's keys and values (B, Hkv, L, D), dequantized into their original order."""
+        """The prefix's keys and values (B, Hkv, L, D), dequantized into their original order.
+
+        One gather per tensor puts ``[salient, dequantized rest]`` back in order (the order is derived from
+        ``idx`` each call, so nothing beyond the compact form is held); same values as boolean-mask writes."""
         b, h, s, d = self.kf.shape
         salient = torch.zeros(b, h, self.n, dtype=torch.bool, device=self.device).scatter_(-1, self.idx.long(), True)
+        rank = torch.where(salient, salient.cumsum(-1) - 1, s + (~salient).cumsum(-1) - 1)
+        order = rank[..., None].expand(b, h, self.n, d)
         out = []
         for full, q, c in ((self.kf, self.kq, self.kc), (self.vf, self.vq, None)):
-            x = torch.empty(b, h, self.n, d, dtype=self.dtype, device=self.device)
-            x[salient] = full.reshape(-1, d)
             rest = dequantize(q, self.dtype) if c is None else (dequantize(q) * c.float()).to(self.dtype)
-            x[~salient] = rest.reshape(-1, d)
-            out.append(x)
+            out.append(torch.cat([full, rest], dim=2).gather(2, order))
         return out[0], out[1]
 
     def update(self, key_states: Tensor, value_states: Tensor, *args, **kwargs) -> tuple[Tensor, Tensor]:
