@@ -348,3 +348,47 @@ def test_bench_video_cli_on_a_tiny_qwen25(tmp_path, capsys, monkeypatch):
     assert "llm28_macs_ratio" in capsys.readouterr().out
     assert cli.main(["--methods", "visual-pool", "--no-progress"]) == 2
     assert cli.main(["--keep", "1.5", "--no-progress"]) == 2
+
+
+# ---- with a KV press ------------------------------------------------------------------------------------
+@torch.no_grad()
+@pytest.mark.parametrize("method", ["dycoke", "quota", "video-random"])  # subset methods: kept rows are inputs'
+def test_video_method_and_kv_press_compose_like_the_hand_reference(method, qwen):
+    """DyCoke's TTM (or any video method before the LLM) + SnapKV in one ``generate`` == the unpatched LM fed the
+    kept embeddings at their M-RoPE positions, its prefill cache pressed by SnapKV alone, greedy by hand; keep-all
+    on both sides == the unpatched model."""
+    from tokenreduce.core.provenance import Provenance
+    from tokenreduce.kv import SnapKV, apply_press
+
+    x = video_inputs(qwen, static=0.3, question=10)
+    new = 4
+    ref = qwen.generate(**x, max_new_tokens=new, do_sample=False)
+    with tokenreduce.patched(qwen, method, keep=1.0), apply_press(qwen, SnapKV(keep=1.0, window=4)):
+        assert torch.equal(qwen.generate(**x, max_new_tokens=new, do_sample=False), ref)
+    press = SnapKV(keep=0.5, window=4, kernel=3)
+    with tokenreduce.patched(qwen, method, keep=0.3):
+        kept = get_state(qwen(**x, use_cache=True).cache).cols[0]
+        with apply_press(qwen, press):
+            out = qwen.generate(**x, max_new_tokens=new, do_sample=False)
+    n = x["input_ids"].shape[1]
+    seen = {}
+    h = qwen.model.language_model.register_forward_pre_hook(
+        lambda mod, a, kw: seen.update(emb=kw["inputs_embeds"]), with_kwargs=True)
+    try:
+        qwen(**x)
+    finally:
+        h.remove()
+    pos = _positions(qwen, x)
+    red_pos = Provenance(kept, torch.ones_like(kept, dtype=torch.bool), n).kept_positions(pos)
+    lm, toks = qwen.model.language_model, []
+    step = int(pos.max()) + 1 - n
+    with apply_press(lm, press):
+        o = lm(inputs_embeds=seen["emb"][:, kept[0]], position_ids=red_pos, use_cache=True)
+        cache = o.cache
+        for t in range(new):
+            tok = qwen.lm_head(o.last_hidden_state[:, -1]).argmax(-1)
+            toks.append(tok)
+            o = lm(inputs_embeds=qwen.get_input_embeddings()(tok)[:, None],
+                   position_ids=torch.full((3, 1, 1), n + t + step), cache=cache, use_cache=True)
+            cache = o.cache
+    assert torch.equal(out[:, n:], torch.stack(toks, 1))
