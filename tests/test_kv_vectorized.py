@@ -128,8 +128,7 @@ def _mask_prefix(layer):
 
 
 @pytest.mark.parametrize("bits", [4, 8])
-@pytest.mark.parametrize("key_channels", [False, True])
-@pytest.mark.parametrize("share", [0.0, 0.3, 1.0])
+@pytest.mark.parametrize("key_channels,share", [(False, 0.0), (False, 0.3), (False, 1.0), (True, 0.0), (True, 0.3)])
 def test_mixed_prefix_gather_equals_mask_writes(bits, key_channels, share):
     """ZipCache's decode path (one gather per tensor) gives the former values bit for bit."""
     from tokenreduce.kv.mixed import MixedLayer, salient_positions
