@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from statistics import fmean
 
 import torch
 from torch import Tensor, nn
@@ -17,11 +18,11 @@ from . import cache as kvc
 from .data import Sample
 from .gemfilter import gemfilter_ids
 from .generate import generate_ids
-from .hooks import attention_modules, compress_layer
-from .kvzip import compress_cache, prompt_ids
+from .hooks import apply_press, attention_modules, compress_layer
+from .kvzip import compress_cache, prompt_ids, reconstruction_scores
 from .presses import KVzip, Press, ReconstructionPress, label
-from .ragged import ragged_attention_for
-from .session import Session, greedy
+from .ragged import RaggedLayer, ragged_attention_for
+from .session import Session, greedy, prefill
 
 
 @dataclass
@@ -206,3 +207,150 @@ def gemfilter_row(model, ids: Tensor, keep: float, layer: int | None = None, rep
     mf, mg = peak_memory(full)["peak_bytes"], peak_memory(gem)["peak_bytes"]
     return {"press": "gemfilter", "keep": keep, "tokens": ids.shape[1], "prefill_s_full": tf.median_s,
             "prefill_s": tg.median_s, "prefill_time_ratio": tg.median_s / tf.median_s, "prefill_peak_ratio": mg / mf}
+
+
+# --- scale: chunked prefill memory/quality, decode time of per-head storage, KVzip's scoring cost ---
+
+
+@torch.no_grad()
+def compressed_prefill(model, ids: Tensor, press: Press | None, chunk_size: int | None = None,
+                       tokenizer=None) -> Session:
+    """A session holding ``ids`` (B, N) prefilled (in chunks of ``chunk_size``) and compressed by ``press``
+    (KVzip: full prefill, then its scoring pass)."""
+    session = Session(model, kvc.new_cache(model), ids[:, :0])
+    mask = torch.ones_like(ids)
+    if press is None:
+        prefill(session, ids, mask, None, chunk_size)
+    elif isinstance(press, KVzip):
+        prefill(session, ids, mask, None, chunk_size)
+        compress_cache(model, session.cache, ids, mask, press, prompt_ids(press, tokenizer))
+    else:
+        with apply_press(model, press, auto=False) as runner:
+            prefill(session, ids, mask, runner, chunk_size)
+    return session
+
+
+def chunked_quality_rows(model, samples: list[Sample], presses: list[Press], chunk_size: int) -> list[dict]:
+    """Per press: mean KL(full || pressed) over each sample's teacher-forced continuation, compressed once
+    after the whole prompt vs after every ``chunk_size`` tokens, and KL(one-shot || chunked)."""
+    rows = []
+    refs = []
+    for s in samples:
+        full = compressed_prefill(model, s.context, None)
+        refs.append(full.feed(s.continuation))
+    for p in presses:
+        kl_one, kl_chunk, kl_between = [], [], []
+        for s, ref in zip(samples, refs, strict=True):
+            got = {}
+            for size in (None, chunk_size):
+                session = compressed_prefill(model, s.context, p, size)
+                with ragged_attention_for(model, p):
+                    got[size] = session.feed(s.continuation)
+            kl_one.append(float(kl_rows(ref, got[None]).mean()))
+            kl_chunk.append(float(kl_rows(ref, got[chunk_size]).mean()))
+            kl_between.append(float(kl_rows(got[None], got[chunk_size]).mean()))
+        rows.append({"press": label(p), "keep": float(p.keep), "chunk": chunk_size, "kl_one_shot": fmean(kl_one),
+                     "kl_chunked": fmean(kl_chunk), "kl_one_shot_vs_chunked": fmean(kl_between)})
+    return rows
+
+
+def chunked_memory_rows(model, ids: Tensor, presses: list[Press], chunk_size: int) -> list[dict]:
+    """Peak tensor memory (allocator events) of a prefill of ``ids`` (1, N): full one-shot, chunked without a
+    press, and per press one-shot compression and compression after every chunk; ratios to the full
+    one-shot prefill (and KV bytes held after it)."""
+    from ..bench.memory import peak_memory
+
+    def measure(p, size):
+        out = {}
+
+        def run():
+            out["cache"] = compressed_prefill(model, ids, p, size).cache
+
+        return peak_memory(run)["peak_bytes"], kvc.kv_bytes(out["cache"])
+
+    full, full_kv = measure(None, None)
+    full_chunked, _ = measure(None, chunk_size)
+    rows = []
+    for p in presses:
+        row = {"press": label(p), "keep": float(p.keep), "tokens": ids.shape[1], "chunk": chunk_size,
+               "peak_mb_full": full / 2**20, "peak_ratio_full_chunked": full_chunked / full}
+        for key, size in (("one_shot", None), ("chunked", chunk_size)):
+            peak, held = measure(p, size)
+            row[f"peak_mb_{key}"], row[f"peak_ratio_{key}"], row[f"kv_ratio_{key}"] = peak / 2**20, peak / full, \
+                held / full_kv
+        rows.append(row)
+    return rows
+
+
+def decode_time_rows(model, batch: int, n: int, presses: list[Press], steps: int = 8, repeats: int = 3,
+                     window: int = 64, seed: int = 0) -> list[dict]:
+    """Decode time per token with a cache of ``n`` random entries per row (batch ``batch``) compressed by each
+    press vs the full cache, same process, interleaved medians. Keys/values are random normals and the
+    scoring window's hidden states random (the layers' own projections score them), so no prefill runs:
+    the figure is the decode step's cost for the cache each press leaves (its layout and size)."""
+    from ..bench.timing import time_pair
+
+    g = torch.Generator().manual_seed(seed)
+    cfg = model.config
+    mods = attention_modules(model)
+    hkv, d = cfg.num_key_value_heads, mods[0].head_dim
+    dtype = next(model.parameters()).dtype
+    full = kvc.new_cache(model)
+    for m in mods:
+        kv = [torch.randn(batch, hkv, n, d, generator=g).to(dtype) for _ in range(2)]
+        full.update(*kv, m.layer_idx)
+    hidden = torch.randn(batch, window, cfg.hidden_size, generator=g).to(dtype)
+    pos = torch.arange(n - window, n)[None].expand(batch, -1)
+    cos, sin = model.model.rotary_emb(hidden, pos)
+    valid = torch.ones(batch, n, dtype=torch.bool)
+    first = torch.randn(batch, 1, cfg.vocab_size, generator=g)
+
+    def decoder(cache, press):
+        def run():
+            with ragged_attention_for(model, press):
+                session = Session(model, kvc.clone(cache), torch.ones(batch, n, dtype=torch.long))
+                greedy(session, first, steps, None)
+        return run
+
+    rows = []
+    for p in presses:
+        cache = kvc.clone(full)
+        prefix = None
+        with torch.no_grad():
+            for m in mods:
+                prefix = compress_layer(p, cache, m, len(mods), hidden, cos, sin, valid)
+        kvc.set_state(cache, kvc.KVState(prefix, n))
+        pad = sum(layer.padding_bytes() for layer in cache.layers if isinstance(layer, RaggedLayer))
+        tb, tp = time_pair(decoder(full, None), decoder(cache, p), repeats=repeats)
+        rows.append({"press": label(p), "keep": float(p.keep), "batch": batch, "tokens": n, "steps": steps,
+                     "kv_bytes_ratio": kvc.kv_bytes(cache) / kvc.kv_bytes(full),
+                     "padding_ratio": pad / kvc.kv_bytes(full),
+                     "decode_ms_per_token_full": 1e3 * tb.median_s / steps,
+                     "decode_ms_per_token": 1e3 * tp.median_s / steps, "decode_time_ratio": tp.median_s / tb.median_s})
+    return rows
+
+
+def kvzip_cost_row(model, ids: Tensor, press: KVzip, tokenizer=None, repeats: int = 3) -> dict:
+    """KVzip's scoring pass vs a plain prefill of ``ids`` (1, N), same process: interleaved median times of
+    the prefill and of the scoring pass (on a prefilled cache), and peak tensor memory of a plain prefill vs
+    prefill + scoring + compression (the whole KVzip path)."""
+    from ..bench.memory import peak_memory
+    from ..bench.timing import time_pair
+
+    mask = torch.ones_like(ids)
+    prompt = prompt_ids(press, tokenizer)
+    cache = compressed_prefill(model, ids, None).cache
+
+    def plain():
+        compressed_prefill(model, ids, None)
+
+    def scoring():
+        reconstruction_scores(model, cache, ids, mask, prompt, press.chunk, press.window)
+
+    tp, ts = time_pair(plain, scoring, repeats=repeats)
+    mp = peak_memory(plain)["peak_bytes"]
+    mk = peak_memory(lambda: compressed_prefill(model, ids, press, tokenizer=tokenizer))["peak_bytes"]
+    return {"press": label(press), "keep": float(press.keep), "tokens": ids.shape[1], "prefill_s": tp.median_s,
+            "scoring_s": ts.median_s, "scoring_time_ratio": ts.median_s / tp.median_s,
+            "prefill_plus_scoring_ratio": (tp.median_s + ts.median_s) / tp.median_s,
+            "peak_mb_prefill": mp / 2**20, "peak_mb_kvzip": mk / 2**20, "peak_ratio": mk / mp}
