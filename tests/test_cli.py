@@ -53,6 +53,43 @@ def test_text_bench_end_to_end(tmp_path, capsys):
     assert len(res["rows"]) == 3
     for r in res["rows"][1:]:
         assert 0.3 < r["flops_ratio"] < 1.0 and r["speedup"] > 0 and 0 <= r["stdlib-code:mrr"] <= 1
+    page = out.with_suffix(".html").read_text()  # the sweep report's page, from this one run
+    assert "Pareto" in page and "tome(keep=0.5" in page and "<svg" in page
+    assert "Recommended (fastest within 1% of the unreduced stdlib-code:mrr): " in text
+
+
+def test_default_text_grid_is_one_representative_setting_per_method():
+    from tokenreduce.bench.text_bench import README_TOME, representative_grid
+    from tokenreduce.encoder.methods import methods as all_methods
+    from tokenreduce.encoder.methods.base import REGISTRY
+
+    cfgs = representative_grid(["tome", "evit", "mctf"])
+    assert [c.method for c in cfgs] == ["tome", "tome", "evit", "mctf"]
+    assert cfgs[0].params == README_TOME and all(c.params["keep"] == 0.5 for c in cfgs[1:])
+    text = [m for m in all_methods() if not getattr(REGISTRY.get(m), "requires_grid", False)]  # as the CLI does
+    assert len(representative_grid(text)) == len(text) + 1
+
+
+def test_recommendation_is_the_fastest_setting_within_the_tolerance():
+    from tokenreduce.cli.bench_page import call, recommend
+
+    rows = [{"method": "none", "q": 0.80}, {"method": "a", "q": 0.795, "speedup": 1.4, "params": {"keep": 0.7}},
+            {"method": "b", "q": 0.70, "speedup": 2.5}, {"method": "c", "q": 0.799, "speedup": 0.9}]
+    assert recommend(rows, "q", 0.01)["method"] == "a"
+    assert call(recommend(rows, "q", 0.01)) == 'tokenreduce.patch(model, "a", keep=0.7)'
+    assert recommend(rows, "q", 0.0) is None and call(None).startswith("no reduction")
+
+
+def test_quiet_and_verbose_are_global_flags(monkeypatch):
+    from tokenreduce.cli import output_level
+
+    for key in ("TQDM_DISABLE", "TOKENREDUCE_OUTPUT"):
+        monkeypatch.delenv(key, raising=False)
+    with __import__("warnings").catch_warnings():
+        assert output_level(["bench", "--quiet", "kv"]) == (["bench", "kv"], "quiet")
+        assert __import__("os").environ["TQDM_DISABLE"] == "1"
+        assert output_level(["--verbose", "methods"]) == (["methods"], "verbose")
+    assert main(["--quiet", "--verbose", "methods"]) == 2
 
 
 def test_vit_bench_end_to_end(capsys, monkeypatch):

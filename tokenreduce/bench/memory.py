@@ -10,9 +10,36 @@ before.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import os
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 import torch
+
+
+@contextmanager
+def _native_stderr_silenced() -> Iterator[None]:
+    """Send file descriptor 2 to /dev/null while the profiler starts and stops: its native logger prints
+    ``profiler_start`` / ``profiler_stop`` lines there that no Python setting turns off. Kept under
+    ``tokenreduce --verbose`` (``TOKENREDUCE_OUTPUT=verbose``) or when stderr is not a real descriptor."""
+    try:
+        fd = sys.stderr.fileno()
+    except (AttributeError, OSError, ValueError):
+        fd = None
+    if fd is None or os.environ.get("TOKENREDUCE_OUTPUT") == "verbose":
+        yield
+        return
+    sys.stderr.flush()
+    saved = os.dup(fd)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, fd)
+        yield
+    finally:
+        os.dup2(saved, fd)
+        os.close(devnull)
+        os.close(saved)
 
 
 def peak_memory(fn: Callable[[], object], device: str = "cpu") -> dict[str, float | str]:
@@ -24,7 +51,9 @@ def peak_memory(fn: Callable[[], object], device: str = "cpu") -> dict[str, floa
         fn()
         torch.cuda.synchronize()
         return {"peak_bytes": float(torch.cuda.max_memory_allocated() - start), "method": "cuda-allocator"}
-    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], profile_memory=True) as prof:
+    with _native_stderr_silenced(), torch.profiler.profile(
+        activities=[torch.profiler.ProfilerActivity.CPU], profile_memory=True
+    ) as prof:
         fn()
     events = sorted((e.time_range.start, e.self_cpu_memory_usage) for e in prof.events() if e.self_cpu_memory_usage)
     cur = peak = 0

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import difflib
 import importlib
+import os
 import sys
+import warnings
 
 from .._version import __version__
 from ..spec import parse_spec
@@ -25,7 +27,9 @@ def usage() -> str:
         "usage: tokenreduce COMMAND [SUBCOMMAND] [options]   (python -m tokenreduce works too)\n\n"
         "Training-free token reduction, measured.\n\n"
         f"commands (each takes --help):\n{rows}\n\n"
-        "options:\n  -h, --help     show this list\n  --version      print the version"
+        "options:\n  -h, --help     show this list\n  --version      print the version\n"
+        "  --quiet        tables and results only (no progress bars)\n"
+        "  --verbose      keep third-party output (load reports, warnings, profiler logs), silenced by default"
     )
 
 
@@ -39,9 +43,37 @@ def _error(message: str) -> int:
     return 2
 
 
+def output_level(argv: list[str]) -> tuple[list[str], str]:
+    """Take ``--quiet`` / ``--verbose`` out of ``argv`` (they may stand anywhere) and apply them.
+
+    default: tokenreduce's own progress bar and tables; third-party noise (transformers' load reports
+    and progress bars, library warnings, the profiler's native log lines) silenced.
+    ``--quiet``: no progress bars either (tables and results only). ``--verbose``: nothing silenced.
+    Set through the environment before any command module (or torch) is imported.
+    """
+    level = "verbose" if "--verbose" in argv else "quiet" if "--quiet" in argv else "default"
+    if "--verbose" in argv and "--quiet" in argv:
+        raise ValueError("--quiet and --verbose exclude each other")
+    rest = [a for a in argv if a not in ("--quiet", "--verbose")]
+    os.environ["TOKENREDUCE_OUTPUT"] = level
+    if level != "verbose":
+        os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+        os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+        warnings.filterwarnings("ignore")
+        warnings.filterwarnings("default", module=r"tokenreduce(\.|$)")
+    if level == "quiet":
+        os.environ["TQDM_DISABLE"] = "1"
+    return rest, level
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the command named by ``argv`` (default: ``sys.argv[1:]``); returns the exit code."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        argv, _ = output_level(argv)
+    except ValueError as e:
+        return _error(str(e))
     if not argv or argv[0] in ("-h", "--help"):
         print(usage(), file=sys.stdout if argv else sys.stderr)
         return 0 if argv else 2

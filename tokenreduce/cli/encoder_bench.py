@@ -1,6 +1,7 @@
 """``tokenreduce bench [text|vit]``: the accuracy-vs-cost table of encoder methods.
 
-tokenreduce bench                 # all encoder methods × keep rates on all-MiniLM-L6-v2 (offline)
+tokenreduce bench                 # every encoder method at one representative setting on all-MiniLM-L6-v2
+tokenreduce bench --full          # every method × keep 0.9/0.7/0.5/0.3 (several times longer)
 tokenreduce bench --data nq,stsb  # the NaturalQuestions retrieval and STS-B sets (../shared/data)
 tokenreduce bench vit             # ViT-B/16 speed: ToMe r=8 / r=13 vs unreduced
 """
@@ -45,7 +46,13 @@ def _parser() -> argparse.ArgumentParser:
     )
     b.add_argument("--data-dir", default=None, help="folder with the shared evaluation data (or env TOKENREDUCE_DATA)")
     b.add_argument("--methods", type=_names, default=None, help="methods to run (default: all registered)")
-    b.add_argument("--keep", type=_floats, default=None, help="keep rates, e.g. 0.9,0.7,0.5,0.3")
+    b.add_argument(
+        "--full",
+        action="store_true",
+        help="every method × keep 0.9,0.7,0.5,0.3 (default: one representative setting per method, "
+        "keep 0.5 with the decreasing schedule and min_tokens 16, plus ToMe at the README's setting)",
+    )
+    b.add_argument("--keep", type=_floats, default=None, help="keep rates, e.g. 0.9,0.7,0.5,0.3 (implies a grid)")
     b.add_argument("--r", type=_floats, default=None, help="vit: ToMe r values (default 8,13)")
     b.add_argument("--schedule", default="constant", choices=["constant", "decreasing"])
     b.add_argument("--min-tokens", type=int, default=0, help="never reduce a text below this many tokens")
@@ -60,7 +67,15 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--timing-batches", type=int, default=2)
     b.add_argument("--repeats", type=int, default=5, help="timed runs per config (median reported)")
     b.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
-    b.add_argument("--out", default=None, help="write results to OUT.json and OUT.csv")
+    b.add_argument(
+        "--max-loss",
+        type=float,
+        default=0.01,
+        help="text: the recommendation's tolerance, relative loss of the first task's metric (0.01 = 1%%)",
+    )
+    b.add_argument(
+        "--out", default=None, help="write OUT.json and OUT.csv (text: also the report page OUT.html + PNG plots)"
+    )
     b.add_argument("--no-progress", action="store_true")
     return b
 
@@ -102,7 +117,7 @@ def _log_row(row: dict) -> None:
 
 def _cmd_bench(a: argparse.Namespace) -> int:
     from ..bench.report import format_table, write_results
-    from ..bench.text_bench import DEFAULT_KEEPS, RunConfig, grid
+    from ..bench.text_bench import DEFAULT_KEEPS, RunConfig, grid, representative_grid
 
     if a.threads:
         torch.set_num_threads(a.threads)
@@ -140,10 +155,15 @@ def _cmd_bench(a: argparse.Namespace) -> int:
         from ..bench.text_bench import run_text_bench
         from ..encoder.methods import make_method
 
+        if not 0 <= a.max_loss < 1:
+            raise ValueError(f"--max-loss is a relative loss in [0, 1), e.g. 0.01 for 1%, got {a.max_loss}")
         names = a.methods or [m for m in list_methods() if not getattr(REGISTRY.get(m), "requires_grid", False)]
-        keeps = a.keep if a.keep is not None else ([] if a.config and not a.methods else DEFAULT_KEEPS)
-        extra = {"min_tokens": a.min_tokens} if a.min_tokens else None
-        configs = grid(names, keeps, a.schedule, extra)  # validates before loading anything
+        if a.full or a.keep is not None or a.methods or a.min_tokens or a.schedule != "constant":
+            keeps = a.keep if a.keep is not None else ([] if a.config and not a.methods else DEFAULT_KEEPS)
+            extra = {"min_tokens": a.min_tokens} if a.min_tokens else None
+            configs = grid(names, keeps, a.schedule, extra)  # validates before loading anything
+        else:
+            configs = [] if a.config else representative_grid(names)
         for text in a.config:
             name, params = parse_spec(text)
             make_method(name, **params)
@@ -165,7 +185,27 @@ def _cmd_bench(a: argparse.Namespace) -> int:
     if a.out:
         j, c = write_results(result, Path(a.out))
         print(f"\nwrote {j} and {c}")
+        if a.target == "text":
+            from .bench_page import write_page
+
+            pages = write_page(result, Path(a.out), note=f"tokenreduce bench, {result['meta']['wall_s']:.0f} s")
+            print("report: " + ", ".join(str(p) for p in pages))
+    if a.target == "text":
+        _print_recommendation(result, a.max_loss)
     return 0
+
+
+def _print_recommendation(result: dict, max_loss: float) -> None:
+    from .bench_page import call, recommend
+
+    q = result["meta"]["primary_quality"]
+    pick = recommend(result["rows"], q, max_loss)
+    print(f"\nRecommended (fastest within {100 * max_loss:g}% of the unreduced {q}): {call(pick)}")
+    if pick is not None:
+        base = result["rows"][0][q]
+        print(f"  measured: {pick['speedup']:.2f}x faster, {pick['flops_ratio']:.2f}x the MACs, "
+              f"{q} {pick[q]:.4f} vs {base:.4f} unreduced ({100 * (pick[q] - base) / abs(base):+.2f}%)")
+    print(f"(total {result['meta']['wall_s']:.0f} s)")
 
 
 def main(argv: list[str] | None = None) -> int:
