@@ -40,9 +40,11 @@ class CDPruner(BeforeMethod):
     """CDPruner (Zhang et al., arXiv 2506.10967): greedy MAP of a conditional DPP on the visual tokens.
 
     The kernel is the tokens' cosine similarity scaled by each token's relevance to the instruction (the text
-    after the image): cosine between the projected visual tokens and the instruction's LLM input embeddings,
-    as the paper does for models without a paired text encoder, min-max scaled. Without text after the image
-    it is a plain DPP on similarity. Greedy MAP uses the fast Cholesky update (Chen et al., NeurIPS 2018).
+    after the image), min-max scaled to [0, 1]. The paper embeds the instruction with the vision tower's paired
+    CLIP text encoder; a Hugging Face VLM carries no text tower, so relevance here is the cosine between the
+    projected visual tokens and the instruction's LLM input embeddings (the space both enter the LLM in).
+    Without text after the image it is a plain DPP on similarity. Greedy MAP uses the fast Cholesky update
+    (Chen et al., NeurIPS 2018).
     """
 
     name: ClassVar[str] = "cdpruner"

@@ -33,8 +33,9 @@ def best_rows(scores: torch.Tensor, grid: tuple[int, int], k: int) -> torch.Tens
 @dataclass(frozen=True)
 class FoPru(BeforeMethod):
     """FoPru (Jiang et al., arXiv 2411.14164): significance of a patch is the attention it receives in the
-    feature layer of the vision tower, averaged over heads and summed over every query ([CLS] included); the
-    full N x N map is rebuilt from that block's q/k (its cost is counted). ``strategy="rank"`` keeps the top
+    feature layer of the vision tower, averaged over heads and summed over every query ([CLS] included) -- our
+    reading of the paper's attention-based significance; the full N x N map is rebuilt from that block's q/k
+    (its cost is counted). ``strategy="rank"`` keeps the top
     budget; ``"row"`` keeps the grid rows with the most significance whole (the last one partly), our reading
     of the paper's row strategy, which keeps contiguous spans of the image."""
 
