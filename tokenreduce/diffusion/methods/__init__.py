@@ -4,6 +4,7 @@ module here with a ``@register``-ed frozen dataclass, imported below."""
 
 from .base import (
     REGISTRY,
+    BlockTokens,
     DiffusionMethod,
     MergePlan,
     Plan,
@@ -20,6 +21,7 @@ from .tomesd_threshold import ToMeSDThreshold
 
 __all__ = [
     "REGISTRY",
+    "BlockTokens",
     "DiTMerge",
     "DiffusionMethod",
     "MergePlan",

@@ -95,6 +95,23 @@ class PoolPlan(Plan):
 
 
 @dataclass(frozen=True)
+class BlockTokens:
+    """What one transformer block costs under a method, per row: the tokens each of its parts sees
+    (self-attention queries and keys/values, cross-attention queries, MLP) and the method's own
+    matching MACs. :mod:`..cost` turns these into MACs with the block's layer sizes."""
+
+    attn_q: int
+    attn_kv: int
+    cross_q: int
+    ff: int
+    match: int = 0
+
+    @classmethod
+    def full(cls, n: int) -> BlockTokens:
+        return cls(n, n, n, n, 0)
+
+
+@dataclass(frozen=True)
 class DiffusionMethod:
     """Base: ``max_downsample`` = blocks whose grid is at most this many times coarser than the model's
     finest token grid are reduced (1: only the highest-resolution blocks, as tomesd's default)."""
@@ -113,6 +130,11 @@ class DiffusionMethod:
         """The reduction for one block call with input ``metric`` (B, h*w, C); None = leave it alone.
         ``keys`` (B,) identify each row's call (its timestep), ``stream`` the block."""
         raise NotImplementedError  # pragma: no cover
+
+    def tokens(self, n: int, grid: tuple[int, int], dim: int, index: int, depth: int) -> BlockTokens:
+        """The cost of block ``index`` (of ``depth``) with ``n`` tokens on ``grid`` and width ``dim``, for
+        a block this method reaches (``max_downsample``); default: nothing reduced."""
+        return BlockTokens.full(n)
 
 
 REGISTRY: Registry[DiffusionMethod] = Registry("diffusion method", DiffusionMethod)
@@ -154,5 +176,5 @@ class StrideMethod(DiffusionMethod):
         return stride_choice(self.cells(grid), self.stride, keys, getattr(self, "seed", 0), stream)
 
 
-__all__ = ["REGISTRY", "DiffusionMethod", "MergePlan", "Plan", "PoolPlan", "StrideMethod", "bipartite_merge_2d",
-           "check_stride", "diffusion_methods", "make_diffusion_method", "register"]
+__all__ = ["REGISTRY", "BlockTokens", "DiffusionMethod", "MergePlan", "Plan", "PoolPlan", "StrideMethod",
+           "bipartite_merge_2d", "check_stride", "diffusion_methods", "make_diffusion_method", "register"]

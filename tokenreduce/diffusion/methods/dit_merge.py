@@ -20,7 +20,7 @@ import torch
 from torch import Tensor
 
 from ...registry import check_range
-from .base import StrideMethod, bipartite_merge_2d, register
+from .base import BlockTokens, StrideMethod, bipartite_merge_2d, register
 
 
 @register("dit-merge")
@@ -57,6 +57,17 @@ class DiTMerge(StrideMethod):
         if not self.use_rand:
             return torch.zeros(1, *self.cells(grid), dtype=torch.long, device=keys.device)
         return super().choose(grid, keys, stream)
+
+    def tokens(self, n, grid, dim, index, depth):
+        """Blocks ``start`` .. ``end`` see ``n - r`` tokens everywhere; the matching (``n_src * n_dst * dim``)
+        runs once, at ``start``."""
+        first, last = self.span(depth)
+        hsy, wsx = self.cells(grid)
+        r = min(int(n * self.ratio), n - hsy * wsx)
+        if r <= 0 or not first <= index <= last:
+            return BlockTokens.full(n)
+        m = n - r
+        return BlockTokens(m, m, m, m, (n - hsy * wsx) * hsy * wsx * dim if index == first else 0)
 
     def plan(self, metric, grid, keys, stream):
         return None  # nothing inside a block: see plan_span

@@ -12,13 +12,21 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .base import PoolPlan, StrideMethod, register
+from .base import BlockTokens, PoolPlan, StrideMethod, register
 
 
 @register("todo")
 @dataclass(frozen=True)
 class ToDo(StrideMethod):
     """``stride = (sx, sy)``: the key/value pooling window (keys kept: about 1/(sx*sy))."""
+
+    def tokens(self, n, grid, dim, index, depth):
+        """Queries stay ``n``; keys/values are the pooled cells ``ceil(h/sy) * ceil(w/sx)``; pooling is
+        elementwise (no matmul MACs)."""
+        if self.stride == (1, 1):
+            return BlockTokens.full(n)
+        sx, sy = self.stride
+        return BlockTokens(n, -(-grid[0] // sy) * -(-grid[1] // sx), n, n, 0)
 
     def plan(self, metric, grid, keys, stream):
         if self.stride == (1, 1):

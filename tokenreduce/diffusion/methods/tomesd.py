@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import torch
 
 from ...registry import check_range
-from .base import MergePlan, StrideMethod, bipartite_merge_2d, register
+from .base import BlockTokens, MergePlan, StrideMethod, bipartite_merge_2d, register
 
 
 @register("tomesd")
@@ -59,6 +59,20 @@ class ToMeSD(StrideMethod):
         if not self.use_rand:
             return torch.zeros(1, *self.cells(grid), dtype=torch.long, device=keys.device)
         return super().choose(grid, keys, stream)
+
+    def tokens(self, n, grid, dim, index, depth):
+        """Merged sub-modules see ``n - r`` tokens; matching is every source against every destination
+        (cosine similarities of the block input: ``n_src * n_dst * dim``). For ``tomesd-threshold`` this is the
+        fewest tokens (every proposal passing the threshold): its real cost is data-dependent, at least this."""
+        hsy, wsx = self.cells(grid)
+        r = min(self.merges(n), n - hsy * wsx)
+        if r <= 0 or not self.targets:
+            return BlockTokens.full(n)
+        t = self.targets
+        m = n - r
+        n_dst = hsy * wsx
+        return BlockTokens(m if "attn1" in t else n, m if "attn1" in t else n, m if "attn2" in t else n,
+                           m if "ff" in t else n, (n - n_dst) * n_dst * dim)
 
     def plan(self, metric, grid, keys, stream):
         n = metric.shape[1]
