@@ -111,3 +111,20 @@ def test_peak_memory_near_unreduced(name):
     finally:
         unpatch(model)
     assert red <= 1.1 * base, (name, red / base)
+
+
+def test_bench_vit_keep_runs_every_method(capsys, monkeypatch):
+    """`tokenreduce bench vit --keep` times each method at that keep rate and reports peak memory
+    (a 2-layer ViT-B/16 keeps the test short)."""
+    from tokenreduce.bench import vision_bench
+    from tokenreduce.cli import main
+
+    small = vision_bench.vit_b16
+    monkeypatch.setattr(vision_bench, "vit_b16", lambda: small(num_layers=2, image_size=64))
+    code = main(["bench", "vit", "--keep", "0.7", "--methods", "mctf,zero-tprune,ats", "--repeats", "1",
+                 "--batch-size", "2", "--no-progress"])
+    out = capsys.readouterr().out
+    assert code == 0
+    for name in ("mctf(keep=0.7", "zero-tprune(keep=0.7", "ats(keep=0.7", "mem_ratio"):
+        assert name in out
+    assert main(["bench", "vit", "--keep", "0.7", "--r", "8"]) == 2

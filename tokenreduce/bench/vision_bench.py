@@ -18,6 +18,7 @@ from ..encoder.adapters import patch, unpatch
 from ..encoder.adapters.patching import resolve_family
 from ..encoder.cost import encoder_cost, layer_widths, total_macs
 from ..encoder.methods import make_method
+from .memory import peak_memory
 from .report import machine_info
 from .text_bench import RunConfig
 from .timing import time_pair
@@ -65,6 +66,7 @@ def run_vision_bench(
         return model(pixel_values=pixels).last_hidden_state
 
     ref = run()[:, 0]
+    base_mem = peak_memory(run)["peak_bytes"]
     rows: list[dict[str, Any]] = [
         {
             "config": "none",
@@ -85,6 +87,7 @@ def run_vision_bench(
                 unpatch(model)
 
         cls = reduced()[:, 0]
+        mem = peak_memory(reduced)["peak_bytes"]
         tb, tr = time_pair(run, reduced, repeats=repeats)
         mac = total_macs(encoder_cost(dims, lengths, m, protected))
         rows.append(
@@ -99,6 +102,7 @@ def run_vision_bench(
                 "base_throughput": batch_size / tb.median_s,
                 "final_tokens": layer_widths(lengths, dims.layers, m, protected)[-1][1],
                 "cls_cosine": torch.nn.functional.cosine_similarity(cls, ref, dim=-1).mean().item(),
+                "mem_ratio": mem / base_mem if base_mem > 0 else None,
             }
         )
     if len(rows) > 1:  # the baseline's throughput: median over its interleaved timings
@@ -113,5 +117,7 @@ def run_vision_bench(
         "repeats": repeats,
         "flops_unit": "MACs (FLOPs = 2 x MACs)",
         "weights": "random (speed only)",
+        "memory": "peak tensor memory of one batch (allocator events)",
+        "base_mem_bytes": base_mem,
     }
     return {"meta": meta, "rows": rows}

@@ -4,6 +4,7 @@ tokenreduce bench                 # every encoder method at one representative s
 tokenreduce bench --full          # every method × keep 0.9/0.7/0.5/0.3 (several times longer)
 tokenreduce bench --data nq,stsb  # the NaturalQuestions retrieval and STS-B sets (../shared/data)
 tokenreduce bench vit             # ViT-B/16 speed: ToMe r=8 / r=13 vs unreduced
+tokenreduce bench vit --keep 0.7  # ViT-B/16 speed and peak memory of every method at keep 0.7
 """
 
 from __future__ import annotations
@@ -124,21 +125,27 @@ def _cmd_bench(a: argparse.Namespace) -> int:
     start = time.perf_counter()
     if a.target == "vit":
         from ..bench.vision_bench import run_vision_bench, vit_b16
+        from ..encoder.methods import make_method
 
-        rs = [int(v) for v in (a.r or [8, 13])]
-        if any(r < 1 or r != v for r, v in zip(rs, a.r or rs)):
-            raise ValueError(f"--r takes positive whole numbers (tokens merged per layer), got {a.r}")
-        configs = [RunConfig(m, {"r": r}) for m in (a.methods or ["tome"]) for r in rs]
+        if a.keep is not None:  # every method (default: all registered) at each keep rate
+            if a.r is not None:
+                raise ValueError("give --r (ToMe-style tokens per layer) or --keep, not both")
+            names = a.methods or list_methods()
+            configs = [RunConfig(m, {"keep": float(k), "schedule": a.schedule}) for m in names for k in a.keep]
+        else:
+            rs = [int(v) for v in (a.r or [8, 13])]
+            if any(r < 1 or r != v for r, v in zip(rs, a.r or rs)):
+                raise ValueError(f"--r takes positive whole numbers (tokens merged per layer), got {a.r}")
+            configs = [RunConfig(m, {"r": r}) for m in (a.methods or ["tome"]) for r in rs]
         for c in configs:
-            from ..encoder.methods import make_method
-
             make_method(c.method, **c.params)
         result = run_vision_bench(
             vit_b16(), configs, batch_size=a.batch_size or 8, repeats=a.repeats, progress=not a.no_progress
         )
         print(
             format_table(
-                result["rows"], ["config", "flops_ratio", "gmacs_per_image", "speedup", "throughput", "final_tokens"]
+                result["rows"],
+                ["config", "flops_ratio", "gmacs_per_image", "speedup", "throughput", "mem_ratio", "final_tokens"],
             )
         )
         m = result["meta"]["machine"]
