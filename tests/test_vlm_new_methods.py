@@ -404,3 +404,28 @@ def test_llava_next_keep_all_is_exact_and_a_budget_shortens_every_crop(method, l
         cols = get_state(llava_next(**x, use_cache=True).cache).cols
     n = x["input_ids"].shape[1]
     assert cols[-1].shape[1] < n and all(c.shape[1] <= n for c in cols)
+
+
+@torch.no_grad()
+def test_dynamic_exit_refuses_a_batch_whose_rows_exit_at_different_layers(llava):
+    """A threshold that one row's attention falls below and the other's does not: each row alone exits at a
+    different layer, so the batch is refused (a row's result must not depend on its batch), clearly."""
+    rows = [llava_inputs(llava, seed=s) for s in (1, 2)]
+
+    def exits_first(x, t):
+        return _visual_per_layer(llava, x, make_vlm_method("dyvte", tokens=60, threshold=t))[1] == 0
+
+    def mass(x):  # the threshold where the row starts exiting before layer 1 (bisection)
+        lo, hi = 0.0, 1.0
+        for _ in range(12):
+            lo, hi = (lo, (lo + hi) / 2) if exits_first(x, (lo + hi) / 2) else ((lo + hi) / 2, hi)
+        return hi
+
+    a, b = mass(rows[0]), mass(rows[1])
+    assert abs(a - b) > 1e-3
+    split = (a + b) / 2
+    assert exits_first(rows[0], split) != exits_first(rows[1], split)
+    batch = {k: torch.cat([r[k] for r in rows]) for k in rows[0]}
+    with pytest.raises(ValueError, match="leave the image at different layers"):
+        with tokenreduce.patched(llava, "dyvte", tokens=60, threshold=split):
+            llava(**batch)
