@@ -110,7 +110,12 @@ def load_text_encoder(name_or_path: str | None = None, pooling: str = "mean", ma
             f"model path {path} does not exist (weights cannot be downloaded here; give a local folder)"
         )
     tok = AutoTokenizer.from_pretrained(str(path))
-    model = AutoModel.from_pretrained(str(path), attn_implementation="sdpa").eval()
+    try:
+        model = AutoModel.from_pretrained(str(path), attn_implementation="sdpa").eval()
+    except ValueError as e:  # a family without an SDPA path (MPNet): its own attention
+        if "does not support" not in str(e):
+            raise
+        model = AutoModel.from_pretrained(str(path)).eval()
     return TextEncoder(
         model=model, tokenizer=tok, name=name_or_path or DEFAULT_MODEL, max_length=max_length, pooling=pooling
     )
