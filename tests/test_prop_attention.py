@@ -17,10 +17,10 @@ TOL = 1e-5
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_key_bias_attention_equals_sdpa_with_the_float_mask(dtype):
+def test_key_bias_attention_equals_sdpa_with_the_float_mask(dtype, device):
     g = torch.Generator().manual_seed(0)
-    q, k, v = (torch.randn(3, 4, 17, 8, generator=g).to(dtype) for _ in range(3))
-    sizes = torch.randint(0, 5, (3, 17), generator=g).float()
+    q, k, v = (torch.randn(3, 4, 17, 16, generator=g).to(device, dtype) for _ in range(3))
+    sizes = torch.randint(0, 5, (3, 17), generator=g).float().to(device)
     sizes[:, 0] = 1  # every row has a real key; size 0 = padding
     bias = attention_bias(sizes, True, dtype)  # (B, 1, 1, N)
     ref = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=0.3)
