@@ -9,12 +9,12 @@ import torch
 from kv_models import compressed_session, padded_batch, random_ids, tiny_lm
 from kv_press_refs import kvpress_or_skip, layer_views
 
-from tokenreduce.kv import AdaKV, SnapKV, ThinK, generate_ids, kv_bytes, make_press
+from tokenreduce.kv import AdaKV, SnapKV, ThinK, apply_press, generate_ids, kv_bytes, make_press
 from tokenreduce.kv import cache as kvc
 from tokenreduce.kv.bench import capture_prefill, press_cache
 from tokenreduce.kv.channels import ChannelLayer
 from tokenreduce.kv.presses.think import channel_scores
-from tokenreduce.kv.session import Session
+from tokenreduce.kv.session import Session, prefill
 
 
 @pytest.fixture(scope="module")
@@ -109,3 +109,19 @@ def test_bad_parameters_are_refused(kwargs, message):
 def test_is_never_a_scorer():
     with pytest.raises(ValueError, match="it prunes key channels"):
         AdaKV(keep=0.5, scorer=ThinK())
+
+
+def test_chunked_prefill_prunes_after_every_chunk(model):
+    """A layer pruned after one chunk is pressed again after the next (its pruned channels stay zero); the
+    cache ends channel-pruned, and one chunk is one-shot exactly."""
+    ids, mask, q = padded_batch()
+    press = ThinK(keep=0.5, channel_keep=0.5, window=4)
+    one = generate_ids(model, ids, mask, q, press, max_new_tokens=4)
+    assert torch.equal(generate_ids(model, ids, mask, q, press, max_new_tokens=4, chunk_size=64), one)
+    chunked = Session(model, kvc.new_cache(model), ids[:1, :0])
+    with torch.no_grad(), apply_press(model, press, auto=False) as runner:
+        prefill(chunked, ids[:1], torch.ones_like(ids[:1]), runner, chunk_size=8)  # TypeError before the fix
+    assert all(isinstance(layer, ChannelLayer) for layer in chunked.cache.layers)
+    assert kvc.seq_length(chunked.cache) == 20
+    out = generate_ids(model, ids, mask, q, press, max_new_tokens=4, chunk_size=8)
+    assert out.shape == one.shape

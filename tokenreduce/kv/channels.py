@@ -42,6 +42,14 @@ class ChannelLayer(DynamicLayer):
     def dense_kv(self) -> tuple[Tensor, Tensor]:
         return torch.cat([self.prefix_keys(), self.keys], dim=-2), torch.cat([self.vp, self.values], dim=-2)
 
+    def to_dense(self) -> DynamicLayer:
+        """A plain layer holding :meth:`dense_kv` (pruned channels zero), to be pressed again (the next chunk
+        of a chunked prefill)."""
+        layer = DynamicLayer()
+        layer.keys, layer.values = self.dense_kv()
+        layer.device, layer.dtype, layer.is_initialized = self.device, self.dtype, True
+        return layer
+
     def get_seq_length(self) -> int:
         return self.n + self.keys.shape[-2]
 

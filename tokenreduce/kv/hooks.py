@@ -19,6 +19,7 @@ from torch import nn
 from ..core.provenance import Provenance, layer_map
 from . import cache as kvc
 from . import capture, families
+from .channels import ChannelLayer
 from .presses.base import (
     ChannelPress,
     DecodeTimePress,
@@ -46,6 +47,8 @@ def compress_layer(
     entries, each KV head seeing only its own.
     """
     idx = module.layer_idx
+    if isinstance(cache.layers[idx], ChannelLayer):  # pruned after an earlier chunk: pressed again as dense
+        kvc.replace_layer(cache, idx, cache.layers[idx].to_dense())
     keys, values = kvc.layer_kv(cache, idx)
     stored = cache.layers[idx]
     head_valid = None
