@@ -28,7 +28,10 @@ def main() -> None:
     ap.add_argument("--keep", type=float, default=0.25)
     ap.add_argument("--samples", type=int, default=3)
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--layers", type=int, default=2)
+    ap.add_argument("--layers", type=int, default=2, help="decode: Llama-3-8B-shaped layers")
+    ap.add_argument("--layers-lm", type=int, default=0, help="SmolLM2: keep only its first N layers (0 = all 30)")
+    ap.add_argument("--steps", type=int, default=8)
+    ap.add_argument("--presses", default=None, help="comma-separated specs (default: each mode's list)")
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--data-dir", default=os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data"))
@@ -36,7 +39,7 @@ def main() -> None:
     torch.set_num_threads(a.threads)
     from tokenreduce.kv import bench
     from tokenreduce.kv.data import haystack, windows
-    from tokenreduce.kv.presses import make_press, parse_press
+    from tokenreduce.kv.presses import parse_press
 
     start = time.time()
     print(json.dumps({"load": os.getloadavg(), "threads": a.threads, "what": a.what}), flush=True)
@@ -48,31 +51,35 @@ def main() -> None:
                           rope_theta=500000.0, attn_implementation="sdpa")
         torch.manual_seed(0)
         model = LlamaForCausalLM(cfg).eval()
-        presses = [make_press("snapkv", keep=a.keep), make_press("adakv", keep=a.keep),
-                   make_press("pyramidkv", keep=a.keep), make_press("zipcache", keep=a.keep, bits=4),
-                   make_press("zipcache", keep=a.keep, bits=8)]
-        for row in bench.decode_time_rows(model, a.batch, a.tokens or 4096, presses, repeats=a.repeats):
+        specs = a.presses or "snapkv,adakv,pyramidkv,zipcache:bits=4,zipcache:bits=8"
+        presses = [parse_press(x, a.keep) for x in specs.split(",")]
+        for row in bench.decode_time_rows(model, a.batch, a.tokens or 4096, presses, steps=a.steps,
+                                          repeats=a.repeats):
             print(json.dumps(row), flush=True)
     else:
         from tokenreduce.llm import load_causal_lm
 
         model, tok = load_causal_lm()
+        if a.layers_lm:  # SmolLM2's first layers only (real weights): same per-layer shapes, less compute
+            model.model.layers = model.model.layers[: a.layers_lm]
+            model.config.num_hidden_layers = a.layers_lm
+            if getattr(model.config, "layer_types", None):
+                model.config.layer_types = model.config.layer_types[: a.layers_lm]
         text = haystack(a.data_dir)[0]
         if a.what == "memory":
             ids = windows(tok, text, 1, a.tokens or 8000, 16, seed=10)[0].context
-            presses = [make_press(name, keep=a.keep) for name in ("snapkv", "adakv")]
+            presses = [parse_press(x, a.keep) for x in (a.presses or "snapkv,adakv").split(",")]
             for row in bench.chunked_memory_rows(model, ids, presses, a.chunk or 1000):
                 print(json.dumps(row), flush=True)
         elif a.what == "quality":
             samples = windows(tok, text, a.samples, a.tokens or 1000, 32, seed=10)
-            presses = [make_press(n, keep=a.keep) for n in
-                       ("snapkv", "streaming_llm", "key_norm", "tova", "h2o", "adakv", "pyramidkv")]
-            presses.append(make_press("zipcache", keep=a.keep, bits=4))
+            specs = a.presses or "snapkv,streaming_llm,key_norm,tova,h2o,adakv,pyramidkv,zipcache:bits=4"
+            presses = [parse_press(x, a.keep) for x in specs.split(",")]
             for row in bench.chunked_quality_rows(model, samples, presses, a.chunk or 125):
                 print(json.dumps(row), flush=True)
         else:
             ids = windows(tok, text, 1, a.tokens or 2000, 16, seed=10)[0].context
-            for spec in ("kvzip", "kvzip:window=256:sinks=4:recent=128:min_share=0.0"):
+            for spec in (a.presses or "kvzip,kvzip:window=256:sinks=4:recent=128:min_share=0.0").split(","):
                 row = bench.kvzip_cost_row(model, ids, parse_press(spec, a.keep), tok, repeats=a.repeats)
                 print(json.dumps(row), flush=True)
     print(json.dumps({"load": os.getloadavg(), "seconds": time.time() - start}), flush=True)
