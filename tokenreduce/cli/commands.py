@@ -13,6 +13,8 @@ COMMANDS: dict[tuple[str, ...], tuple[str, str]] = {
     ("bench", "video"): ("tokenreduce.vlm.video.cli", "video methods on a Qwen2.5-VL-7B-shaped VLM; streaming memory"),
     ("bench", "vision"): ("tokenreduce.bench.vision_cli", "vision methods: FLOPs, speed, accuracy table"),
     ("bench", "prompt"): ("tokenreduce.prompt.bench_cli", "prompt compression: rate adherence, speed, retention"),
+    ("bench", "diffusion"): ("tokenreduce.diffusion.cli",
+                              "diffusion token merging: per-step speed/memory/MACs (SD-1.5, DiT-XL/2), digits quality"),
     ("bench", "deploy"): ("tokenreduce.bench.deploy_bench", "ViT under eager, torch.compile and ONNX Runtime"),
     ("methods",): ("tokenreduce.cli.methods", "every family's methods (encoder, visual, press, prompt, diffusion)"),
     ("compress",): ("tokenreduce.prompt.cli", "compress a prompt / context file"),

@@ -93,13 +93,26 @@ def _param_grid(params: Mapping[str, Any], where: str) -> list[dict[str, Any]]:
     return [dict(zip(names, combo)) for combo in itertools.product(*values)]
 
 
-def _validate(method: str, params: dict[str, Any], where: str) -> dict[str, Any]:
+DIFFUSION_TASKS = ("diffusion-speed", "diffusion-quality")  # a diffusion point: tokenreduce.diffusion.bench
+
+
+def _validate(method: str, params: dict[str, Any], where: str, family: str = "encoder") -> dict[str, Any]:
     from ..encoder.methods import make_method
 
     if method == BASELINE:
         if params:
             raise ValueError(f"{where}: the baseline {BASELINE!r} takes no parameters, got {sorted(params)}")
         return params
+    if family == "diffusion":
+        from ..diffusion import make_diffusion_method
+
+        try:
+            make_diffusion_method(method, **params)
+        except TypeError as e:
+            raise ValueError(f"{where}: {method}: {e}") from e
+        except (ValueError, KeyError) as e:
+            raise ValueError(f"{where}: {e}") from e
+        return {k: (list(v) if isinstance(v, tuple) else v) for k, v in params.items()}
     _check_param_types(method, params, where)  # first: its message names the YAML type expected
     try:
         make_method(method, **params)
@@ -144,7 +157,7 @@ def _check_param_types(method: str, params: Mapping[str, Any], where: str) -> No
             raise ValueError(f"{where}: {method}: parameter {k} must be {types[k]}, got {v!r}")
 
 
-def _method_specs(cfg: Mapping[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+def _method_specs(cfg: Mapping[str, Any], family: str = "encoder") -> list[tuple[str, dict[str, Any]]]:
     """(method, params) pairs from ``methods`` (list or mapping), shared ``params`` and explicit ``points``."""
     out: list[tuple[str, dict[str, Any]]] = []
     methods = cfg.get("methods") or []
@@ -160,11 +173,11 @@ def _method_specs(cfg: Mapping[str, Any]) -> list[tuple[str, dict[str, Any]]]:
             raise ValueError(f"methods: method names must be strings, got {m!r}")
         where = f"methods.{m}"
         grid = [p] if m == BASELINE else _param_grid(p, where)
-        out += [(m, _validate(m, g, where)) for g in grid]
+        out += [(m, _validate(m, g, where, family)) for g in grid]
     for i, pt in enumerate(cfg.get("points") or []):
         if not isinstance(pt, Mapping) or "method" not in pt or set(pt) - {"method", "params"}:
             raise ValueError(f"points[{i}]: expected {{method: NAME, params: {{...}}}}, got {pt!r}")
-        out.append((pt["method"], _validate(pt["method"], dict(pt.get("params") or {}), f"points[{i}]")))
+        out.append((pt["method"], _validate(pt["method"], dict(pt.get("params") or {}), f"points[{i}]", family)))
     if not out:
         raise ValueError("the sweep has no methods: give `methods` and/or `points`")
     return out
@@ -204,7 +217,7 @@ def _check_task_spec(spec: str) -> None:
     from ..bench.tasks import STSB_LANGS, STSB_SPLITS, TASK_SPECS
 
     name, sep, count = spec.strip().partition(":")
-    if name in ("stdlib-code", "nq"):
+    if name in ("stdlib-code", "nq", "diffusion-quality"):
         if sep and (not count.strip().isdigit() or int(count) < 1):
             raise ValueError(f"tasks: bad item count in {spec!r}: N in {name}:N must be a positive int (>= 1)")
         return
@@ -217,7 +230,9 @@ def _check_task_spec(spec: str) -> None:
                 f"SPLIT in {', '.join(STSB_SPLITS)} (no item count)"
             )
         return
-    raise ValueError(f"tasks: unknown task {spec!r}; valid specs: {', '.join(TASK_SPECS)}")
+    if name == "diffusion-speed" and not sep:
+        return
+    raise ValueError(f"tasks: unknown task {spec!r}; valid specs: {', '.join([*TASK_SPECS, *DIFFUSION_TASKS])}")
 
 
 def _task_sets(raw: Any) -> list[tuple[str, ...]]:
@@ -258,8 +273,33 @@ def missing_models(sweep: Sweep) -> list[str]:
     """
     from ..bench.encoder import DEFAULT_MODEL
 
-    models = dict.fromkeys(p.model for p in sweep.points)
+    models = dict.fromkeys(p.model for p in sweep.points if not is_diffusion(p.tasks))
     return [m for m in models if m != DEFAULT_MODEL and not Path(m).expanduser().exists()]
+
+
+def is_diffusion(tasks: tuple[str, ...]) -> bool:
+    """A diffusion point (measured by ``tokenreduce.diffusion.bench``), not an encoder one."""
+    return bool(tasks) and tasks[0].partition(":")[0] in DIFFUSION_TASKS
+
+
+def _family(task_sets: list[tuple[str, ...]], models: list[str], given: bool) -> str:
+    """"diffusion" when the tasks are diffusion tasks (then all of them, with diffusion model names), else "encoder"."""
+    flags = {is_diffusion(s) and all(t.partition(":")[0] in DIFFUSION_TASKS for t in s) for s in task_sets}
+    if not any(is_diffusion(s) or any(t.partition(":")[0] in DIFFUSION_TASKS for t in s) for s in task_sets):
+        return "encoder"
+    if flags != {True}:
+        raise ValueError(f"tasks: diffusion tasks ({', '.join(DIFFUSION_TASKS)}) cannot share a sweep with encoder "
+                         "tasks; give them their own config")
+    from ..diffusion.bench import QUALITY_MODELS, SPEED_MODELS
+
+    for s in task_sets:
+        if len(s) != 1:
+            raise ValueError(f"tasks: a diffusion task set holds one task, got {list(s)}")
+        valid = SPEED_MODELS if s[0] == "diffusion-speed" else QUALITY_MODELS
+        bad = [m for m in models if m not in valid]
+        if not given or bad:
+            raise ValueError(f"models: {s[0]} measures {', '.join(valid)}; got {bad or 'the default encoder'}")
+    return "diffusion"
 
 
 def parse_sweep(cfg: Mapping[str, Any], default_name: str = "sweep") -> Sweep:
@@ -274,7 +314,7 @@ def parse_sweep(cfg: Mapping[str, Any], default_name: str = "sweep") -> Sweep:
     data_dir = _optional_str(cfg, "data_dir")
     models = _models(cfg.get("models"))
     task_sets = _task_sets(cfg.get("tasks"))
-    specs = _method_specs(cfg)
+    specs = _method_specs(cfg, _family(task_sets, models, cfg.get("models") is not None))
     settings = _settings(cfg.get("settings"))
     points, seen = [], set()
     for model, tasks, (method, params) in itertools.product(models, task_sets, specs):

@@ -16,7 +16,7 @@ import traceback
 from dataclasses import dataclass, field
 from typing import Any
 
-from .config import BASELINE, Point
+from .config import BASELINE, Point, is_diffusion
 from .store import Outcome, now
 
 TIMING_KEYS = frozenset(
@@ -66,6 +66,11 @@ class Measurer:
         from ..bench.text_bench import RunConfig, run_text_bench
 
         s = p.settings
+        if is_diffusion(p.tasks):
+            from ..diffusion.bench import measure_point
+
+            return measure_point(p.model, p.tasks[0], None if p.method == BASELINE else p.method, dict(p.params),
+                                 repeats=s["repeats"], seed=s["seed"], threads=s["threads"], progress=self.progress)
         enc = self._encoder(p)
         tasks = [self._task(t) for t in p.tasks]
         configs = [] if p.method == BASELINE else [RunConfig(p.method, dict(p.params))]
