@@ -114,11 +114,12 @@ class DuoAttention(RaggedPress, ScoringPress):
             return self._streaming[view.layer].to(view.keys.device)[None].expand(b, -1)
         a = view.window_attention(self.window).mean(2)  # (B, H, N)
         a = a.view(b, view.n_kv_heads, -1, a.shape[-1]).mean(2)
-        far = view.valid & ~self.stream_window(view.valid)
-        return streaming_heads((a * far[:, None]).sum(-1), self.streaming)
+        far = view.key_valid & ~self.stream_window(view.key_valid)
+        return streaming_heads((a * (far if far.ndim == 3 else far[:, None])).sum(-1), self.streaming)
 
     def stream_window(self, valid: Tensor) -> Tensor:
-        """(B, N) bool: the first ``stream_sinks`` and last ``stream_recent`` real tokens of each row."""
+        """The first ``stream_sinks`` and last ``stream_recent`` real entries of each row (``valid`` (B, N)), or of
+        each row's KV head (``valid`` (B, Hkv, N): a ragged layer pressed again)."""
         rank = real_rank(valid)
         n_real = valid.sum(-1, keepdim=True)
         return valid & ((rank < self.stream_sinks) | (rank >= n_real - self.stream_recent))
@@ -126,11 +127,13 @@ class DuoAttention(RaggedPress, ScoringPress):
     def score(self, view: LayerView) -> Tensor:
         assert isinstance(self.scorer, ScoringPress)  # made a press in __post_init__
         inner = self.scorer.score(view).float()
-        real = view.valid[:, None, :].expand_as(inner) & torch.isfinite(inner)
+        valid = view.key_valid if view.key_valid.ndim == 3 else view.key_valid[:, None, :]
+        real = valid.expand_as(inner) & torch.isfinite(inner)
         top = inner.masked_fill(~real, float("-inf")).amax(dim=(1, 2), keepdim=True)
         low = inner.masked_fill(~real, float("inf")).amin(dim=(1, 2), keepdim=True)
         top, low = top.nan_to_num(0.0, 0.0, 0.0), low.nan_to_num(0.0, 0.0, 0.0)  # no finite score: 0
         inner = torch.where(torch.isposinf(inner), top + 1.0, inner)  # the scorer's window: its best, finite
         streaming = self.layer_streaming(view)[:, :, None]  # (B, Hkv, 1)
         s = torch.where(streaming, inner, inner + (top - low) + 2.0)  # every retrieval entry above every streaming one
-        return s.masked_fill(streaming & self.stream_window(view.valid)[:, None, :], float("inf"))
+        window = self.stream_window(valid)
+        return s.masked_fill(streaming & window, float("inf"))
