@@ -96,3 +96,22 @@ def test_image_blocks_without_bias_pass_no_mask(monkeypatch):
             mp.setattr(hf_attention, "run_attention", spy)
             model(**x)
     assert any(m is not None for m in masks)
+
+
+def test_flash_implementations_refuse_the_float_mask_and_run_without_one(monkeypatch):
+    """flash_attention_* takes no float mask: proportional attention is refused with the way out, while
+    prop_attn=False on an image model (no mask at all) runs. The flash function is stood in for by SDPA."""
+
+    def sdpa_standin(module, q, k, v, mask, dropout=0.0, scaling=None, **kw):
+        assert mask is None, "a flash kernel would get a mask"
+        return F.scaled_dot_product_attention(q, k, v, scale=scaling).transpose(1, 2), None
+
+    model, x = vit(), {"pixel_values": pixels()}
+    with torch.inference_mode(), tr.patched(model, "tome", keep=0.5, prop_attn=False):
+        ref = model(**x).last_hidden_state
+    monkeypatch.setattr(hf_attention, "attention_fn", lambda module: sdpa_standin)
+    monkeypatch.setattr(model.config, "_attn_implementation", "flash_attention_2")
+    with torch.inference_mode(), tr.patched(model, "tome", keep=0.5, prop_attn=False):
+        torch.testing.assert_close(model(**x).last_hidden_state, ref, atol=1e-5, rtol=1e-5)
+    with torch.inference_mode(), tr.patched(model, "tome", keep=0.5), pytest.raises(ValueError, match="no float mask"):
+        model(**x)

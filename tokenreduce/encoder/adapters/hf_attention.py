@@ -53,6 +53,12 @@ def run_attention(
         block_mask = mask if isinstance(mask, BlockMask) else None
         ctx = key_bias_attention(q, k, v, scaling, key_bias, block_mask).transpose(1, 2)
     else:
+        impl = module.config._attn_implementation or ""
+        if impl.startswith("flash") and isinstance(mask, Tensor) and mask.is_floating_point():
+            raise ValueError(
+                f"attn_implementation={impl!r} takes no float mask, which this reduced block needs (token sizes "
+                'or padding): use "sdpa" or "flex_attention", or prop_attn=False on unpadded images'
+            )
         ctx, _ = attention_fn(module)(module, q, k, v, mask, dropout=dropout if module.training else 0.0,
                                       scaling=scaling)
     return ctx.reshape(*x.shape[:-1], -1).contiguous(), q, k, v
