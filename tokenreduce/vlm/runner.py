@@ -18,7 +18,7 @@ from torch import Tensor
 from ..core.provenance import Provenance, layer_map, set_layer_map
 from ..kv.cache import cache_of
 from .families.base import Image, VLMFamily, has_images, image_features
-from .methods import BeforeMethod, InsideMethod, Stage, Unit, VisualMethod
+from .methods import BeforeMethod, InsideMethod, Mask, Stage, Unit, VisualMethod
 from .state import (
     CLS_ATTR,
     CURRENT,
@@ -189,6 +189,8 @@ class VLMRunner:
             if pos is not None:  # 1-D (B, N) or M-RoPE (3, B, N): each kept token keeps its own
                 kwargs["position_ids"] = kept.kept_positions(pos)
             kwargs["attention_mask"] = gather_mask(kwargs.get("attention_mask"), fwd.kept)
+        if fwd.masked is not None:
+            kwargs["attention_mask"] = _hide(kwargs.get("attention_mask"), _current(fwd, fwd.masked), hidden)
         args = (hidden, *args[1:]) if args else args
         if not args:
             kwargs["hidden_states"] = hidden
@@ -201,6 +203,8 @@ class VLMRunner:
         prov = Provenance.identity(hidden.shape[0], fwd.n, hidden.device)
         if fwd.kept is not None:
             prov = prov.select(fwd.kept)
+        if fwd.masked is not None:  # masked entries are not tokens for later queries (decode masks skip them)
+            prov = Provenance(prov.index, prov.real & ~_current(fwd, fwd.masked), prov.seen)
         cache = cache_of(kwargs)
         if cache is not None:
             set_layer_map(cache, index, prov)
@@ -210,7 +214,9 @@ class VLMRunner:
         """A decode step on a layer whose cache is shorter than the first layer's gets its own mask."""
         cache, fwd = cache_of(kwargs), CURRENT.get()
         own, first = layer_map(cache, index), layer_map(cache, 0)
-        if own is None or first is None or fwd.valid is None or own.length == first.length:
+        if own is None or first is None or fwd.valid is None:
+            return None
+        if own.length == first.length and torch.equal(own.real, first.real):
             return None
         entries = own.rewrite_mask(fwd.valid)  # (B, E + q) over this layer's entries
         q = entries.shape[1] - _entries(cache, index)
@@ -270,12 +276,35 @@ class VLMRunner:
         present.scatter_add_(1, group.clamp(min=0), (group >= 0).long())  # (B, groups) tokens still there
         attn = self.family.layers[index - 1].self_attn
         x, cos, sin = fwd.attn_in[index - 1]
-        keep = self.method.keep_mask(Stage(attn, x, cos, sin, hidden, vis, valid, group, quota, present))
+        masked = None if fwd.masked is None else fwd.masked.gather(1, cur)
+        keep = self.method.keep_mask(Stage(attn, x, cos, sin, hidden, vis, valid, group, quota, present, masked))
         if keep is None:
+            return everything, hidden
+        if isinstance(keep, Mask):  # some rows drop tokens, others keep theirs: mask them out from here on
+            new = torch.zeros(b, fwd.n, dtype=torch.bool, device=hidden.device).scatter_(1, cur, keep.tokens)
+            fwd.masked = new if fwd.masked is None else fwd.masked | new
             return everything, hidden
         _same_count(keep.sum(1), "keep different numbers of tokens")
         kept = keep.nonzero()[:, 1].view(b, -1)
         return kept, gather_tokens(hidden, kept)
+
+
+def _current(fwd: Forward, original: Tensor) -> Tensor:
+    """A (B, N) flag over the original tokens, at the current tokens."""
+    return original if fwd.kept is None else original.gather(1, fwd.kept)
+
+
+def _hide(mask: Tensor | None, cols: Tensor, hidden: Tensor) -> Tensor:
+    """The layer's 4-D mask with the ``cols`` (B, N) keys hidden from every query but their own (a query with
+    no key left would give NaN); a causal boolean mask is built when the model passed none (SDPA)."""
+    b, n = cols.shape
+    eye = torch.eye(n, dtype=torch.bool, device=cols.device)
+    block = cols[:, None, None, :] & ~eye
+    if mask is None:
+        mask = torch.ones(n, n, dtype=torch.bool, device=cols.device).tril()[None, None].expand(b, 1, n, n)
+    if mask.dtype == torch.bool:
+        return mask & ~block
+    return mask.masked_fill(block, torch.finfo(mask.dtype).min)
 
 
 def _text_after(method: VisualMethod, fwd: Forward, b: int, im: Image, hidden: Tensor) -> Tensor | None:

@@ -24,6 +24,7 @@ class Forward:
     cls: list[Tensor] = field(default_factory=list)  # per vision batch: (B_img, N) [CLS] attention
     attn_in: dict[int, tuple[Tensor, Tensor, Tensor]] = field(default_factory=dict)  # layer -> (hidden, cos, sin)
     kept: Tensor | None = None  # (B, N_cur) original index of each current token; None = all
+    masked: Tensor | None = None  # (B, N) original tokens no later query sees (dropped by some rows only)
     visual: Tensor | None = None  # (B, N) visual flags of the original sequence
     valid: Tensor | None = None  # (B, N) 2D validity mask of the original sequence
     n: int = 0

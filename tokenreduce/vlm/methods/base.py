@@ -158,6 +158,15 @@ class Stage(NamedTuple):
     group: Tensor
     quota: Tensor
     present: Tensor
+    masked: Tensor | None = None  # (B, N) current tokens already masked out (see :class:`Mask`)
+
+
+class Mask(NamedTuple):
+    """What a stage returns to mask tokens out instead of dropping them: (B, N) current tokens that no later
+    query attends to. For rows that drop tokens while other rows of the batch keep theirs (a batch stays
+    rectangular); the tokens are dropped for real once every row drops them."""
+
+    tokens: Tensor
 
 
 @dataclass(frozen=True)
@@ -184,7 +193,7 @@ class InsideMethod(VisualMethod):
         if bad:
             raise ValueError(f"{self.name}: pruning layers must be in [1, {depth - 1}] for a {depth}-layer LLM: {bad}")
 
-    def keep_mask(self, st: Stage) -> Tensor | None:
+    def keep_mask(self, st: Stage) -> Tensor | Mask | None:
         """(B, N) tokens kept at a stage, or None when no group holds more than its quota: by default each
         group's ``quota`` best by :meth:`scores`. Methods that pick a set rather than rank override this."""
         if bool((st.present <= st.quota).all()):

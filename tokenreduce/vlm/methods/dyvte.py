@@ -13,7 +13,7 @@ from torch import Tensor
 
 from ...registry import check_range
 from ..flops import scoring_macs
-from .base import InsideMethod, Stage, register
+from .base import InsideMethod, Mask, Stage, register
 
 
 @register
@@ -26,8 +26,9 @@ class DyVTE(InsideMethod):
 
     The budget sets the latest exit: all visual tokens stay for ``ceil(depth * budget / n)`` layers (at least
     ``first``), so the visual tokens per layer average at most the budget; an earlier exit only saves more. The
-    cost model counts that latest exit (an upper bound). ``keep=1.0`` never exits. Rows of a batch that would
-    exit at different layers are refused (a row's result must not depend on its batch): run them one by one.
+    cost model counts that latest exit (an upper bound). ``keep=1.0`` never exits. In a batch, a row that exits
+    while others stay has its visual tokens masked out of every later query instead (the batch stays
+    rectangular and a row's result equals its own; its savings wait until every row has exited).
     """
 
     threshold: float = 0.1
@@ -59,21 +60,22 @@ class DyVTE(InsideMethod):
         last = self.latest(n, depth)
         return tuple(n if last is None or s < last else 0 for s in self.stages(depth))
 
-    def keep_mask(self, st: Stage) -> Tensor | None:
+    def keep_mask(self, st: Stage) -> Tensor | Mask | None:
         live = st.present > 0
         if not bool(live.any()) or all(self.budget(int(p)) >= int(p) for p in st.present[live]):
             return None  # gone already, or the budget keeps every token (never exits)
         if bool((st.quota == 0).any()):
-            gone = torch.ones(st.group.shape[0], dtype=torch.bool, device=st.group.device)
-        else:
-            attn = self.scores(st.attn, st.x, st.cos, st.sin, st.vis, st.valid)
-            gone = (attn * st.vis).sum(1) < self.threshold
-            if not bool(gone.any()):
-                return None
-            if not bool(gone.all()):
-                raise ValueError(f"{self.name}: rows of this batch leave the image at different layers; "
-                                 "run them one at a time")
-        return st.group < 0
+            return st.group < 0  # the latest exit: every row's visual tokens leave
+        gone = torch.zeros(st.vis.shape[0], dtype=torch.bool, device=st.vis.device)
+        if st.masked is not None:
+            gone |= (st.masked & st.vis).any(1)  # rows that left at an earlier layer
+        attn = self.scores(st.attn, st.x, st.cos, st.sin, st.vis, st.valid)
+        gone |= (attn * st.vis).sum(1) < self.threshold
+        if not bool(gone.any()):
+            return None
+        if bool(gone.all()):
+            return st.group < 0
+        return Mask(st.vis & gone[:, None])  # rows that left while others stay: masked until all have left
 
     def extra_macs(self, shape, counts, images, text_after, vision_width):
         n_vis = sum(h * w for h, w in images)
