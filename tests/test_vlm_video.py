@@ -333,11 +333,11 @@ def test_bench_video_cli_on_a_tiny_qwen25(tmp_path, capsys, monkeypatch):
 
     from tokenreduce.vlm.video import bench, cli
 
-    monkeypatch.setattr(bench, "qwen25_7b", lambda layers: tiny_qwen25(layers=layers))
+    monkeypatch.setattr(bench, "qwen25_7b", lambda layers, dtype: tiny_qwen25(layers=layers))
     out = tmp_path / "video.json"
     assert cli.main(["--frames", "6", "--grid", "4", "--llm-layers", "2", "--methods", "dycoke,video-pool",
                      "--keep", "0.25,0.5", "--repeats", "1", "--stream-frames", "40", "--budget", "50",
-                     "--checkpoints", "1,20,40", "--no-progress", "--json", str(out)]) == 0
+                     "--checkpoints", "1,20,40", "--dtype", "float32", "--no-progress", "--json", str(out)]) == 0
     data = json.loads(out.read_text())
     rows = data["rows"]
     assert [r["method"] for r in rows] == ["unreduced", "dycoke", "dycoke", "video-pool", "video-pool"]

@@ -25,16 +25,18 @@ from ...bench.flops import measured_flops
 from ..flops import DecoderShape, prefill_macs
 from ..methods import make_vlm_method
 from ..patch import patch_vlm
-from .base import VideoMethod
+from .base import VideoMethod, VideoUnit
 from .stream import VideoStream
 
 QWEN25_7B = DecoderShape(3584, 18944, 28, 28, 4, 128, 152064)
 KV_BYTES_PER_TOKEN = QWEN25_7B.layers * 2 * QWEN25_7B.kv_heads * QWEN25_7B.head_dim * 2  # K and V, bf16
 
 
-def qwen25_7b(llm_layers: int = 1, seed: int = 0) -> nn.Module:
+def qwen25_7b(llm_layers: int = 1, seed: int = 0, dtype: torch.dtype = torch.bfloat16) -> nn.Module:
     """Qwen2.5-VL-7B's real widths (LLM 3584 / MLP 18944 / 28 heads / 4 KV heads / vocabulary 152064; vision
-    merger out 3584) with ``llm_layers`` decoder layers and a one-block vision tower, random weights."""
+    merger out 3584) with ``llm_layers`` decoder layers and a one-block vision tower, random weights in
+    ``dtype`` (bfloat16: the released weights' type). The LM head shares the embedding matrix (the real model's
+    is separate; same MACs, 1.1 GB less memory)."""
     from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
 
     cfg = Qwen2_5_VLConfig(
@@ -46,9 +48,10 @@ def qwen25_7b(llm_layers: int = 1, seed: int = 0) -> nn.Module:
                            patch_size=14, spatial_merge_size=2, temporal_patch_size=2, window_size=112,
                            fullatt_block_indexes=[0], tokens_per_second=2),
         image_token_id=151655, video_token_id=151656, vision_start_token_id=151652, vision_end_token_id=151653,
+        tie_word_embeddings=True,
     )
     torch.manual_seed(seed)
-    return Qwen2_5_VLForConditionalGeneration(cfg).eval()
+    return Qwen2_5_VLForConditionalGeneration._from_config(cfg, dtype=dtype).eval()
 
 
 def video_prompt(model: nn.Module, frames: int, grid: tuple[int, int], prefix: int = 14, question: int = 24,
@@ -71,7 +74,7 @@ def video_prompt(model: nn.Module, frames: int, grid: tuple[int, int], prefix: i
     for _ in range(frames - 1):
         x = (x + motion * torch.randn(1, p, width, generator=g)) / (1 + motion**2) ** 0.5
         out.append(x)
-    feats = torch.cat(out, 1)[0]
+    feats = torch.cat(out, 1)[0].to(model.dtype)
     m = cfg.vision_config.spatial_merge_size
     types = 2 * (ids == cfg.video_token_id).long()
     return {"input_ids": ids, "attention_mask": torch.ones_like(ids), "mm_token_type_ids": types,
@@ -94,8 +97,10 @@ def _call(model: nn.Module, x: dict) -> Callable[[], object]:
 
 
 def bench_video(model: nn.Module, x: dict, methods: list[str], fractions: list[float], repeats: int = 3,
-                progress: Callable[[str], None] | None = None) -> list[dict]:
-    """Rows per method x kept share (and the unreduced baseline first); times are round-robin medians."""
+                progress: Callable[[str], None] | None = None, count: bool = True) -> list[dict]:
+    """Rows per method x kept share (and the unreduced baseline first); times are round-robin medians after one
+    warm-up prefill. ``count``: measure MACs with ``FlopCounterMode`` (one more prefill per row); otherwise
+    ``macs`` is the formula's (which the tests hold equal to the counter)."""
     grid_thw = x["video_grid_thw"][0].tolist()
     m = model.config.vision_config.spatial_merge_size
     video = (grid_thw[0], grid_thw[1] // m, grid_thw[2] // m)
@@ -110,22 +115,23 @@ def bench_video(model: nn.Module, x: dict, methods: list[str], fractions: list[f
     for name, method in configs:
         row = {"method": name, "keep": 1.0 if method is None else method.keep}
         row["visual_tokens"] = n_vis if method is None else method.kept_video(video[0], video[1:])
-        if method is None:
-            row["macs"] = measured_flops(_call(model, x)) // 2
-        else:
-            handle = patch_vlm(model, method)
+        row["llm_macs_formula"] = prefill_macs(shape, method, n, [video], text_after)
+        row["macs"], row["macs_measured"] = row["llm_macs_formula"], count
+        if count:
+            handle = None if method is None else patch_vlm(model, method)
             try:
                 row["macs"] = measured_flops(_call(model, x)) // 2
             finally:
-                handle.remove()
-        row["llm_macs_formula"] = prefill_macs(shape, method, n, [video], text_after)
+                if handle is not None:
+                    handle.remove()
         row["llm28_macs"] = prefill_macs(QWEN25_7B, method, n, [video], text_after)
         row["kv_mb_28l_bf16"] = (n - n_vis + row["visual_tokens"]) * KV_BYTES_PER_TOKEN / 2**20
         row["times"] = []
         rows.append(row)
         if progress:
             progress(f"{name} macs")
-    for _ in range(repeats + 1):  # the first round warms up and is dropped
+    _call(model, x)()  # warm-up
+    for _ in range(repeats):
         for row, (name, method) in zip(rows, configs):
             handle = None if method is None else patch_vlm(model, method)
             try:
@@ -137,13 +143,30 @@ def bench_video(model: nn.Module, x: dict, methods: list[str], fractions: list[f
                     handle.remove()
             if progress:
                 progress(f"{name} time")
+    feats = x["mm_encoder_outputs"]["video"].pooler_output[0]
+    start = int((ids == model.config.video_token_id).nonzero().min())
+    query = model.get_input_embeddings()(ids[start + n_vis :])
+    for row, (_name, method) in zip(rows, configs):  # the reducer alone, on the same features
+        times = []
+        for _ in range(repeats if method is not None else 0):
+            unit = VideoUnit(feats, video[0], video[1:], method.video_budget(video[0], video[1:]), query)
+            t0 = time.perf_counter()
+            with torch.no_grad():
+                method.reduce_video(unit)
+            times.append(time.perf_counter() - t0)
+        row["reduce_s"] = statistics.median(times) if times else 0.0
     base = rows[0]
+    layers = model.config.text_config.num_hidden_layers
     for row in rows:
-        row["prefill_s"] = statistics.median(row["times"][1:])
-        row["spread_s"] = max(row["times"][1:]) - min(row["times"][1:])
+        row["prefill_s"] = statistics.median(row["times"])
+        row["spread_s"] = max(row["times"]) - min(row["times"])
         row["macs_ratio"] = row["macs"] / base["macs"]
         row["llm28_macs_ratio"] = row["llm28_macs"] / base["llm28_macs"]
         row["time_ratio"] = row["prefill_s"] / base["prefill_s"]
+        # 28 layers, estimated from the measured parts: the reducer once, the layers' share of the rest 28 times
+        per_layer = max(0.0, row["prefill_s"] - row["reduce_s"]) / layers
+        row["time28_ratio_est"] = (row["reduce_s"] + QWEN25_7B.layers * per_layer) / (
+            QWEN25_7B.layers * base["prefill_s"] / layers)
         del row["times"]
     return rows
 
@@ -177,7 +200,7 @@ def bench_stream(model: nn.Module, frames: int, grid: tuple[int, int], budget: i
     answers = []
     for f in range(1, frames + 1):
         x = (x + motion * torch.randn(p, width, generator=g)) / (1 + motion**2) ** 0.5
-        s.add_features(x.clone(), grid)
+        s.add_features(x.to(model.dtype), grid)
         if f in checkpoints:
             ok = _peak_reset()
             t0 = time.perf_counter()

@@ -14,7 +14,7 @@ from ..methods import make_vlm_method, vlm_methods
 from .methods import VIDEO_METHODS
 
 COLS = ["method", "keep", "visual_tokens", "macs_ratio", "llm28_macs_ratio", "time_ratio", "prefill_s", "spread_s",
-        "kv_mb_28l_bf16"]
+        "reduce_s", "time28_ratio_est", "kv_mb_28l_bf16"]
 STREAM_COLS = ["frame", "held", "unreduced_tokens", "prefill_s", "peak_rss_mb"]
 
 
@@ -25,12 +25,14 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--llm-layers", type=int, default=1, help="decoder layers built (Qwen2.5-VL-7B has 28)")
     p.add_argument("--methods", default=",".join(VIDEO_METHODS), help="comma list of video methods")
     p.add_argument("--keep", default="0.1,0.25,0.5", help="shares of the visual tokens kept")
-    p.add_argument("--repeats", type=int, default=3, help="timed prefills per config (median; one more warms up)")
+    p.add_argument("--repeats", type=int, default=3, help="timed prefills per config, round-robin (median)")
+    p.add_argument("--no-count", action="store_true", help="skip FlopCounterMode (MACs from the formula)")
     p.add_argument("--stream-frames", type=int, default=256, help="frames fed to the streaming session (0: skip)")
     p.add_argument("--budget", type=int, default=1024, help="visual tokens the streaming session may hold")
     p.add_argument("--recent", type=int, default=2, help="newest frames the session keeps whole")
     p.add_argument("--old", type=float, default=0.25, help="share of a frame kept once merged")
     p.add_argument("--checkpoints", default="1,8,32,64,128,192,256", help="frames after which the stream answers")
+    p.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"], help="weights and activations")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: leave as is)")
     p.add_argument("--json", help="write rows + machine info here")
     p.add_argument("--no-progress", action="store_true")
@@ -62,9 +64,9 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    model = bench.qwen25_7b(args.llm_layers)
+    model = bench.qwen25_7b(args.llm_layers, dtype=getattr(torch, args.dtype))
     x = bench.video_prompt(model, args.frames, (args.grid, args.grid))
-    total = (1 + len(methods) * len(keeps)) * (args.repeats + 2) + len(checkpoints)
+    total = (1 + len(methods) * len(keeps)) * (args.repeats + 1) + len(checkpoints)
     bar = tqdm(total=total, disable=args.no_progress, desc="bench video")
 
     def step(label: str) -> None:
@@ -72,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
         bar.update(1)
 
     try:
-        rows = bench.bench_video(model, x, methods, keeps, args.repeats, progress=step)
+        rows = bench.bench_video(model, x, methods, keeps, args.repeats, progress=step, count=not args.no_count)
         stream = None
         if args.stream_frames:
             stream = bench.bench_stream(model, args.stream_frames, (args.grid, args.grid), args.budget, args.recent,
@@ -84,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
     info = machine_info()
     n = x["input_ids"].shape[1]
     print(f"prefill of {n} tokens ({args.frames} x {args.grid * args.grid} visual), {args.llm_layers} LLM layer(s) "
-          f"of Qwen2.5-VL-7B's widths; {info['cpu']}, {info['torch_threads']} threads")
+          f"of Qwen2.5-VL-7B's widths, {args.dtype}; {info['cpu']}, {info['torch_threads']} threads")
     print(format_table(rows, COLS))
     if stream is not None:
         print(f"\nstreaming: budget {args.budget}, recent {args.recent}, old {args.old}; held after every 16th frame:")
