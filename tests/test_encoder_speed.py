@@ -128,3 +128,39 @@ def test_bench_vit_keep_runs_every_method(capsys, monkeypatch):
     for name in ("mctf(keep=0.7", "zero-tprune(keep=0.7", "ats(keep=0.7", "mem_ratio"):
         assert name in out
     assert main(["bench", "vit", "--keep", "0.7", "--r", "8"]) == 2
+
+
+@pytest.mark.parametrize("name", ["tome", "evit", "diffrate", "ats"])
+@pytest.mark.parametrize("keep", [0.9, 0.7, 0.3])
+def test_min_step_takes_small_steps_early_and_keeps_the_total(name, keep):
+    for n0 in (7, 20, 64, 100, 255):
+        base = make_method(name, keep=keep).budget().removals_static(n0, 6, cap=0.5)
+        got = make_method(name, keep=keep, min_step=0.05).budget().removals_static(n0, 6, cap=0.5)
+        assert sum(got) == sum(base)  # same final token count
+        least = -(-5 * n0 // 100)
+        assert all(r == 0 or r >= min(least, sum(base)) or r == sum(base) - sum(got[:i]) for i, r in enumerate(got))
+        assert sum(1 for r in got if r) <= sum(1 for r in base if r)  # never more reducing layers
+        assert all(sum(got[: i + 1]) >= sum(base[: i + 1]) for i in range(6))  # front-loaded, never later
+    assert make_method(name, keep=keep, min_step=0.0).budget() == make_method(name, keep=keep).budget()
+
+
+def test_min_step_refused_out_of_range():
+    for bad in (-0.1, 1.0, 2):
+        with pytest.raises((ValueError, TypeError), match="min_step"):
+            make_method("tome", keep=0.9, min_step=bad)
+
+
+def test_min_step_patched_model_reduces_at_fewer_layers():
+    from tokenreduce.encoder.adapters.runner import record_sources
+
+    model = _minilm_shaped(layers=6)
+    ids = torch.randint(5, 200, (2, 100), generator=torch.Generator().manual_seed(0))
+    for params, layers in (({}, [0, 1, 2, 3, 4, 5]), ({"min_step": 0.05}, [0, 3])):
+        patch(model, "tome", keep=0.9, **params)
+        try:
+            with record_sources() as recs, torch.inference_mode():
+                model(input_ids=ids)
+        finally:
+            unpatch(model)
+        assert [r.layer for r in recs] == layers
+        assert int((recs[-1].sizes[0] > 0).sum()) == 1 + 99 - round(99 * 0.1)

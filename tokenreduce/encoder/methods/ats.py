@@ -40,8 +40,8 @@ from torch import Tensor
 
 from ...core.assign import compact
 from ...core.dims import ModelDims
-from ...core.schedule import Schedule, per_row
-from .base import LayerTensors, Method, Plan, register
+from ...core.schedule import Schedule, per_row, schedule_from
+from .base import LayerTensors, Method, MinStep, Plan, register
 
 
 def significance(cls_attn_heads: Tensor, values: Tensor) -> Tensor:
@@ -143,8 +143,10 @@ class ATS(Method):
             raise ValueError(f"ats: start (fraction of the depth before the first reducing layer) must be in [0, 1), "
                              f"got {self.start}")
 
-    def budget(self) -> LateStart:  # type: ignore[override]
-        return LateStart(super().budget(), float(self.start))
+    def budget(self) -> LateStart | MinStep:  # type: ignore[override]
+        base = schedule_from(self.r, self.keep, self.schedule, self.layers, self.min_tokens)
+        late = LateStart(base, float(self.start))
+        return MinStep(late, float(self.min_step)) if self.min_step else late
 
     def plan(self, t: LayerTensors, n_remove: Tensor) -> Plan:
         if t.protected < 1:

@@ -7,6 +7,7 @@ one method object can serve many models and threads at once.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar, NamedTuple
@@ -14,7 +15,7 @@ from typing import Any, ClassVar, NamedTuple
 from torch import Tensor
 
 from ...core.dims import ModelDims
-from ...core.schedule import SHAPES, Schedule, schedule_from
+from ...core.schedule import SHAPES, Schedule, per_row, schedule_from
 from ...registry import Registry, check_field_types
 
 
@@ -60,6 +61,7 @@ class Method:
     layers: tuple[int, ...] | None = None
     protected: int | None = None  # None: the adapter's default ([CLS] and any register tokens)
     min_tokens: int = 0  # never reduce a row below this many unprotected tokens
+    min_step: float = 0.0  # a reducing layer removes at least this fraction of the row (see MinStep)
 
     name: ClassVar[str] = ""
     needs: ClassVar[frozenset[str]] = frozenset()  # subset of NEEDS (runner.py)
@@ -75,10 +77,14 @@ class Method:
             raise ValueError(f"{self.name}: schedule must be one of {SHAPES}, got {self.schedule!r}")
         if self.protected is not None and (not isinstance(self.protected, int) or self.protected < 0):
             raise ValueError(f"{self.name}: protected must be a non-negative int, got {self.protected!r}")
+        if not 0.0 <= float(self.min_step) < 1.0:
+            raise ValueError(f"{self.name}: min_step (least fraction of a row one reducing layer removes) must be "
+                             f"in [0, 1), got {self.min_step}")
         self.budget()  # validates r / keep / layers
 
-    def budget(self) -> Schedule:
-        return schedule_from(self.r, self.keep, self.schedule, self.layers, self.min_tokens)
+    def budget(self) -> Schedule | MinStep:
+        base = schedule_from(self.r, self.keep, self.schedule, self.layers, self.min_tokens)
+        return MinStep(base, float(self.min_step)) if self.min_step else base
 
     def plan(self, t: LayerTensors, n_remove: Tensor) -> Plan:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -87,6 +93,43 @@ class Method:
         """Multiply-accumulates of this method's own scoring/matching (matmuls only) for one row of
         ``n`` tokens, as executed: the analytic FLOP counter adds it at every reducing layer."""
         return 0
+
+
+@dataclass(frozen=True)
+class MinStep:
+    """A schedule whose reducing layers each remove at least ``ceil(min_step · n0)`` tokens.
+
+    A reducing layer has a fixed overhead (scoring, matching, gathering, a float attention mask
+    afterwards) that removing 1-2 % of the tokens does not repay (ToMe and EViT at keep 0.9 ran at
+    0.97-0.99x). Steps smaller than the threshold are taken early instead: a layer whose share is
+    below it removes the threshold (at most what the whole schedule removes, and within the cap),
+    and the layers after it skip until their cumulative share is reached again. The total removed,
+    and hence the final token count, is the base schedule's.
+    """
+
+    base: Schedule
+    min_step: float
+
+    def check(self, num_layers: int) -> None:
+        self.base.check(num_layers)
+
+    def is_identity(self) -> bool:
+        return self.base.is_identity()
+
+    def removals(self, n0: Tensor, num_layers: int, cap: float = 0.5) -> Tensor:
+        return per_row(self.removals_static, n0, num_layers, cap)
+
+    def removals_static(self, n0: int, num_layers: int, cap: float = 0.5) -> list[int]:
+        plan = self.base.removals_static(n0, num_layers, cap)
+        total, least = sum(plan), math.ceil(self.min_step * n0)
+        out, due, removed, cur = [], 0, 0, n0
+        for r in plan:
+            due += r
+            want = due - removed
+            step = 0 if want <= 0 else max(0, min(max(want, least), total - removed, math.floor(cur * cap)))
+            out.append(step)
+            removed, cur = removed + step, cur - step
+        return out
 
 
 def register(name: str) -> Callable[[type[Method]], type[Method]]:
