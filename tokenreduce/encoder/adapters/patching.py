@@ -17,6 +17,7 @@ from torch import nn
 
 from ..methods import make_method
 from ..methods.base import Method
+from . import runner
 from .base import Family
 from .hf_albert import HFAlbert
 from .hf_beit import HFBeit, HFData2VecVision
@@ -57,7 +58,12 @@ def resolve_family(model: nn.Module) -> tuple[Family, nn.ModuleList]:
     )
 
 
-def patch(model: nn.Module, method: str | Method, *, restore_length: bool = True, **params: Any) -> nn.Module:
+PIN_FAMILIES = ("hf-bert", "hf-distilbert", "hf-albert")  # absolute positions: pinned tokens may move
+
+
+def patch(
+    model: nn.Module, method: str | Method, *, restore_length: bool = True, pin: str | None = None, **params: Any
+) -> nn.Module:
     """Apply a token-reduction ``method`` (a registered name or a Method) to ``model`` in place.
 
     ``restore_length=True`` returns hidden states at the original sequence length: each token
@@ -66,6 +72,12 @@ def patch(model: nn.Module, method: str | Method, *, restore_length: bool = True
     groups. Returns the model. Raises before changing anything if the model is already patched,
     unsupported, or the parameters are invalid.
 
+    ``pin="first_segment"`` (cross-encoder rerankers): each row's first segment — the query of a
+    ``[CLS] query [SEP] passage [SEP]`` pair — is never reduced, only the passage is; the segment is read
+    per call from ``token_type_ids`` (rows that have a second segment) or up to the first separator
+    (``config.sep_token_id``, else ``eos_token_id``: RoBERTa / XLM-R rerankers). BERT-family, DistilBERT
+    and ALBERT (absolute positions); budgets count each row's unpinned tokens.
+
     Encoders only: :func:`tokenreduce.patch` also takes vision-language models.
     """
     if getattr(model, _ATTR, None) is not None:
@@ -73,10 +85,12 @@ def patch(model: nn.Module, method: str | Method, *, restore_length: bool = True
     m = make_method(method, **params)
     fam, layers = resolve_family(model)
     m.budget().check(len(layers))
+    hooks = _pin_hooks(model, fam, pin) if pin is not None else []
     protected = fam.default_protected(model) if m.protected is None else m.protected
     if m.needs & {"cls_attn", "cls_attn_heads"} and protected < 1:
         raise ValueError(f"{m.name} scores tokens by [CLS] attention, but this model has no protected [CLS] token")
     handle = PatchHandle(family=fam, method=m, layers=layers, protected=protected, restore_length=restore_length)
+    handle.hooks.extend(h.register() for h in hooks)
     for i, layer in enumerate(layers):
         handle.saved_forwards.append(layer.__dict__.get("forward"))
         layer.forward = functools.partial(_bound_forward, handle, i, layer)
@@ -100,6 +114,8 @@ def unpatch(model: nn.Module) -> nn.Module:
             del layer.forward
         else:
             layer.forward = saved
+    for hook in handle.hooks:
+        hook.remove()
     object.__delattr__(model, _ATTR)
     return model
 
@@ -117,3 +133,76 @@ def patched(model: nn.Module, method: str | Method, **params: Any) -> Iterator[n
         yield model
     finally:
         unpatch(model)
+
+
+class _PinHook:
+    """Pre/post forward hooks on the outermost Hugging Face model: the call's first-segment mask, set for
+    the blocks (a ContextVar, so threads do not share it) and cleared when the forward ends."""
+
+    def __init__(self, owner: nn.Module, sep: int | None) -> None:
+        self.owner, self.sep = owner, sep
+
+    def register(self) -> _Removable:
+        pre = self.owner.register_forward_pre_hook(self._enter, with_kwargs=True)
+        post = self.owner.register_forward_hook(self._leave, always_call=True)
+        return _Removable((pre, post))
+
+    def _enter(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
+        ids = kwargs.get("input_ids", args[0] if args else None)
+        runner._PINNED.set(first_segment(ids, kwargs.get("token_type_ids"), self.sep))
+
+    def _leave(self, module: nn.Module, args: tuple, output: Any) -> None:
+        runner._PINNED.set(None)
+
+
+class _Removable:
+    def __init__(self, handles: tuple) -> None:
+        self.handles = handles
+
+    def remove(self) -> None:
+        for h in self.handles:
+            h.remove()
+
+
+def first_segment(ids: Any, types: Any, sep: int | None) -> Any:
+    """(B, N) mask of each row's first segment: ``token_type_ids == 0`` in rows with a second segment,
+    else every token up to and including the first ``sep``. A row with neither is all first segment
+    (nothing to reduce)."""
+    import torch
+
+    if ids is None:
+        raise ValueError("pin='first_segment' needs input_ids (or token_type_ids) in the model call")
+    by_sep = torch.ones_like(ids, dtype=torch.bool)
+    if sep is not None:
+        hit = ids == sep
+        first = torch.where(hit.any(1), hit.int().argmax(1), ids.shape[1] - 1)
+        by_sep = torch.arange(ids.shape[1], device=ids.device) <= first[:, None]
+    if types is None:
+        return by_sep
+    paired = (types != 0).any(1, keepdim=True)
+    return torch.where(paired, types == 0, by_sep)
+
+
+def _pin_hooks(model: nn.Module, fam: Family, pin: str) -> list[_PinHook]:
+    """Validate ``pin`` for this model (before anything changes) and build its hook."""
+    from transformers import PreTrainedModel
+
+    if pin != "first_segment":
+        raise ValueError(f"pin must be None or 'first_segment' (a cross-encoder's query), got {pin!r}")
+    if fam.name not in PIN_FAMILIES:
+        raise ValueError(
+            f"pin='first_segment' moves the pinned tokens to the front before block 0, which needs absolute "
+            f"positions; {fam.name} is not supported (supported: {', '.join(PIN_FAMILIES)})"
+        )
+    owner = next((m for m in model.modules() if isinstance(m, PreTrainedModel)), None)
+    if owner is None:
+        raise TypeError(f"pin='first_segment' needs a Hugging Face model inside {type(model).__name__}")
+    cfg = owner.config
+    sep = getattr(cfg, "sep_token_id", None)
+    sep = getattr(cfg, "eos_token_id", None) if sep is None else sep
+    if sep is None and getattr(cfg, "type_vocab_size", 0) < 2:
+        raise ValueError(
+            f"pin='first_segment': {type(owner).__name__} has neither token_type_ids nor a separator id in its "
+            "config (sep_token_id / eos_token_id); set one on the config"
+        )
+    return [_PinHook(owner, sep if isinstance(sep, int) else None)]

@@ -31,6 +31,18 @@ from .base import AttnOut, Family, valid_from_mask
 
 _STATE: ContextVar[dict[int, TokenState] | None] = ContextVar("tokenreduce_state", default=None)
 _RECORD: ContextVar[list[SourceRecord] | None] = ContextVar("tokenreduce_record", default=None)
+_PINNED: ContextVar[Tensor | None] = ContextVar("tokenreduce_pinned", default=None)
+
+
+@contextmanager
+def pinned_tokens(mask: Tensor | None) -> Iterator[None]:
+    """Within the block, patched forwards never reduce the tokens ``mask`` (B, N) marks, row by row
+    (a cross-encoder's query): see :func:`_pin_front`. Set per call by the patch's pre-hook."""
+    token = _PINNED.set(mask)
+    try:
+        yield
+    finally:
+        _PINNED.reset(token)
 
 
 @dataclass(frozen=True)
@@ -67,6 +79,7 @@ class TokenState:
     removals: Tensor | list[int]  # (L, B) tokens each layer removes from each row, or per layer for all rows
     n0: Tensor | None = None  # (B,) unprotected real tokens at the start (nominal targets for adaptive methods)
     pristine: bool = True  # no reduction yet: the model's own mask is still right
+    protected: int = 0  # leading slots never reduced (the patch's count; more when tokens are pinned per row)
 
 
 @dataclass(eq=False)
@@ -79,6 +92,7 @@ class PatchHandle:
     protected: int
     restore_length: bool
     saved_forwards: list[Any] = field(default_factory=list)
+    hooks: list[Any] = field(default_factory=list)  # removable hooks the patch registered (pin=...)
     traced: dict[int, TokenState] = field(default_factory=dict)  # state carrier while dynamo traces
 
     @property
@@ -98,7 +112,29 @@ def _start(h: PatchHandle, x: Tensor, mask: Tensor | None) -> TokenState:
     else:
         removals = budget.removals(n0, len(h.layers), cap=cap)
     src = torch.where(valid, pos.expand(b, n), -1)
-    return TokenState(sizes=valid.to(x.dtype), src=src, removals=removals, n0=n0)
+    return TokenState(sizes=valid.to(x.dtype), src=src, removals=removals, n0=n0, protected=h.protected)
+
+
+def _pin_front(h: PatchHandle, st: TokenState, x: Tensor, pins: Tensor) -> Tensor:
+    """Move each row's pinned tokens (plus the leading protected ones) to the front, padded to the batch's
+    largest pinned count ``P``, and protect ``P`` slots: every method then leaves them alone.
+
+    A one-to-one move before block 0 (positions travel with the tokens in absolute-position families, and
+    the source map records it, so outputs come back in the original order). The rest of a row keeps its
+    order and starts at slot ``P`` whatever the batch, so a row's result does not depend on its batch;
+    budgets are recomputed over each row's unpinned tokens.
+    """
+    valid = st.sizes > 0
+    pos = torch.arange(valid.shape[1], device=x.device)
+    pins = (pins.to(device=x.device, dtype=torch.bool) | (pos < h.protected)) & valid
+    rest = valid & ~pins
+    p = int(pins.sum(1).max())
+    dst = torch.where(pins, pins.cumsum(1) - 1, torch.where(rest, p + rest.cumsum(1) - 1, -1))
+    n_out = p + int(rest.sum(1).max())
+    st.sizes, st.src = gather_assignment(st.sizes, dst, n_out), update_sources(st.src, dst)
+    st.pristine, st.protected, st.n0 = False, p, rest.sum(1)
+    st.removals = h.method.budget().removals(st.n0, len(h.layers), cap=h.method.cap)
+    return gather_assignment(x, dst, n_out)
 
 
 def _states(h: PatchHandle) -> dict[int, TokenState]:
@@ -151,6 +187,9 @@ def reduced_forward(
     states = _states(h)
     if index == 0:
         states[h.key] = _start(h, x, mask)
+        pins = _PINNED.get()
+        if pins is not None and any(_reduces(r) for r in states[h.key].removals):
+            x = _pin_front(h, states[h.key], x, pins)
         _save(h, states)
     if h.key not in states:
         raise RuntimeError("tokenreduce: blocks ran out of order (block 0 must run first in each forward)")
@@ -212,7 +251,7 @@ def _reduce(h: PatchHandle, st: TokenState, att: AttnOut, r: Tensor | int, index
         x=x,
         sizes=st.sizes,
         layer=index,
-        protected=h.protected,
+        protected=st.protected,
         keys=k.mean(1) if "keys" in m.needs else None,
         cls_attn=_cls_attention(q, k, scaling, st.sizes, m.proportional_attention) if "cls_attn" in m.needs else None,
         n_out=n_out,
