@@ -1,0 +1,256 @@
+"""Quality testbed for visual-token methods: a small LLaVA trained here on digit scenes, and its held-out questions.
+
+Scenes: a blank 96x96 canvas (a 12x12 grid of 8-px patches: 144 visual tokens + the tower's [CLS]) cut into
+four 48x48 quadrants; three or four quadrants hold one scikit-learn 8x8 digit (Alpaydin & Kaynak, UCI) at a
+random patch-aligned place, so each digit is one of the 144 tokens and the other 140-141 are background: an
+answer depends on 1-4 tokens, the case visual-token pruning must get right. (A first version with 4-px
+patches, a digit over 2x2 tokens, reached only 55 % held-out accuracy in the same training budget.)
+Questions, each answered by one word: which digit is in a corner (quadrant), how many of a digit there are,
+the largest digit, whether a digit is there. The digits of training scenes come from the fixed train split of
+:mod:`.vision_testbed`, those of held-out scenes from its test split, so the held-out set shows the model
+digit samples it never saw. Scenes and questions are seeded NumPy (legacy ``RandomState``), stable across
+versions.
+
+The model (``LlavaForConditionalGeneration``: CLIP tower, MLP projector, Llama decoder, word-level tokenizer
+and a ``LlavaProcessor``) is written by ``scripts/train_vlm_digits.py`` to ``tokenreduce/assets/vlm_digits``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from .vision_testbed import raw_split
+
+ASSET_DIR = Path(__file__).resolve().parent.parent / "assets" / "vlm_digits"
+CANVAS = 96
+PATCH = 8
+GRID = CANVAS // PATCH  # 12 x 12 = 144 visual tokens
+DIGIT = 8  # pixels: a digit is one patch
+QUAD = CANVAS // 2
+CORNERS = ("top-left", "top-right", "bottom-left", "bottom-right")  # quadrant order
+QTYPES = ("corner", "count", "largest", "exists")
+IMAGE_TOKEN = "<image>"
+SPECIALS = ["<pad>", "<s>", "</s>", "<unk>", IMAGE_TOKEN]
+TEST_SEED = 1234
+TEST_QUESTIONS = 400  # 100 per type
+
+
+@dataclass(frozen=True)
+class Scene:
+    """One canvas (48, 48) uint8 and its digits: per quadrant the label or -1, and each digit's top-left patch."""
+
+    image: np.ndarray
+    labels: tuple[int, ...]  # per quadrant (CORNERS order); -1 = empty
+    cells: tuple[tuple[int, int], ...]  # per quadrant: (row, col) of the digit's top-left patch, (-1, -1) if empty
+
+
+@dataclass(frozen=True)
+class Example:
+    scene: Scene
+    qtype: str
+    question: str
+    answer: str
+
+
+def question_text(qtype: str, arg: int | str) -> str:
+    if qtype == "corner":
+        return f"What digit is in the {arg} corner?"
+    if qtype == "count":
+        return f"How many {arg}s are there?"
+    if qtype == "largest":
+        return "What is the largest digit?"
+    if qtype == "exists":
+        return f"Is there a {arg}?"
+    raise ValueError(f"question type must be one of {QTYPES}, got {qtype!r}")
+
+
+def prompt(question: str, image_tokens: int = GRID * GRID) -> str:
+    """LLaVA-1.5's plain form (what :func:`tokenreduce.vlm.bench.processor_inputs` writes without a template),
+    with the image placeholder already expanded to one token per patch."""
+    return f"USER: {IMAGE_TOKEN * image_tokens}\n{question} ASSISTANT:"
+
+
+def vocabulary() -> list[str]:
+    """Every word of every prompt and answer (the word-level tokenizer's vocabulary after the specials)."""
+    words = {"USER", ":", "ASSISTANT", "yes", "no", *map(str, range(10))}
+    for q in QTYPES:
+        for arg in CORNERS if q == "corner" else range(10):
+            words |= set(_split(question_text(q, arg)))
+    return sorted(words)
+
+
+def _split(text: str) -> list[str]:
+    """What the tokenizer's pre-tokenizer does (``tokenizers`` ``Whitespace``: runs of word characters, or of
+    other non-space characters)."""
+    import re
+
+    return re.findall(r"\w+|[^\w\s]+", text)
+
+
+def build_tokenizer():
+    """The word-level fast tokenizer (``tokenizers`` WordLevel + Whitespace), as a transformers tokenizer."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {w: i for i, w in enumerate(SPECIALS + vocabulary())}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        pad_token="<pad>",
+        bos_token="<s>",
+        eos_token="</s>",
+        unk_token="<unk>",
+        extra_special_tokens={"image_token": IMAGE_TOKEN},
+        padding_side="left",
+    )
+
+
+def build_processor(tokenizer):
+    """A ``LlavaProcessor`` whose pixels equal :func:`pixels` (no resize or crop; x/255 mapped to [-1, 1])."""
+    from transformers import CLIPImageProcessor, LlavaProcessor
+
+    image_proc = CLIPImageProcessor(
+        do_resize=False,
+        do_center_crop=False,
+        size={"shortest_edge": CANVAS},
+        crop_size={"height": CANVAS, "width": CANVAS},
+        image_mean=[0.5, 0.5, 0.5],
+        image_std=[0.5, 0.5, 0.5],
+    )
+    return LlavaProcessor(
+        image_processor=image_proc,
+        tokenizer=tokenizer,
+        patch_size=PATCH,
+        vision_feature_select_strategy="default",
+        image_token=IMAGE_TOKEN,
+        num_additional_image_tokens=1,  # the tower's [CLS], dropped by the "default" strategy
+    )
+
+
+def _digit_pixels(split: str) -> tuple[np.ndarray, np.ndarray]:
+    images, labels = raw_split(split)
+    return np.rint(images * (255.0 / 16.0)).astype(np.uint8), labels
+
+
+def make_scene(digits: np.ndarray, labels: np.ndarray, rng: np.random.RandomState) -> Scene:
+    """Three or four quadrants get a random digit sample each, at a random patch-aligned place inside them."""
+    image = np.zeros((CANVAS, CANVAS), np.uint8)
+    filled = rng.choice(4, size=rng.randint(3, 5), replace=False)
+    quad_labels, cells = [-1] * 4, [(-1, -1)] * 4
+    span = (QUAD - DIGIT) // PATCH + 1  # places per axis inside a quadrant
+    for q in sorted(filled.tolist()):
+        i = rng.randint(len(labels))
+        r = (q // 2) * (QUAD // PATCH) + rng.randint(span)
+        c = (q % 2) * (QUAD // PATCH) + rng.randint(span)
+        image[r * PATCH : r * PATCH + DIGIT, c * PATCH : c * PATCH + DIGIT] = digits[i]
+        quad_labels[q], cells[q] = int(labels[i]), (r, c)
+    return Scene(image, tuple(quad_labels), tuple(cells))
+
+
+def ask(scene: Scene, qtype: str, rng: np.random.RandomState) -> Example:
+    """A question of ``qtype`` about ``scene``; the asked-about digit is one in the scene half the time."""
+    present = [d for d in scene.labels if d >= 0]
+    if qtype == "corner":
+        q = int(rng.choice([i for i, d in enumerate(scene.labels) if d >= 0]))
+        return Example(scene, qtype, question_text(qtype, CORNERS[q]), str(scene.labels[q]))
+    if qtype == "largest":
+        return Example(scene, qtype, question_text(qtype, 0), str(max(present)))
+    d = int(rng.choice(present)) if rng.rand() < 0.5 else int(rng.randint(10))
+    if qtype == "count":
+        return Example(scene, qtype, question_text(qtype, d), str(present.count(d)))
+    return Example(scene, qtype, question_text(qtype, d), "yes" if d in present else "no")
+
+
+def make_examples(split: str, n: int, seed: int) -> list[Example]:
+    """``n`` examples of the ``split``'s digits, question types in turn (so each type has n/4)."""
+    digits, labels = _digit_pixels(split)
+    rng = np.random.RandomState(seed)
+    return [ask(make_scene(digits, labels, rng), QTYPES[i % len(QTYPES)], rng) for i in range(n)]
+
+
+def heldout(n: int = TEST_QUESTIONS) -> list[Example]:
+    """The fixed held-out questions (test-split digits); the first ``n`` of the same sequence for any n."""
+    return make_examples("test", n, TEST_SEED)
+
+
+def pixels(scenes: list[Scene]) -> Tensor:
+    """(N, 3, 48, 48) float pixels in [-1, 1], grey copied to three channels (what the processor gives)."""
+    x = torch.from_numpy(np.stack([s.image for s in scenes])).float() / 255.0
+    return ((x - 0.5) / 0.5)[:, None].expand(-1, 3, -1, -1).contiguous()
+
+
+def batch_inputs(tokenizer, examples: list[Example]) -> dict[str, Tensor]:
+    """Model inputs for examples whose prompts have the same length (no padding); see :func:`batches`."""
+    ids = [tokenizer(prompt(e.question), add_special_tokens=False)["input_ids"] for e in examples]
+    if len({len(i) for i in ids}) != 1:
+        raise ValueError("batch_inputs needs prompts of one length; group them with batches()")
+    t = torch.tensor(ids)
+    return {"input_ids": t, "attention_mask": torch.ones_like(t), "pixel_values": pixels([e.scene for e in examples])}
+
+
+def batches(tokenizer, examples: list[Example], size: int) -> list[tuple[list[int], dict[str, Tensor]]]:
+    """(example indices, inputs) batches of at most ``size`` prompts of equal length, so nothing is padded."""
+    by_len: dict[int, list[int]] = defaultdict(list)
+    for i, e in enumerate(examples):
+        by_len[len(tokenizer(prompt(e.question), add_special_tokens=False)["input_ids"])].append(i)
+    out = []
+    for idx in by_len.values():
+        for s in range(0, len(idx), size):
+            part = idx[s : s + size]
+            out.append((part, batch_inputs(tokenizer, [examples[i] for i in part])))
+    return out
+
+
+def load_vlm_digits(asset_dir: Path | str = ASSET_DIR):
+    """(model in eval mode, tokenizer) of the committed checkpoint, offline."""
+    from transformers import AutoTokenizer, LlavaForConditionalGeneration
+
+    path = Path(asset_dir)
+    if not (path / "model.safetensors").exists():
+        raise FileNotFoundError(f"no trained weights at {path}; run scripts/train_vlm_digits.py")
+    model = LlavaForConditionalGeneration.from_pretrained(str(path), dtype=torch.float32).eval()
+    return model, AutoTokenizer.from_pretrained(str(path))
+
+
+def testbed_info(asset_dir: Path | str = ASSET_DIR) -> dict[str, Any]:
+    """What training recorded (``testbed.json``): held-out accuracy, sizes, command."""
+    path = Path(asset_dir) / "testbed.json"
+    if not path.exists():
+        raise FileNotFoundError(f"no trained testbed at {asset_dir}; run scripts/train_vlm_digits.py")
+    return json.loads(path.read_text())
+
+
+def is_testbed(path: Path | str) -> bool:
+    """Whether ``path`` is a digits-VLM checkpoint (its ``testbed.json`` names this testbed)."""
+    p = Path(path) / "testbed.json"
+    return p.exists() and json.loads(p.read_text()).get("testbed") == "vlm_digits"
+
+
+@torch.inference_mode()
+def answer_ids(model, tokenizer, examples: list[Example], batch_size: int = 50) -> list[int]:
+    """The greedy next token (the answer word's id) of every example, in ``examples`` order."""
+    out = [0] * len(examples)
+    for idx, x in batches(tokenizer, examples, batch_size):
+        pred = model(**x, logits_to_keep=1).logits[:, -1].argmax(-1).tolist()
+        for i, p in zip(idx, pred):
+            out[i] = p
+    return out
+
+
+def accuracy(tokenizer, examples: list[Example], ids: list[int]) -> dict[str, float]:
+    """Fraction right per question type and ``overall``."""
+    right: dict[str, list[bool]] = defaultdict(list)
+    for e, i in zip(examples, ids):
+        ok = tokenizer.convert_ids_to_tokens(i) == e.answer
+        right[e.qtype].append(ok)
+        right["overall"].append(ok)
+    return {k: sum(v) / len(v) for k, v in right.items()}

@@ -1,0 +1,150 @@
+"""Accuracy of visual-token methods on the trained digits VLM (:mod:`tokenreduce.bench.vlm_testbed`), with cost.
+
+Per method x budget, on the held-out questions: accuracy per question type and overall, agreement with the
+unpruned model's answers, measured prefill MACs of one question (``FlopCounterMode``, vision tower and the
+method's scoring included; FLOPs = 2 x MACs) as a ratio to the unpruned model, KV-cache bytes of that
+prefill, and the median prefill time of one batch of questions, timed round-robin with the unpruned model in
+the same process (so load drift hits every config alike) and reported as a ratio.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable, Iterable
+
+import torch
+from torch import nn
+
+from ..bench.flops import measured_flops
+from ..bench.vlm_testbed import QTYPES, Example, accuracy, answer_ids, batch_inputs
+from .methods import REGISTRY, VisualMethod, make_vlm_method, vlm_methods
+from .patch import patch_vlm
+
+BASELINES = ("visual-random",)  # always in the table
+DOWNSAMPLE_HINTS = ("downsampl", "resize")  # the image-downsampling baseline, whatever its registered name
+
+
+def image_methods() -> list[str]:
+    """Every registered method that reduces an image's tokens (video-only methods left out)."""
+    return [m for m in vlm_methods() if not getattr(REGISTRY.get(m), "needs_video", False)]
+
+
+def baselines() -> list[str]:
+    """The random baseline, and the downsampling one where a method of that kind is registered."""
+    return [*BASELINES, *(m for m in image_methods() if any(h in m for h in DOWNSAMPLE_HINTS))]
+
+
+def table_methods(requested: Iterable[str] | None = None) -> list[str]:
+    """``requested`` (default: every registered image method) with the baselines added, in registry order."""
+    want = set(image_methods() if requested is None else requested) | set(baselines())
+    return [m for m in vlm_methods() if m in want]
+
+
+def configs(methods: Iterable[str], tokens: Iterable[int]) -> tuple[list[VisualMethod], list[dict]]:
+    """Every method at every budget, and the (method, reason) of those that cannot be built with one."""
+    out, skipped = [], []
+    for m in methods:
+        for t in tokens:
+            try:
+                out.append(make_vlm_method(m, tokens=t))
+            except (ValueError, TypeError) as e:
+                skipped.append({"method": m, "visual_tokens": t, "reason": str(e)})
+    return out, skipped
+
+
+class _patched:
+    def __init__(self, model: nn.Module, cfg: VisualMethod | None):
+        self.model, self.cfg, self.h = model, cfg, None
+
+    def __enter__(self):
+        if self.cfg is not None:
+            self.h = patch_vlm(self.model, self.cfg)
+
+    def __exit__(self, *exc):
+        if self.h is not None:
+            self.h.remove()
+
+
+def _kv_bytes(cache) -> int:
+    return sum(t.numel() * t.element_size() for layer in cache.layers for t in (layer.keys, layer.values))
+
+
+@torch.no_grad()
+def _prefill_cost(model: nn.Module, x: dict) -> tuple[int, int]:
+    """(MACs, KV bytes) of one prefill."""
+    box: list[int] = []
+    flops = measured_flops(lambda: box.append(_kv_bytes(model(**x, use_cache=True, logits_to_keep=1).past_key_values)))
+    return flops // 2, box[0]
+
+
+def bench_quality(
+    model: nn.Module,
+    tokenizer,
+    examples: list[Example],
+    cfgs: list[VisualMethod],
+    repeats: int = 3,
+    time_batch: int = 16,
+    batch_size: int = 50,
+    progress: Callable[[str], None] | None = None,
+) -> list[dict]:
+    """One row per config, after the unpruned model's row. A config that the model refuses (its family or
+    depth does not support it) is left out and reported under ``skipped`` in its place."""
+    n_vis = int((batch_inputs(tokenizer, examples[:1])["input_ids"] == model.config.image_token_id).sum())
+    one = batch_inputs(tokenizer, examples[:1])
+    same = [e for e in examples if e.qtype == examples[0].qtype][:time_batch]
+    timed = batch_inputs(tokenizer, same)
+    rows: list[dict] = []
+    runs: list[VisualMethod | None] = []
+    base_ids: list[int] = []
+    base: dict = {}
+    for cfg in [None, *cfgs]:
+        if progress:
+            progress(f"{cfg.name} {cfg.tokens}" if cfg else "unpruned")
+        try:
+            with _patched(model, cfg):
+                ids = answer_ids(model, tokenizer, examples, batch_size)
+                macs, kv = _prefill_cost(model, one)
+        except (ValueError, TypeError) as e:
+            rows.append({"method": cfg.name, "visual_tokens": cfg.tokens, "skipped": str(e)})
+            continue
+        if cfg is None:
+            base_ids, base = ids, {"macs": macs, "kv": kv}
+        acc = accuracy(tokenizer, examples, ids)
+        rows.append(
+            {
+                "method": cfg.name if cfg else "unpruned",
+                "stage": cfg.stage if cfg else "-",
+                "visual_tokens": cfg.tokens if cfg else n_vis,
+                **{f"acc_{q}": round(acc.get(q, float("nan")), 4) for q in QTYPES},
+                "accuracy": round(acc["overall"], 4),
+                "agree": round(sum(a == b for a, b in zip(ids, base_ids)) / len(ids), 4),
+                "macs": macs,
+                "macs_ratio": round(macs / base["macs"], 3),
+                "kv_bytes": kv,
+                "kv_ratio": round(kv / base["kv"], 3),
+            }
+        )
+        runs.append(cfg)
+    times = _round_robin(model, timed, runs, repeats, progress)
+    measured = [r for r in rows if "skipped" not in r]
+    for row, t in zip(measured, times, strict=True):
+        row["prefill_ms"] = round(1000 * statistics.median(t), 2)
+        row["time_ratio"] = round(statistics.median(t) / statistics.median(times[0]), 3)
+    return rows
+
+
+def _round_robin(model: nn.Module, x: dict, runs: list, repeats: int, progress) -> list[list[float]]:
+    """Prefill times per config, every config once per round (the first round untimed: warm-up)."""
+    times: list[list[float]] = [[] for _ in runs]
+    for r in range(repeats + 1):
+        if progress:
+            progress(f"timing round {r}/{repeats}")
+        for i, cfg in enumerate(runs):
+            with _patched(model, cfg), torch.no_grad():
+                t0 = time.perf_counter()
+                model(**x, use_cache=True, logits_to_keep=1)
+                dt = time.perf_counter() - t0
+            if r:
+                times[i].append(dt)
+    return times
