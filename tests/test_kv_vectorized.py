@@ -110,34 +110,3 @@ def test_one_sdpa_call_equals_the_loop(seed, q, masked):
         for h in range(hkv):
             assert torch.equal(layer.k[i][h], heads_k[i][h]) and torch.equal(layer.v[i][h], heads_v[i][h])
 
-
-def _mask_prefix(layer):
-    """The former dequantize-into-order of a MixedLayer: boolean-mask writes."""
-    from tokenreduce.kv.quant import dequantize
-
-    b, h, s, d = layer.kf.shape
-    salient = torch.zeros(b, h, layer.n, dtype=torch.bool).scatter_(-1, layer.idx.long(), True)
-    out = []
-    for full, q, c in ((layer.kf, layer.kq, layer.kc), (layer.vf, layer.vq, None)):
-        x = torch.empty(b, h, layer.n, d, dtype=layer.dtype)
-        x[salient] = full.reshape(-1, d)
-        rest = dequantize(q, layer.dtype) if c is None else (dequantize(q) * c.float()).to(layer.dtype)
-        x[~salient] = rest.reshape(-1, d)
-        out.append(x)
-    return out
-
-
-@pytest.mark.parametrize("bits", [4, 8])
-@pytest.mark.parametrize("key_channels,share", [(False, 0.0), (False, 0.3), (False, 1.0), (True, 0.0), (True, 0.3)])
-def test_mixed_prefix_gather_equals_mask_writes(bits, key_channels, share):
-    """ZipCache's decode path (one gather per tensor) gives the former values bit for bit."""
-    from tokenreduce.kv.mixed import MixedLayer, salient_positions
-
-    g = torch.Generator().manual_seed(bits + 10 * key_channels)
-    keys, values = torch.randn(2, 3, 21, 16, generator=g), torch.randn(2, 3, 21, 16, generator=g)
-    valid = torch.ones(2, 21, dtype=torch.bool)
-    valid[1, :4] = False
-    idx = salient_positions(torch.rand(2, 3, 21, generator=g), valid, share)
-    layer = MixedLayer(keys, values, idx, bits, 8, valid, key_channels)
-    for got, want in zip(layer.prefix(), _mask_prefix(layer), strict=True):
-        assert torch.equal(got, want)
