@@ -13,6 +13,7 @@ import types
 
 import pytest
 import torch
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
 from tokenreduce.kv import cache as kvc
 from tokenreduce.kv.hooks import attention_modules
@@ -47,7 +48,8 @@ def layer_views(model, ids: torch.Tensor, mask: torch.Tensor | None = None) -> l
 
 
 def kvpress_or_skip():
-    """The kvpress package (its optional imports stubbed), or skip the test."""
+    """The kvpress package (its optional imports stubbed, its patch of transformers' attention functions
+    undone), or skip the test."""
     stubbed = []
     for name, attr in (("datasets", "load_dataset"), ("fire", "Fire")):
         try:
@@ -57,6 +59,7 @@ def kvpress_or_skip():
             setattr(stub, attr, None)
             sys.modules[name] = stub
             stubbed.append(name)
+    saved = dict(ALL_ATTENTION_FUNCTIONS.items())  # kvpress wraps every attention function on import
     try:
         import kvpress
     except ImportError:
@@ -64,4 +67,6 @@ def kvpress_or_skip():
     finally:
         for name in stubbed:
             sys.modules.pop(name, None)
+        for name, fn in saved.items():  # undone, so the tests after this one run transformers' own
+            ALL_ATTENTION_FUNCTIONS[name] = fn
     return kvpress
