@@ -101,3 +101,14 @@ def test_cli_quality_table_and_json(tmp_path, capsys):
     rows = json.loads(out.read_text())["rows"]
     assert [r["config"] for r in rows] == ["none", "todo(stride=(2, 1))", "todo(stride=(2, 2))"]
     assert rows[0]["pixel_err_mean"] == 0 and (tmp_path / "g.png").stat().st_size > 0
+
+
+def test_cli_macs_table_on_the_meta_device(tmp_path, capsys):
+    """The analytic table at DiT-XL/2 size, no weights built: 118.7 GMACs per 256² image (the DiT paper's
+    118.6 "Gflops" are MACs), dit-merge 0.5 about half of it."""
+    out = tmp_path / "m.json"
+    assert main(["bench", "diffusion", "--table", "macs", "--models", "dit-256", "--methods", "dit-merge",
+                 "--ratios", "0.5", "--out", str(out), "--no-progress"]) == 0
+    rows = json.loads(out.read_text())["rows"]
+    assert round(rows[0]["step_gmacs"] / 2, 1) == 118.7
+    assert 0.45 < rows[1]["macs_ratio"] < 0.55

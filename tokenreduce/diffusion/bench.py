@@ -166,6 +166,27 @@ def bench_speed(
     return rows
 
 
+def bench_macs(name: str, configs: list[Config]) -> list[dict[str, Any]]:
+    """Rows (base first) of analytic step MACs only: the model is built on the meta device (no weights,
+    no compute), its outside-the-blocks MACs read from the shapes of one meta call. Instant at any size."""
+    with torch.device("meta"):
+        model, args, kwargs, latent = speed_model(name)
+    args = tuple(a.to("meta") for a in args)
+    kwargs = {k: v.to("meta") for k, v in kwargs.items()}
+    context = TEXT_TOKENS if name.startswith("unet") else 0
+    rest = outside_macs(model, lambda: model(*args, **kwargs))
+    base = total_macs(step_cost(model, latent, args[0].shape[0], None, context))
+    rows = []
+    for c in [Config(None), *configs]:
+        blocks = total_macs(step_cost(model, latent, args[0].shape[0], c.method, context, **c.params)) if c.method \
+            else base
+        rows.append({"model": name, "method": c.method or "none", "config": c.label, "step_macs": blocks + rest,
+                     "step_gmacs": (blocks + rest) / 1e9, "block_gmacs": blocks / 1e9,
+                     "macs_ratio": (blocks + rest) / (base + rest), "block_macs_ratio": blocks / base,
+                     "macs_speedup_bound": (base + rest) / (blocks + rest)})
+    return rows
+
+
 def bench_quality(
     configs: list[Config], samples: int = 100, steps: int = 25, guidance: float = 3.0, seed: int = 0,
     progress: Callable[[int], None] | None = None,
@@ -266,5 +287,5 @@ def measure_point(
     return metrics, meta, machine_info()
 
 
-__all__ = ["QUALITY_MODELS", "SPEED_MODELS", "Config", "bench_quality", "bench_speed", "measure_point", "outside_macs",
-           "quality_configs", "sample_grid", "speed_configs", "speed_model"]
+__all__ = ["QUALITY_MODELS", "SPEED_MODELS", "Config", "bench_macs", "bench_quality", "bench_speed", "measure_point",
+           "outside_macs", "quality_configs", "sample_grid", "speed_configs", "speed_model"]

@@ -14,7 +14,7 @@ from pathlib import Path
 from ..bench.report import format_table, machine_info
 from ..cli.args import HelpFormatter, floats, names
 from ..cli_errors import user_error
-from .bench import SPEED_MODELS, bench_quality, bench_speed, quality_configs, sample_grid, speed_configs
+from .bench import SPEED_MODELS, bench_macs, bench_quality, bench_speed, quality_configs, sample_grid, speed_configs
 from .methods import diffusion_methods, make_diffusion_method
 
 SPEED_COLS = ["model", "config", "step_s", "speedup", "macs_ratio", "block_macs_ratio", "step_gmacs", "peak_mb",
@@ -24,7 +24,9 @@ QUALITY_COLS = ["config", "accuracy", "pixel_err_mean", "pixel_err_max", "block_
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(formatter_class=HelpFormatter, prog="tokenreduce bench diffusion", description=__doc__)
-    p.add_argument("--table", choices=("speed", "quality"), default="speed", help="which table")
+    p.add_argument("--table", choices=("speed", "macs", "quality"), default="speed",
+                   help="speed: time/memory/MACs per step; macs: analytic MACs only (meta device, instant); "
+                        "quality: the digits DiT")
     p.add_argument("--models", type=names, default="unet-512,dit-256",
                    help=f"speed models, comma list of {', '.join(SPEED_MODELS)}")
     p.add_argument("--methods", type=names, default="tomesd,todo,dit-merge",
@@ -54,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
             raise ValueError(f"unknown --models {bad}; choose from {', '.join(SPEED_MODELS)}")
         if args.repeats < 1 or args.samples < 1 or args.steps < 1 or not args.ratios:
             raise ValueError("--repeats, --samples, --steps must be >= 1 and --ratios non-empty")
-        if args.table == "speed":
+        if args.table in ("speed", "macs"):
             plans = {m: speed_configs(args.methods, args.ratios, m.split("-")[0]) for m in args.models}
         else:
             plans = {"dit-digits": quality_configs(args.methods, args.ratios)}
@@ -70,7 +72,11 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     info = machine_info()
     info["load_before"] = _load()
-    if args.table == "speed":
+    if args.table == "macs":
+        rows = [r for model, configs in plans.items() for r in bench_macs(model, configs)]
+        cols = ["model", "config", "step_gmacs", "block_gmacs", "macs_ratio", "block_macs_ratio",
+                "macs_speedup_bound"]
+    elif args.table == "speed":
         total = sum((1 + len(c)) * (args.repeats + (0 if args.no_memory else 1)) + 1 for c in plans.values())
         bar = tqdm(total=total, desc="bench diffusion", unit="call", disable=args.no_progress)
         rows = []
