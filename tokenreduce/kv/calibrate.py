@@ -45,7 +45,7 @@ def calibrate_qfilters(model: nn.Module, prompts: list[Tensor]) -> Tensor:
     handles = [m.register_forward_hook(hook, with_kwargs=True) for m in mods]
     try:
         for ids in prompts:
-            model(input_ids=ids, use_cache=False)
+            model(input_ids=ids.to(model.device), use_cache=False)
     finally:
         for h in handles:
             h.remove()
@@ -95,7 +95,7 @@ def calibrate_duo(model: nn.Module, samples: int = 8, length: int = 512, needle:
     try:
         for ids, start in prompts:
             span[0] = start
-            model(input_ids=ids, use_cache=False)
+            model(input_ids=ids.to(model.device), use_cache=False)
     finally:
         for h in handles:
             h.remove()
