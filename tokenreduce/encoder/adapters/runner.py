@@ -187,7 +187,9 @@ def reduced_forward(
     states = _states(h)
     if index == 0:
         states[h.key] = _start(h, x, mask)
-        pins = _PINNED.get()
+        if torch.compiler.is_compiling() and h.hooks:  # dynamo does not trace the ContextVar the pins live in
+            raise RuntimeError("tokenreduce: pin='first_segment' cannot run under torch.compile")
+        pins = None if torch.compiler.is_compiling() else _PINNED.get()
         if pins is not None and any(_reduces(r) for r in states[h.key].removals):
             x = _pin_front(h, states[h.key], x, pins)
         _save(h, states)
