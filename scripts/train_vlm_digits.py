@@ -110,6 +110,10 @@ def digit_sets(examples: list[Example]) -> torch.Tensor:
 def train(a) -> tuple[torch.nn.Module, object, list[float]]:
     tok = build_tokenizer()
     model = make_model(tok, a.seed, a.width, a.layers, a.vision_width, a.vision_layers)
+    if a.init:  # continue from a checkpoint of the same shape (fresh optimizer and schedule)
+        from transformers import LlavaForConditionalGeneration
+
+        model = LlavaForConditionalGeneration.from_pretrained(a.init, dtype=torch.float32)
     patch_head = torch.nn.Linear(a.width, 11)  # per visual token: its digit or background (not saved)
     cls_head = torch.nn.Linear(a.vision_width, 10)  # the tower's [CLS]: which digits the scene holds (not saved)
     digits, labels = _digit_pixels("train")
@@ -163,6 +167,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--vision-width", type=int, default=64)
     p.add_argument("--vision-layers", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--init", help="start from this checkpoint folder instead of random weights")
     p.add_argument("--threads", type=int, default=1, help="torch threads (0: leave as is); one is fastest on a "
                    "shared machine (two threads measured 2.5-9x slower per step under load ~8 on 2 cores)")
     p.add_argument("--eval", type=int, default=400, help="held-out questions scored at the end")
