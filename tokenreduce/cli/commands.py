@@ -16,6 +16,8 @@ COMMANDS: dict[tuple[str, ...], tuple[str, str]] = {
     ("bench", "diffusion"): ("tokenreduce.diffusion.cli",
                               "diffusion token merging: per-step speed/memory/MACs (SD-1.5, DiT-XL/2), digits quality"),
     ("bench", "deploy"): ("tokenreduce.bench.deploy_bench", "ViT under eager, torch.compile and ONNX Runtime"),
+    ("bench", "ruler"): ("tokenreduce.bench.ruler_cli",
+                         "RULER-style long-context suite (needles, variable tracking, common words, QA) x KV presses"),
     ("methods",): ("tokenreduce.cli.methods", "every family's methods (encoder, visual, press, prompt, diffusion)"),
     ("compress",): ("tokenreduce.prompt.cli", "compress a prompt / context file"),
     ("visualize",): ("tokenreduce.viz.cli", "PNG of merged / pruned patches for an image"),

@@ -1,0 +1,84 @@
+"""``tokenreduce bench ruler``: a RULER-style suite (generated here) through KV presses x keep fractions.
+
+Needles in Paul Graham essays (single, multi-key, multi-value, multi-query), variable tracking, common
+words, and NQ QA with distractor passages, at --length tokens; every press compresses the context before
+the question is seen (query-agnostic; --query-aware puts the question in the compressed prefill).
+Writes OUT.json (per-sample predictions + rows), OUT.csv (rows) and OUT.png (score vs keep).
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from ..cli.args import HelpFormatter
+from ..cli_errors import user_error
+from .ruler import TASKS
+
+DEFAULT_PRESSES = "snapkv,tova,kvzip,expected_attention,keydiff"
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(formatter_class=HelpFormatter, prog="tokenreduce bench ruler", description=__doc__)
+    p.add_argument("--model", help="local HF model folder or .gguf file (default: SmolLM2-135M-Instruct)")
+    p.add_argument("--data-dir", help="shared data dir with needle_haystack_paul_graham/ and lost_in_the_middle/ "
+                                      "(default: auto-located shared/data)")
+    p.add_argument("--length", type=int, default=4096, help="tokens per sample (context + question)")
+    p.add_argument("--samples", type=int, default=4, help="samples per task")
+    p.add_argument("--tasks", default=",".join(TASKS), help=f"comma list of {','.join(TASKS)}")
+    p.add_argument("--presses", default=DEFAULT_PRESSES, help="comma list of name or name:param=value:...")
+    p.add_argument("--keep", default="0.5,0.25,0.1", help="comma list of kept fractions in (0, 1]")
+    p.add_argument("--query-aware", action="store_true", help="compress context + question (default: context only)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", help="write OUT.json, OUT.csv and OUT.png")
+    p.add_argument("--no-progress", action="store_true")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    tasks = [t for t in args.tasks.split(",") if t]
+    bad = [t for t in tasks if t not in TASKS]
+    if bad or not tasks:
+        return user_error(f"unknown --tasks {bad or args.tasks!r}; valid: {','.join(TASKS)}")
+    if args.length < 64 or args.samples < 1:
+        return user_error("need --length >= 64 and --samples >= 1")
+    from ..kv.presses.base import parse_press
+
+    try:
+        keeps = [float(k) for k in args.keep.split(",") if k]
+        if not keeps or any(not 0.0 < k <= 1.0 for k in keeps):
+            raise ValueError(f"--keep must be in (0, 1] (shares of the KV entries kept), got {args.keep!r}")
+        names = [n for n in args.presses.split(",") if n]
+        plist = [parse_press(n, k) for n in names for k in keeps]
+    except (ValueError, TypeError) as e:
+        return user_error(str(e))
+    if args.model and not Path(args.model).exists():
+        return user_error(f"model path does not exist: {args.model}")
+
+    from tqdm import tqdm
+
+    from ..llm import load_causal_lm
+    from .report import format_table, machine_info, write_results
+    from .ruler import make_suite
+    from .ruler_run import aggregate, columns, plot, run_suite
+
+    try:
+        model, tok = load_causal_lm(args.model)
+        samples = make_suite(tok, args.length, args.samples, tasks, args.data_dir, seed=args.seed)
+    except (OSError, ValueError, ModuleNotFoundError) as e:
+        return user_error(str(e))
+    bar = tqdm(total=len(samples), desc="ruler", disable=args.no_progress)
+    records = run_suite(model, tok, samples, plist, query_aware=args.query_aware, progress=bar)
+    bar.close()
+    rows = aggregate(records)
+    mode = "query-aware" if args.query_aware else "query-agnostic"
+    print(f"\nRULER-style suite: {args.length} tokens, {args.samples} samples per task, {mode}, "
+          f"score 0-100 (vs_full = average / full cache's)")
+    print(format_table(rows, columns(rows)))
+    if args.out:
+        result = {"meta": {"args": vars(args), "machine": machine_info()}, "rows": rows, "records": records}
+        json_path, csv_path = write_results(result, args.out)
+        png = plot(rows, Path(args.out).with_suffix(".png"), f"RULER-style, {args.length} tokens, {mode}")
+        print(f"wrote {json_path}, {csv_path}, {png}")
+    return 0
