@@ -1,11 +1,13 @@
 """Quality of diffusion token reduction on a model trained here: a class-conditional pixel-space DiT on
 digit canvases (``tokenreduce/assets/dit_digits``, made by ``scripts/train_diffusion_digits.py``).
 
-Samples are drawn with DDIM and classifier-free guidance (the conditional and the unconditional half in
-one batch of two, as diffusers' ``DiTPipeline`` runs them), from per-sample seeded noise, so a sample
-does not depend on how many others are drawn with it. Each sample is judged by the bundled digits ViT
-(``tokenreduce/assets/vit_digits``: 32 x 32 canvases in [-1, 1], background -1, the format the DiT is
-trained to produce): class accuracy against the requested label, and the pixel error against the
+The model works on 16 x 16 canvases (the 32 x 32 canvas averaged over 2 x 2 pixels, :func:`encode`;
+decoded by bilinear upsampling, :func:`decode`). Samples are drawn with DDIM and classifier-free
+guidance (the conditional and the unconditional half in one batch of two, as diffusers' ``DiTPipeline``
+runs them), from per-sample seeded noise, so a sample does not depend on how many others are drawn with
+it. Each sample is judged by the bundled digits ViT (``tokenreduce/assets/vit_digits``: 32 x 32
+canvases in [-1, 1], background -1, the format the decoded samples have): class accuracy against the
+requested label, and the pixel error against the
 unreduced model's sample from the same noise. A tool module: nothing in the library imports it.
 """
 
@@ -25,14 +27,28 @@ TRAIN_STEPS = 1000  # the diffusion schedule's length (squaredcos_cap_v2 betas, 
 SCHEDULE = {"num_train_timesteps": TRAIN_STEPS, "beta_schedule": "squaredcos_cap_v2", "prediction_type": "epsilon"}
 
 
-def make_digits_dit(hidden: int = 64, layers: int = 6, head_dim: int = 32, patch: int = 4, seed: int = 0) -> nn.Module:
-    """The architecture trained here: diffusers' ``DiTTransformer2DModel`` on 1-channel 32 x 32 pixels,
-    ``patch`` x ``patch`` patches (an 8 x 8 token grid at patch 4), 10 classes plus the null label."""
+SIZE = 16  # the model's canvas: the 32 x 32 canvas averaged over 2 x 2 pixels (see encode / decode)
+
+
+def encode(x: Tensor) -> Tensor:
+    """(N, 1, 32, 32) canvases -> (N, 1, 16, 16): the mean of each 2 x 2 pixel block (a fixed "autoencoder";
+    the digits are 8 x 8 scans upsampled to 20 x 20, so little is lost)."""
+    return torch.nn.functional.avg_pool2d(x, 2)
+
+
+def decode(z: Tensor) -> Tensor:
+    """(N, 1, 16, 16) -> (N, 1, 32, 32), bilinear: the digits ViT's input format."""
+    return torch.nn.functional.interpolate(z, scale_factor=2, mode="bilinear", align_corners=False)
+
+
+def make_digits_dit(hidden: int = 64, layers: int = 6, head_dim: int = 32, patch: int = 2, seed: int = 0) -> nn.Module:
+    """The architecture trained here: diffusers' ``DiTTransformer2DModel`` on 1-channel 16 x 16 canvases,
+    ``patch`` x ``patch`` patches (an 8 x 8 token grid at patch 2), 10 classes plus the null label."""
     from diffusers import DiTTransformer2DModel
 
     torch.manual_seed(seed)
     return DiTTransformer2DModel(num_attention_heads=hidden // head_dim, attention_head_dim=head_dim, in_channels=1,
-                                 out_channels=1, num_layers=layers, sample_size=32, patch_size=patch,
+                                 out_channels=1, num_layers=layers, sample_size=SIZE, patch_size=patch,
                                  num_embeds_ada_norm=CLASSES, norm_num_groups=1)
 
 
@@ -51,9 +67,9 @@ def digits_info(asset_dir: Path = ASSET_DIR) -> dict[str, Any]:
 
 
 def sample_noise(n: int, seed: int) -> Tensor:
-    """(n, 1, 32, 32) starting noise; sample ``i`` from its own generator (seed, i), so it is the same
+    """(n, 1, 16, 16) starting noise; sample ``i`` from its own generator (seed, i), so it is the same
     whatever ``n`` is."""
-    return torch.stack([torch.randn(1, 32, 32, generator=torch.Generator().manual_seed(seed * 1_000_003 + i))
+    return torch.stack([torch.randn(1, SIZE, SIZE, generator=torch.Generator().manual_seed(seed * 1_000_003 + i))
                         for i in range(n)])
 
 
@@ -62,7 +78,7 @@ def sample_digits(
     model: nn.Module, labels: Tensor, seed: int = 0, steps: int = 25, guidance: float = 3.0, batch: int = 50,
     progress: Callable[[int], None] | None = None,
 ) -> Tensor:
-    """DDIM samples (N, 1, 32, 32) in [-1, 1] of ``labels`` with classifier-free guidance ``guidance``;
+    """DDIM samples of ``labels``, decoded to (N, 1, 32, 32) in [-1, 1], with classifier-free guidance ``guidance``;
     the model sees [unconditional; conditional] as one batch per step. ``progress(k)`` after every step
     of every chunk of ``batch`` samples."""
     from diffusers import DDIMScheduler
@@ -80,7 +96,7 @@ def sample_digits(
             x = sched.step(uncond + guidance * (cond - uncond), t, x).prev_sample
             if progress is not None:
                 progress(1)
-        out.append(x.clamp(-1, 1))
+        out.append(decode(x.clamp(-1, 1)).clamp(-1, 1))
     return torch.cat(out)
 
 
@@ -102,5 +118,6 @@ def pixel_error(images: Tensor, reference: Tensor) -> Tensor:
     return (images - reference).abs().flatten(1).mean(1)
 
 
-__all__ = ["ASSET_DIR", "CLASSES", "SCHEDULE", "balanced_labels", "digits_info", "judge", "load_digits_dit",
+__all__ = ["ASSET_DIR", "CLASSES", "SCHEDULE", "SIZE", "balanced_labels", "decode", "encode",
+           "digits_info", "judge", "load_digits_dit",
            "make_digits_dit", "pixel_error", "sample_digits", "sample_noise"]
