@@ -48,7 +48,7 @@ def _chunk_inputs(ids: Tensor, valid: Tensor, prompt: Tensor, start: int, chunk:
 @torch.no_grad()
 def reconstruction_scores(
     model: nn.Module, cache, ids: Tensor, mask: Tensor, prompt: Tensor, chunk: int = 512, window: int = 0,
-    block: int = 128,
+    block: int = 1024,
 ) -> list[Tensor]:
     """Per layer, the max attention (B, Hkv, N) each of the N context entries in ``cache`` receives from
     the reconstruction queries of its GQA group (``ids``/``mask`` (B, N): the context; the cache is untouched).
