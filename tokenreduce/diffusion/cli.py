@@ -8,7 +8,6 @@ Every ratio is against the unreduced model measured in the same process (timing 
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 from ..bench.report import format_table, machine_info
@@ -40,7 +39,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--grid", help="quality: write a PNG of the first 10 samples of every config here")
     p.add_argument("--threads", type=int, default=1, help="torch threads (0: leave as is; 1 is steadiest on a "
                                                           "shared machine)")
-    p.add_argument("--out", help="write rows + machine info as JSON here")
+    p.add_argument("--out", help="write OUT.json (everything) and OUT.csv (the main table)")
     p.add_argument("--no-progress", action="store_true")
     return p
 
@@ -105,7 +104,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{info['cpu']}, {info['torch_threads']} threads; load average {info['load_before']} -> {info['load_after']}")
     print(format_table(rows, cols))
     if args.out:
-        Path(args.out).write_text(json.dumps({"machine": info, "table": args.table, "rows": rows}, indent=2) + "\n")
+        from ..bench.report import write_results
+
+        paths = write_results({"machine": info, "table": args.table, "rows": rows}, args.out)
+        print("wrote " + " and ".join(map(str, paths)))
     return 0
 
 

@@ -42,7 +42,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--timing", action="store_true", help="also decode time / peak memory vs the full cache")
     p.add_argument("--gemfilter", action="store_true", help="also GemFilter prefill time/memory vs full prefill")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--json", help="write rows + machine info to this file")
+    p.add_argument("--out", help="write OUT.json (everything) and OUT.csv (the main table)")
+    p.add_argument("--json", help=argparse.SUPPRESS)  # former spelling: the JSON file alone
     p.add_argument("--no-progress", action="store_true")
     return p
 
@@ -107,4 +108,9 @@ def main(argv: list[str] | None = None) -> int:
         out["gemfilter"] = gem
     if args.json:
         Path(args.json).write_text(json.dumps(out, indent=1, default=str))
+    if args.out:
+        from ..bench.report import write_results
+
+        paths = write_results({**out, "rows": rows}, args.out)
+        print("wrote " + " and ".join(map(str, paths)))
     return 0

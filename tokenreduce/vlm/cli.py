@@ -72,8 +72,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--repeats", type=int, default=3, help="timed prefills per config (median)")
     p.add_argument("--steps", type=int, default=8, help="greedy tokens compared with the unpruned model")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: leave as is)")
-    p.add_argument("--json", help="write rows + machine info here")
-    p.add_argument("--out", help="write OUT.json and OUT.csv (rows + machine info)")
+    p.add_argument("--out", help="write OUT.json (everything) and OUT.csv (the main table)")
+    p.add_argument("--json", help=argparse.SUPPRESS)  # former spelling: the JSON file alone
     p.add_argument("--no-progress", action="store_true")
     return p
 

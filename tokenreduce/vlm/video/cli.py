@@ -34,7 +34,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoints", default="1,8,32,64,128,192,256", help="frames after which the stream answers")
     p.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"], help="weights and activations")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: leave as is)")
-    p.add_argument("--json", help="write rows + machine info here")
+    p.add_argument("--out", help="write OUT.json (everything) and OUT.csv (the main table)")
+    p.add_argument("--json", help=argparse.SUPPRESS)  # former spelling: the JSON file alone
     p.add_argument("--no-progress", action="store_true")
     return p
 
@@ -92,7 +93,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\nstreaming: budget {args.budget}, recent {args.recent}, old {args.old}; held after every 16th frame:")
         print(" ".join(str(h) for h in stream["held"][15::16]))
         print(format_table(stream["answers"], STREAM_COLS))
+    result = {"machine": info, "rows": rows, "stream": stream, "args": vars(args)}
     if args.json:
-        Path(args.json).write_text(json.dumps({"machine": info, "rows": rows, "stream": stream,
-                                               "args": vars(args)}, indent=2))
+        Path(args.json).write_text(json.dumps(result, indent=2))
+    if args.out:
+        from ...bench.report import write_results
+
+        print("wrote " + " and ".join(map(str, write_results(result, args.out))))
     return 0
