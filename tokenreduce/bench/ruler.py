@@ -313,7 +313,8 @@ def make_sample(task: str, tokenizer, length: int, seed: int, data_dir: str | Pa
 
 def make_suite(tokenizer, length: int, samples: int, tasks: Sequence[str] = TASKS,
                data_dir: str | Path | None = None, seed: int = 0) -> list[RulerSample]:
-    """``samples`` samples of each task in ``tasks`` at ``length`` tokens; deterministic in ``seed``.
+    """``samples`` samples of each task in ``tasks`` at ``length`` tokens, task by task within each round;
+    deterministic in ``seed``.
     ``data_dir`` holds the shared data (essays, NQ); it defaults to the auto-located ``shared/data``."""
     bad = [t for t in tasks if t not in TASKS]
     if bad:
@@ -331,8 +332,8 @@ def make_suite(tokenizer, length: int, samples: int, tasks: Sequence[str] = TASK
     count = token_counter(tokenizer)
     sentences = words = records = None
     out = []
-    for task in tasks:
-        for i in range(samples):
+    for i in range(samples):  # round-robin over tasks: a run cut short still covers every task
+        for task in tasks:
             s = seed + i
             if task.startswith("niah") or task == "cwe":
                 if sentences is None:

@@ -9,6 +9,7 @@ Writes OUT.json (per-sample predictions + rows), OUT.csv (rows) and OUT.png (sco
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 
 from ..cli.args import HelpFormatter
@@ -31,6 +32,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--query-aware", action="store_true", help="compress context + question (default: context only)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", help="write OUT.json, OUT.csv and OUT.png")
+    p.add_argument("--records", help="no run: table/plot from an OUT.records.jsonl (e.g. a run cut short)")
     p.add_argument("--no-progress", action="store_true")
     return p
 
@@ -43,6 +45,9 @@ def main(argv: list[str] | None = None) -> int:
         return user_error(f"unknown --tasks {bad or args.tasks!r}; valid: {','.join(TASKS)}")
     if args.length < 64 or args.samples < 1:
         return user_error("need --length >= 64 and --samples >= 1")
+    if args.records:
+        return _report([json.loads(line) for line in Path(args.records).read_text().splitlines() if line],
+                       args, f"from {args.records}")
     from ..kv.presses.base import parse_press
 
     try:
@@ -59,9 +64,8 @@ def main(argv: list[str] | None = None) -> int:
     from tqdm import tqdm
 
     from ..llm import load_causal_lm
-    from .report import format_table, machine_info, write_results
     from .ruler import make_suite
-    from .ruler_run import aggregate, columns, plot, run_suite
+    from .ruler_run import run_suite
 
     try:
         model, tok = load_causal_lm(args.model)
@@ -69,16 +73,33 @@ def main(argv: list[str] | None = None) -> int:
     except (OSError, ValueError, ModuleNotFoundError) as e:
         return user_error(str(e))
     bar = tqdm(total=len(samples), desc="ruler", disable=args.no_progress)
-    records = run_suite(model, tok, samples, plist, query_aware=args.query_aware, progress=bar)
+    on_sample = None
+    if args.out:  # OUT.records.jsonl grows sample by sample: a run cut short keeps what it finished
+        partial = Path(args.out).with_suffix(".records.jsonl")
+        partial.parent.mkdir(parents=True, exist_ok=True)
+        partial.write_text("")
+
+        def on_sample(recs: list[dict]) -> None:
+            with partial.open("a") as f:
+                f.writelines(json.dumps(r) + "\n" for r in recs)
+
+    records = run_suite(model, tok, samples, plist, query_aware=args.query_aware, progress=bar, on_sample=on_sample)
     bar.close()
+    return _report(records, args, f"{args.length} tokens, {args.samples} samples per task")
+
+
+def _report(records: list[dict], args: argparse.Namespace, what: str) -> int:
+    """Print the table; with --out write OUT.json (rows + records), OUT.csv and OUT.png."""
+    from .report import format_table, machine_info, write_results
+    from .ruler_run import aggregate, columns, plot
+
     rows = aggregate(records)
-    mode = "query-aware" if args.query_aware else "query-agnostic"
-    print(f"\nRULER-style suite: {args.length} tokens, {args.samples} samples per task, {mode}, "
-          f"score 0-100 (vs_full = average / full cache's)")
+    mode = ",".join(sorted({r["mode"] for r in records})) or ("aware" if args.query_aware else "agnostic")
+    print(f"\nRULER-style suite: {what}, query-{mode}, score 0-100 (vs_full = average / full cache's)")
     print(format_table(rows, columns(rows)))
     if args.out:
         result = {"meta": {"args": vars(args), "machine": machine_info()}, "rows": rows, "records": records}
         json_path, csv_path = write_results(result, args.out)
-        png = plot(rows, Path(args.out).with_suffix(".png"), f"RULER-style, {args.length} tokens, {mode}")
+        png = plot(rows, Path(args.out).with_suffix(".png"), f"RULER-style, {what}, query-{mode}")
         print(f"wrote {json_path}, {csv_path}, {png}")
     return 0

@@ -9,7 +9,7 @@ question lies in window scorers' observation window. The full cache is the refer
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
@@ -44,10 +44,11 @@ def _answer(model, cache, n: int, logits, question, tokenizer, new_tokens: int) 
 
 @torch.no_grad()
 def run_suite(model, tokenizer, samples: Sequence[RulerSample], presses: Sequence[Press], *,
-              query_aware: bool = False, new_tokens: dict[str, int] | None = None, progress=None) -> list[dict]:
+              query_aware: bool = False, new_tokens: dict[str, int] | None = None, progress=None,
+              on_sample: Callable[[list[dict]], None] | None = None) -> list[dict]:
     """One record per (sample, press): task, press label, keep, mode, prediction, score. The full cache
     is the record with ``press="full"``, ``keep=1.0``. KVzip (query-agnostic by design) is skipped in
-    query-aware mode."""
+    query-aware mode. ``on_sample`` receives each sample's records as soon as they exist (partial runs)."""
     budget = {**NEW_TOKENS, **(new_tokens or {})}
     mode = "aware" if query_aware else "agnostic"
     records = []
@@ -65,6 +66,8 @@ def run_suite(model, tokenizer, samples: Sequence[RulerSample], presses: Sequenc
             records.append({"sample": i, "task": s.task, "press": "full" if p is None else label(p),
                             "keep": 1.0 if p is None else float(p.keep), "mode": mode, "prediction": text,
                             "answers": list(s.answers), "score": s.score(text)})
+        if on_sample is not None:
+            on_sample([r for r in records if r["sample"] == i])
         if progress is not None:
             progress.update(1)
     return records
