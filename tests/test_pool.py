@@ -58,3 +58,14 @@ def test_keep_to_window_and_grid_order_check():
     t = LayerTensors(x=torch.zeros(1, 17, 2), sizes=sizes, keys=None, cls_attn=None, layer=0, protected=1)
     with pytest.raises(RuntimeError, match="grid"):
         m.plan(t, torch.zeros(1, dtype=torch.long))
+
+
+def test_a_keep_that_rounds_to_a_1x1_window_is_refused_not_a_silent_no_op():
+    import pytest
+
+    import tokenreduce as tr
+
+    with pytest.raises(ValueError, match="1x1 window, which pools nothing"):
+        tr.make_method("pool", keep=0.7)
+    assert tr.make_method("pool", keep=0.6)._window() == (1, 2)
+    tr.make_method("pool", keep=1.0)  # no reduction, exact

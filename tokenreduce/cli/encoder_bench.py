@@ -132,6 +132,8 @@ def _cmd_bench(a: argparse.Namespace) -> int:
                 raise ValueError("give --r (ToMe-style tokens per layer) or --keep, not both")
             names = a.methods or list_methods()
             configs = [RunConfig(m, {"keep": float(k), "schedule": a.schedule}) for m in names for k in a.keep]
+            if not a.methods:  # the default list: leave out (and say so) a method that refuses this keep
+                configs = [c for c in configs if _applies(c)]
         else:
             rs = [int(v) for v in (a.r or [8, 13])]
             if any(r < 1 or r != v for r, v in zip(rs, a.r or rs)):
@@ -200,6 +202,17 @@ def _cmd_bench(a: argparse.Namespace) -> int:
     if a.target == "text":
         _print_recommendation(result, a.max_loss)
     return 0
+
+
+def _applies(c) -> bool:
+    from ..encoder.methods import make_method
+
+    try:
+        make_method(c.method, **c.params)
+        return True
+    except ValueError as e:
+        print(f"skipped {c.label}: {e}", file=sys.stderr)
+        return False
 
 
 def _print_recommendation(result: dict, max_loss: float) -> None:

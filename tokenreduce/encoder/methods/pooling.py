@@ -85,6 +85,11 @@ class GridPool(Method):
         if self.keep is not None and not 0.0 < float(self.keep) <= 1.0:
             raise ValueError(f"pool: keep must be in (0, 1], got {self.keep}")
         w = self._window()
+        if self.keep is not None and float(self.keep) < 1.0 and w == (1, 1):
+            raise ValueError(
+                f"pool: keep={self.keep} rounds to a 1x1 window, which pools nothing; give keep <= 0.66 "
+                "(a 1x2 window keeps half) or keep=1.0 for no reduction"
+            )
         if any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in w):
             raise ValueError(f"pool: window must be positive ints, got {self.window!r}")
         if isinstance(self.at_layer, bool) or not isinstance(self.at_layer, int) or self.at_layer < 0:
