@@ -7,6 +7,8 @@ selection through :func:`tokenreduce.vlm.reduce.top_k`, so no merge or top-k is 
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -164,6 +166,22 @@ def spatial_merge(
     i, e = torch.cat(out_i), torch.cat(out_x)
     order = torch.argsort(i)
     return i[order], e[order]
+
+
+def segment_then_merge(
+    emb: Tensor, frames: int, p: int, k: int, threshold: float, knn: int,
+    segments: Callable[[Tensor, Tensor], list[tuple[int, int]]],
+) -> tuple[Tensor, Tensor]:
+    """The pipeline PruneVid and HoliTom share on a video's ``frames x p`` tokens ``emb``: temporal segments
+    from ``segments(x, step)`` (``step``: each place's consecutive-frame cosine), static places merged over
+    time within them (:func:`static_merge`), then per-frame density-peak merging to ``k`` (:func:`spatial_merge`).
+    A one-frame video goes straight to the spatial stage."""
+    x = emb.view(frames, p, -1)
+    if frames < 2:
+        return spatial_merge(torch.arange(p, device=x.device), emb, torch.ones(p, device=x.device), 1, p, k, knn)
+    step = consecutive_similarity(x)
+    idx, rest, size = static_merge(x, step, segments(x, step), k, threshold)
+    return spatial_merge(idx, rest, size, frames, p, k, knn)
 
 
 def spatial_merge_macs(frames: int, p: int, k: int, hidden: int) -> int:

@@ -25,7 +25,7 @@ import torch
 from ....registry import check_range
 from ...methods.base import register
 from ..base import VideoMethod
-from ..ops import consecutive_similarity, spatial_merge, spatial_merge_macs, static_merge
+from ..ops import segment_then_merge, spatial_merge_macs
 
 
 def global_segments(step: torch.Tensor, threshold: float) -> list[tuple[int, int]]:
@@ -66,15 +66,8 @@ class HoliTom(VideoMethod):
         check_range(self.name, "knn", self.knn, 1, hint=" (neighbours for the density)")
 
     def reduce_video(self, u):
-        t, p = u.frames, u.grid[0] * u.grid[1]
-        x = u.emb.view(t, p, -1)
-        if t < 2:
-            one = torch.ones(p, device=x.device)
-            return spatial_merge(torch.arange(p, device=x.device), u.emb, one, 1, p, u.k, self.knn)
-        step = consecutive_similarity(x)
-        segs = global_segments(step, self.threshold)
-        idx, rest, size = static_merge(x, step, segs, u.k, self.threshold)
-        return spatial_merge(idx, rest, size, t, p, u.k, self.knn)
+        return segment_then_merge(u.emb, u.frames, u.grid[0] * u.grid[1], u.k, self.threshold, self.knn,
+                                  lambda x, step: global_segments(step, self.threshold))
 
     def video_macs(self, frames, grid, k, hidden, query):
         p = grid[0] * grid[1]
