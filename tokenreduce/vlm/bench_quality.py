@@ -18,8 +18,8 @@ from torch import nn
 
 from ..bench.flops import measured_flops
 from ..bench.vlm_testbed import QTYPES, Example, accuracy, answer_ids, batch_inputs
+from .bench import _kv_bytes, _patched  # one context manager and byte count for both VLM tables
 from .methods import REGISTRY, VisualMethod, make_vlm_method, vlm_methods
-from .patch import patch_vlm
 
 BASELINES = ("visual-random",)  # always in the table
 DOWNSAMPLE_HINTS = ("downsampl", "resize")  # the image-downsampling baseline, whatever its registered name
@@ -51,23 +51,6 @@ def configs(methods: Iterable[str], tokens: Iterable[int]) -> tuple[list[VisualM
             except (ValueError, TypeError) as e:
                 skipped.append({"method": m, "visual_tokens": t, "reason": str(e)})
     return out, skipped
-
-
-class _patched:
-    def __init__(self, model: nn.Module, cfg: VisualMethod | None):
-        self.model, self.cfg, self.h = model, cfg, None
-
-    def __enter__(self):
-        if self.cfg is not None:
-            self.h = patch_vlm(self.model, self.cfg)
-
-    def __exit__(self, *exc):
-        if self.h is not None:
-            self.h.remove()
-
-
-def _kv_bytes(cache) -> int:
-    return sum(t.numel() * t.element_size() for layer in cache.layers for t in (layer.keys, layer.values))
 
 
 @torch.no_grad()
