@@ -133,7 +133,7 @@ def _cmd_bench(a: argparse.Namespace) -> int:
             names = a.methods or list_methods()
             configs = [RunConfig(m, {"keep": float(k), "schedule": a.schedule}) for m in names for k in a.keep]
             if not a.methods:  # the default list: leave out (and say so) a method that refuses this keep
-                configs = [c for c in configs if _applies(c)]
+                configs = [c for c in configs if _applies_or_say(c)]
         else:
             rs = [int(v) for v in (a.r or [8, 13])]
             if any(r < 1 or r != v for r, v in zip(rs, a.r or rs)):
@@ -204,15 +204,14 @@ def _cmd_bench(a: argparse.Namespace) -> int:
     return 0
 
 
-def _applies(c) -> bool:
-    from ..encoder.methods import make_method
+def _applies_or_say(c) -> bool:
+    """Whether ``c``'s method takes its parameters (the vision table's check); says why not on stderr."""
+    from ..bench.vision_table import _applies
 
-    try:
-        make_method(c.method, **c.params)
-        return True
-    except ValueError as e:
-        print(f"skipped {c.label}: {e}", file=sys.stderr)
-        return False
+    why = _applies(c, None)
+    if why is not None:
+        print(f"skipped {c.label}: {why}", file=sys.stderr)
+    return why is None
 
 
 def _print_recommendation(result: dict, max_loss: float) -> None:

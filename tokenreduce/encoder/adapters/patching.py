@@ -90,7 +90,7 @@ def patch(
     if m.needs & {"cls_attn", "cls_attn_heads"} and protected < 1:
         raise ValueError(f"{m.name} scores tokens by [CLS] attention, but this model has no protected [CLS] token")
     handle = PatchHandle(family=fam, method=m, layers=layers, protected=protected, restore_length=restore_length)
-    handle.hooks.extend(h.register() for h in hooks)
+    handle.hooks.extend(removable for h in hooks for removable in h.register())
     for i, layer in enumerate(layers):
         handle.saved_forwards.append(layer.__dict__.get("forward"))
         layer.forward = functools.partial(_bound_forward, handle, i, layer)
@@ -142,10 +142,12 @@ class _PinHook:
     def __init__(self, owner: nn.Module, sep: int | None) -> None:
         self.owner, self.sep = owner, sep
 
-    def register(self) -> _Removable:
-        pre = self.owner.register_forward_pre_hook(self._enter, with_kwargs=True)
-        post = self.owner.register_forward_hook(self._leave, always_call=True)
-        return _Removable((pre, post))
+    def register(self) -> list[Any]:
+        """The two hooks' removable handles (kept on the patch handle; ``unpatch`` removes them)."""
+        return [
+            self.owner.register_forward_pre_hook(self._enter, with_kwargs=True),
+            self.owner.register_forward_hook(self._leave, always_call=True),
+        ]
 
     def _enter(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
         ids = kwargs.get("input_ids", args[0] if args else None)
@@ -153,15 +155,6 @@ class _PinHook:
 
     def _leave(self, module: nn.Module, args: tuple, output: Any) -> None:
         runner._PINNED.set(None)
-
-
-class _Removable:
-    def __init__(self, handles: tuple) -> None:
-        self.handles = handles
-
-    def remove(self) -> None:
-        for h in self.handles:
-            h.remove()
 
 
 def first_segment(ids: Any, types: Any, sep: int | None) -> Any:

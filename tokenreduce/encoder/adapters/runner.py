@@ -31,18 +31,8 @@ from .base import AttnOut, Family, valid_from_mask
 
 _STATE: ContextVar[dict[int, TokenState] | None] = ContextVar("tokenreduce_state", default=None)
 _RECORD: ContextVar[list[SourceRecord] | None] = ContextVar("tokenreduce_record", default=None)
+# per call, the tokens patched forwards must not reduce (B, N): set by a pin= patch's pre-hook (see _pin_front)
 _PINNED: ContextVar[Tensor | None] = ContextVar("tokenreduce_pinned", default=None)
-
-
-@contextmanager
-def pinned_tokens(mask: Tensor | None) -> Iterator[None]:
-    """Within the block, patched forwards never reduce the tokens ``mask`` (B, N) marks, row by row
-    (a cross-encoder's query): see :func:`_pin_front`. Set per call by the patch's pre-hook."""
-    token = _PINNED.set(mask)
-    try:
-        yield
-    finally:
-        _PINNED.reset(token)
 
 
 @dataclass(frozen=True)
