@@ -83,6 +83,8 @@ class TuneResult:
     skipped: int
     wall_s: float
     machine: dict[str, Any] | None = None
+    family: str = "encoder"  # "encoder": tokenreduce.patch; "kv": a KV press on a causal LM
+    cost_key: str = "flops_ratio"  # the cost each row reports beside its speedup (MACs, or KV bytes for presses)
 
 
 class Tuner:
@@ -101,18 +103,23 @@ class Tuner:
         refine_steps: int = 3,
         max_checks: int = 3,
         progress: bool = True,
+        coarse_keeps: Sequence[float] = COARSE_KEEPS,
+        key_fn: Callable[[str, str], str] = metric_key,
+        cost_key: str = "flops_ratio",
+        family: str = "encoder",
     ):
         self.store, self.measurer, self.model = store, measurer, model
         self.tune_spec, self.held_spec = tasks
         self.tol, self.settings, self.methods = tolerance, settings, list(methods)
         self.refine_methods, self.refine_steps, self.max_checks = refine_methods, refine_steps, max_checks
+        self.coarse_keeps, self.key_fn, self.cost_key, self.family = tuple(coarse_keeps), key_fn, cost_key, family
         self.measure_fn: Callable[[Point], Outcome] = measurer.run
         self.stored = {r["key"]: r for r in store.rows("WHERE status = 'ok'")}
         self.failed = set(store.statuses()) - set(self.stored)
         self.measured = self.reused = self.skipped = 0
         self.machine: dict[str, Any] | None = None  # what the points were measured on (the latest one)
         self.points: dict[str, Measured] = {}
-        planned = len(self.methods) * len(COARSE_KEEPS) + refine_methods * refine_steps + 1
+        planned = len(self.methods) * len(self.coarse_keeps) + refine_methods * refine_steps + 1
         self.bar = tqdm(total=planned, desc="tune", unit="point", disable=not progress, dynamic_ncols=True)
 
     # ---------------------------------------------------------------- measuring
@@ -149,34 +156,34 @@ class Tuner:
 
     def value(self, m: Measured) -> float:
         assert m.metrics is not None
-        return float(m.metrics[metric_key(m.point.tasks[0].split("@")[0], self.tol.metric)])
+        return float(m.metrics[self.key_fn(m.point.tasks[0].split("@")[0], self.tol.metric)])
 
     def base_value(self, m: Measured) -> float:
         assert m.metrics is not None
-        if self.tol.metric == "fidelity":
+        if self.tol.metric == "fidelity" and self.family == "encoder":
             return 1.0
-        return float(m.metrics["base:" + metric_key(m.point.tasks[0].split("@")[0], self.tol.metric)])
+        return float(m.metrics["base:" + self.key_fn(m.point.tasks[0].split("@")[0], self.tol.metric)])
 
     def passes(self, m: Measured) -> bool:
         return m.ok and self.tol.meets(self.value(m), self.base_value(m))
 
     def useful(self, m: Measured) -> bool:
         """Within tolerance, actually reduced, and measured faster than the unreduced model."""
-        return self.passes(m) and m.metrics["flops_ratio"] < 1 - 1e-9 and m.metrics["speedup"] > 1.0
+        return self.passes(m) and m.metrics[self.cost_key] < 1 - 1e-9 and m.metrics["speedup"] > 1.0
 
     # ---------------------------------------------------------------- search
 
     def coarse(self) -> dict[str, list[Measured]]:
-        """Each method from keep 0.9 down, stopping at its first miss."""
+        """Each method from the highest coarse keep down, stopping at its first miss."""
         found: dict[str, list[Measured]] = {m: [] for m in self.methods}
         active = list(self.methods)
-        for i, keep in enumerate(COARSE_KEEPS):
+        for i, keep in enumerate(self.coarse_keeps):
             for method in list(active):
                 m = self.get(self.point(method, keep, self.tune_spec))
                 found[method].append(m)
                 if not self.passes(m):
                     active.remove(method)
-                    self.skip(len(COARSE_KEEPS) - i - 1)
+                    self.skip(len(self.coarse_keeps) - i - 1)
         return found
 
     def _best_speed(self) -> float:
@@ -227,7 +234,7 @@ class Tuner:
         if not m.ok:
             return {**r, "failed": True}
         v, b = self.value(m), self.base_value(m)
-        keys = ("flops_ratio", "speedup", "latency_ms", "base_latency_ms")
+        keys = (self.cost_key, "speedup", "latency_ms", "base_latency_ms")
         return {**r, **{k: m.metrics.get(k) for k in keys}, "quality": v, "base_quality": b,
                 "loss": self.tol.loss(v, b), "meets": self.passes(m)}
 
@@ -241,7 +248,7 @@ class Tuner:
         rows = [self.row(m) for m in self.points.values()]
         first = next((r for r in rows if "quality" in r), None)
         if first is not None:
-            base = {"method": "none", "label": "none", "keep": 1.0, "flops_ratio": 1.0, "speedup": 1.0,
+            base = {"method": "none", "label": "none", "keep": 1.0, self.cost_key: 1.0, "speedup": 1.0,
                     "quality": first["base_quality"], "loss": 0.0, "meets": True}
             rows.insert(0, base)
         check_rows = [{**self.row(t), "held": self.row(h)} for t, h in checks]
@@ -255,4 +262,6 @@ class Tuner:
             skipped=self.skipped,
             wall_s=time.perf_counter() - start,
             machine=self.machine,
+            family=self.family,
+            cost_key=self.cost_key,
         )

@@ -21,14 +21,24 @@ from .tune import TuneResult
 
 COLUMNS = (("label", "config"), ("flops_ratio", "MAC ratio"), ("speedup", "speedup"),
            ("quality", "quality"), ("loss_pct", "loss %"), ("within", "within tolerance"))
+COST_NAMES = {"flops_ratio": "MAC ratio", "kv_bytes_ratio": "KV bytes ratio"}
+
+
+def columns(res: TuneResult, metric: str) -> list[tuple[str, str]]:
+    """(row key, heading) of the tables: the cost column is the result's own (MACs, or KV bytes for presses)."""
+    cost = (res.cost_key, COST_NAMES.get(res.cost_key, res.cost_key))
+    return [cost if c == "flops_ratio" else (c, metric if c == "quality" else h) for c, h in COLUMNS]
 
 CHECK_COLS = ("label", "tuning", "held", "held_loss_pct", "passes")
 
 
-def call(pick: Mapping[str, Any] | None) -> str:
+def call(pick: Mapping[str, Any] | None, family: str = "encoder") -> str:
     """The recommended line of Python (no reduction: leave the model as it is)."""
     if pick is None:
-        return "no reduction: leave the model unpatched"
+        return "no reduction: leave the model unpatched" if family == "encoder" else "no press: keep the full cache"
+    if family == "kv":
+        return (f'tokenreduce.kv.generate(model, tokenizer, context, question, '
+                f'press=tokenreduce.kv.make_press("{pick["method"]}", keep={pick["keep"]:g}))')
     return f'tokenreduce.patch(model, "{pick["method"]}", keep={pick["keep"]:g})'
 
 
@@ -43,8 +53,8 @@ def front(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
 def summary(res: TuneResult, metric: str) -> str:
     """The text ``tune`` prints: Pareto table, then the recommendation with its measured figures."""
     rows = front(res.rows)
-    cols = [c for c, _ in COLUMNS]
-    heads = [h if c != "quality" else metric for c, h in COLUMNS]
+    cols = [c for c, _ in columns(res, metric)]
+    heads = [h for _, h in columns(res, metric)]
     lines = [f"Pareto front on the tuning split (speedup vs {metric}; tolerance: {res.tolerance.describe()}):",
              format_table(sorted((r for r in rows if r["pareto_speedup"]), key=lambda r: r["speedup"]), cols, heads)]
     for c in res.checks:
@@ -52,13 +62,17 @@ def summary(res: TuneResult, metric: str) -> str:
         if "quality" in h:
             lines.append(f"held-out check {c['label']}: {metric} {h['quality']:.4f} (loss {100 * h['loss']:.2f}%) "
                          f"-> {'passes' if h['meets'] else 'misses the tolerance'}")
-    lines.append(f"\nRecommended: {call(res.pick)}")
+    lines.append(f"\nRecommended: {call(res.pick, res.family)}")
+    if res.family == "kv" and res.pick is not None:
+        lines.append(f'  or: with tokenreduce.kv.apply_press(model, tokenreduce.kv.make_press("{res.pick["method"]}", '
+                     f'keep={res.pick["keep"]:g})): model.generate(...)')
     p = res.pick
     if p is not None:
         h = p["held"]
         lines += [
             f"  speedup {p['speedup']:.2f}x on the tuning split, {h['speedup']:.2f}x on the held-out split "
-            f"(MAC ratio {p['flops_ratio']:.3f}; timed interleaved with the unreduced model in this process)",
+            f"({COST_NAMES.get(res.cost_key, res.cost_key)} {p[res.cost_key]:.3f}; timed interleaved with the "
+            f"{'unreduced model' if res.family == 'encoder' else 'full cache'} in this process)",
             f"  {metric}: tuning {p['quality']:.4f} vs {p['base_quality']:.4f} unreduced "
             f"(loss {100 * p['loss']:.2f}%); "
             f"held-out {h['quality']:.4f} vs {h['base_quality']:.4f} (loss {100 * h['loss']:.2f}%)",
@@ -94,7 +108,7 @@ def render(res: TuneResult, metric: str, title: str, command: str = "") -> str:
     legend = "".join(f'<button class="toggle" data-method="{escape(m)}" style="border-color:{col[m]}">'
                      f'<span class="swatch" style="background:{col[m]}"></span>{escape(m)}</button>' for m in methods)
     plot = scatter(rows, "speedup", "quality", "measured speedup vs unreduced", metric, col, "plot-tune")
-    heads = [(c, h if c != "quality" else metric) for c, h in COLUMNS]
+    heads = columns(res, metric)
     checks = [{"label": c["label"], "tuning": c.get("quality"), "held": c["held"].get("quality"),
                "held_loss_pct": 100 * c["held"]["loss"] if "loss" in c["held"] else None,
                "passes": c["held"].get("meets")} for c in res.checks]
