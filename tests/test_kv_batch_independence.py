@@ -34,6 +34,7 @@ SPECS = {
     "qfilters": {},
     "rkv": {"target": 12, "interval": 2, "window": 4},
     "duo_attention": {"stream_sinks": 2, "stream_recent": 4, "window": 4},
+    "merge": {"window": 4},
 }
 LENGTHS = [(40, 3), (31, 16), (23, 9)]  # (context, question) per row: all different
 

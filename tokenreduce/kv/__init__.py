@@ -28,6 +28,8 @@ from .presses import (
     KeyNorm,
     KVzip,
     LayerView,
+    MergePress,
+    MergingPress,
     MixedPrecisionPress,
     Press,
     PyramidKV,
@@ -48,7 +50,7 @@ from .presses import (
 __all__ = [
     "H2O", "RKV", "TOVA", "AdaKV", "BudgetPress", "ChannelPress", "ChunkKV", "DecodeTimePress", "DecodingPress",
     "DuoAttention", "ExpectedAttention", "KVzip", "KeyDiff", "KeyNorm", "Keyformer", "LayerView",
-    "MixedPrecisionPress", "Press",
+    "MergePress", "MergingPress", "MixedPrecisionPress", "Press",
     "PyramidKV", "QFilters", "RaggedPress", "RandomPress", "ReconstructionPress", "ScoringPress", "SnapKV",
     "StreamingLLM", "ThinK", "ZipCache", "apply_press", "gemfilter_ids", "gemfilter_select",
     "generate", "generate_ids", "kv_bytes", "make_press", "presses", "register",

@@ -24,6 +24,7 @@ from .presses.base import (
     ChannelPress,
     DecodeTimePress,
     LayerView,
+    MergingPress,
     MixedPrecisionPress,
     Press,
     RaggedPress,
@@ -58,6 +59,11 @@ def compress_layer(
         valid = torch.cat([head_valid[..., : stored.prefix_len].any(1), tail], dim=-1)
     view = LayerView(module, idx, n_layers, hidden, cos, sin, keys, values, valid, head_valid)
     scores = protect(press.score(view), view.key_valid, press.sinks, press.recent)
+    if isinstance(press, MergingPress):  # evicted entries folded into the kept ones (the eviction's bytes)
+        kept, prefix_mask = select(scores, view.key_valid, press.layer_keep(idx, n_layers) if budgets is None
+                                   else budgets)
+        kvc.set_layer_kv(cache, idx, *press.merge(view, kept, prefix_mask))
+        return prefix_mask
     prefix_mask = keep_scored(press, cache, idx, n_layers, keys, values, scores, view.key_valid, budgets)
     if isinstance(press, ChannelPress):  # key channels pruned too (ThinK): its own storage layer
         layer = press.channel_layer(view, *kvc.layer_kv(cache, idx))

@@ -5,6 +5,7 @@ from .base import (
     ChannelPress,
     DecodeTimePress,
     LayerView,
+    MergingPress,
     MixedPrecisionPress,
     Press,
     RaggedPress,
@@ -26,6 +27,7 @@ from .key_norm import KeyNorm
 from .keydiff import KeyDiff
 from .keyformer import Keyformer
 from .kvzip import KVzip
+from .merge import MergePress
 from .pyramidkv import PyramidKV
 from .qfilters import QFilters
 from .random_press import RandomPress
@@ -39,7 +41,7 @@ from .zipcache import ZipCache
 __all__ = [
     "H2O", "RKV", "TOVA", "AdaKV", "BudgetPress", "ChannelPress", "ChunkKV", "DecodeTimePress", "DecodingPress",
     "DuoAttention", "ExpectedAttention", "KVzip", "KeyDiff", "KeyNorm", "Keyformer", "LayerView",
-    "MixedPrecisionPress", "Press",
+    "MergePress", "MergingPress", "MixedPrecisionPress", "Press",
     "PyramidKV", "QFilters", "RaggedPress", "RandomPress", "ReconstructionPress", "ScoringPress", "SnapKV",
     "StreamingLLM", "ThinK", "ZipCache", "label", "make_press", "parse_press", "presses", "register", "scorer_problem",
 ]

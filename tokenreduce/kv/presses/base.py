@@ -69,7 +69,7 @@ class Press:
     entries), :class:`RaggedPress` (budgets differ between heads or layers), :class:`DecodeTimePress`
     (compresses during decoding), :class:`MixedPrecisionPress` (stores entries in its own layer type),
     :class:`ReconstructionPress` (scored by a second pass over the context), :class:`ChannelPress` (also
-    prunes key channels).
+    prunes key channels), :class:`MergingPress` (merges evicted entries into kept ones).
     """
 
     keep: float = 1.0
@@ -162,6 +162,17 @@ class ChannelPress(Press):
     def channel_layer(self, view: LayerView, keys: Tensor, values: Tensor) -> DynamicLayer | None:
         """The storage layer for the kept entries ``keys``/``values`` (B, Hkv, L, D) with channels chosen from
         ``view`` (the layer before eviction), or None (nothing pruned)."""
+        raise NotImplementedError  # pragma: no cover - abstract
+
+
+class MergingPress(Press):
+    """Merges the entries it evicts into the ones it keeps (CaM, KVMerger): after the selection,
+    :meth:`merge` returns the kept entries' keys and values with the evicted ones folded in, so the cache
+    holds exactly what plain eviction would (the same entries, the same bytes)."""
+
+    def merge(self, view: LayerView, kept: Tensor, prefix_mask: Tensor) -> tuple[Tensor, Tensor]:
+        """Keys and values (B, Hkv, L, D) for the selected entries ``kept`` (B, Hkv, L) indices into the view's
+        N entries; ``prefix_mask`` (B, L) is False for a row's filler slots."""
         raise NotImplementedError  # pragma: no cover - abstract
 
 

@@ -13,6 +13,7 @@ from .base import (
     ChannelPress,
     DecodeTimePress,
     LayerView,
+    MergingPress,
     MixedPrecisionPress,
     Press,
     RaggedPress,
@@ -44,6 +45,7 @@ _NOT_A_SCORER: list[tuple[type[Press], str]] = [
     (DecodeTimePress, "it compresses during decoding, it does not just score"),
     (MixedPrecisionPress, "it stores entries in mixed precision, it does not just score"),
     (ChannelPress, "it prunes key channels, it does not just score"),
+    (MergingPress, "it merges evicted entries into kept ones, it does not just score"),
 ]
 
 
