@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, fields
 from functools import cached_property
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Protocol
 
 from torch import Tensor, nn
 from transformers.cache_utils import DynamicLayer
@@ -108,6 +108,20 @@ class Press:
                 inner.check_model(model)
 
 
+class Shape(Protocol):
+    """The decoder sizes a press's cost needs (``tokenreduce.vlm.flops.DecoderShape`` is one)."""
+
+    hidden: int
+    heads: int
+    kv_heads: int
+    head_dim: int
+
+
+def window_macs(shape: Shape, window: int, n: int) -> int:
+    """MACs of recomputing the last ``window`` queries (``q_proj``) and their logits against ``n`` keys (all heads)."""
+    return window * shape.hidden * shape.heads * shape.head_dim + window * n * shape.heads * shape.head_dim
+
+
 class ScoringPress(Press):
     """A press that scores every cached entry of one layer from a :class:`LayerView` (higher = keep).
 
@@ -117,6 +131,12 @@ class ScoringPress(Press):
     def score(self, view: LayerView) -> Tensor:  # pragma: no cover - abstract
         """Importance of each cached entry, (B, Hkv, N); higher is kept."""
         raise NotImplementedError
+
+    def scoring_macs(self, shape: Shape, n: int) -> int:
+        """Multiply-accumulates the press adds to one row's prefill of ``n`` tokens in one layer: its matmuls
+        as executed (``FlopCounterMode`` counts twice this); softmax, norms, pooling, top-k and the other
+        elementwise work are not counted. Each press declares its own; one that does not says so."""
+        raise NotImplementedError(f"{self.name} declares no scoring cost")
 
 
 class RaggedPress(Press):

@@ -22,7 +22,7 @@ from torch import Tensor
 
 from ...registry import check_range
 from ..select import real_rank
-from .base import LayerView, ScoringPress, register
+from .base import LayerView, ScoringPress, Shape, register
 from .common import compose_scorer
 
 
@@ -61,3 +61,8 @@ class ChunkKV(ScoringPress):
         inner = self.scorer.score(view).float()
         s = chunk_scores(inner, view.valid, self.chunk)[:, None, :].expand_as(inner)
         return torch.where(torch.isposinf(inner), inner, s)
+
+    def scoring_macs(self, shape: Shape, n: int) -> int:
+        """The scorer's: chunk means are sums (elementwise)."""
+        assert isinstance(self.scorer, ScoringPress)
+        return self.scorer.scoring_macs(shape, n)

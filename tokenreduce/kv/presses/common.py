@@ -19,6 +19,7 @@ from .base import (
     RaggedPress,
     ReconstructionPress,
     ScoringPress,
+    Shape,
     make_press,
 )
 
@@ -121,3 +122,8 @@ class BudgetPress(RaggedPress, ScoringPress):
     def score(self, view: LayerView) -> Tensor:
         assert isinstance(self.scorer, ScoringPress)  # made a press in __post_init__
         return self.scorer.score(view)
+
+    def scoring_macs(self, shape: Shape, n: int) -> int:
+        """The scorer's (sharing the budget between heads or layers is a sort, not a matmul)."""
+        assert isinstance(self.scorer, ScoringPress)
+        return self.scorer.scoring_macs(shape, n)

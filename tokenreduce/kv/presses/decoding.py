@@ -14,7 +14,7 @@ from dataclasses import dataclass, replace
 import torch
 from torch import Tensor
 
-from .base import DecodeTimePress, LayerView, ScoringPress, register
+from .base import DecodeTimePress, LayerView, ScoringPress, Shape, register
 from .common import compose_scorer
 
 
@@ -38,6 +38,11 @@ class DecodingPress(DecodeTimePress):
     def score(self, view: LayerView) -> Tensor:  # prefill (only when keep < 1)
         assert isinstance(self.scorer, ScoringPress)  # made a press in __post_init__
         return self.scorer.score(view)
+
+    def scoring_macs(self, shape: Shape, n: int) -> int:
+        """The scorer's, for a prefill (``keep < 1``) or a decode-time compression of ``n`` held entries."""
+        assert isinstance(self.scorer, ScoringPress)
+        return self.scorer.scoring_macs(shape, n)
 
     def decode_step(self, counts: Tensor) -> tuple[ScoringPress, Tensor] | None:
         """Given each row's real entries ``counts`` (B,) including the token being fed, the scoring press

@@ -31,7 +31,7 @@ from torch import Tensor, nn
 
 from ...registry import check_range
 from ..select import real_rank
-from .base import LayerView, RaggedPress, ScoringPress, register
+from .base import LayerView, RaggedPress, ScoringPress, Shape, register, window_macs
 from .common import check_window, compose_scorer
 
 KEY = "duo_heads"  # tensor name in the file: (layers, kv heads) retrieval scores
@@ -137,3 +137,9 @@ class DuoAttention(RaggedPress, ScoringPress):
         s = torch.where(streaming, inner, inner + (top - low) + 2.0)  # every retrieval entry above every streaming one
         window = self.stream_window(valid)
         return s.masked_fill(streaming & window, float("inf"))
+
+    def scoring_macs(self, shape: Shape, n: int) -> int:
+        """The scorer's, plus (heads ranked on the fly, no file) the window's attention that ranks the heads."""
+        assert isinstance(self.scorer, ScoringPress)
+        own = 0 if self.heads else window_macs(shape, min(self.window, n), n)
+        return own + self.scorer.scoring_macs(shape, n)

@@ -25,7 +25,7 @@ from torch import Tensor
 from ...registry import check_range
 from .. import scoring
 from ..select import real_rank
-from .base import LayerView, ScoringPress, register
+from .base import LayerView, ScoringPress, Shape, register
 
 
 def future_rotation(cos: Tensor, sin: Tensor, future: int) -> tuple[Tensor, Tensor]:
@@ -117,3 +117,14 @@ class ExpectedAttention(ScoringPress):
         if self.vnorm:
             out = (out + self.epsilon) * view.values.float().norm(dim=-1)
         return out
+
+    def scoring_macs(self, shape: Shape, n: int) -> int:
+        """Every query projected again (pre-RoPE) and summed into its second moment (``n * D^2`` per head), the
+        mean query rotated, and each key's expected logit per query head; with ``covariance`` also the
+        covariance rotated (two ``D^3`` products per head) and each key's quadratic form (``n * (D^2 + D)``
+        per head)."""
+        h, d = shape.heads, shape.head_dim
+        macs = n * shape.hidden * h * d + h * n * d * d + h * d * d + h * n * d
+        if self.covariance:
+            macs += 2 * h * d ** 3 + h * n * (d * d + d)
+        return macs

@@ -13,7 +13,7 @@ from torch import Tensor
 
 from .. import scoring
 from ..select import row_budgets
-from .base import LayerView, ScoringPress, register
+from .base import LayerView, ScoringPress, Shape, register, window_macs
 from .common import recent_bonus
 
 
@@ -33,3 +33,7 @@ class H2O(ScoringPress):
         s = scoring.group_mean(view.column_mass, view.n_kv_heads)
         k = row_budgets(view.valid, self.layer_keep(view.layer, view.n_layers))
         return recent_bonus(view, s, (k.double() * self.recent_share).floor().long())
+
+    def scoring_macs(self, shape: Shape, n: int) -> int:
+        """Every query projected again and its logits against every key (in chunks; no causal halving)."""
+        return window_macs(shape, n, n)

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from torch import Tensor
 
-from .base import LayerView, ScoringPress, register
+from .base import LayerView, ScoringPress, Shape, register
 
 
 @register("key_norm")
@@ -21,3 +21,7 @@ class KeyNorm(ScoringPress):
 
     def score(self, view: LayerView) -> Tensor:
         return -view.keys.float().norm(dim=-1)
+
+    def scoring_macs(self, shape: Shape, n: int) -> int:
+        """0: key norms are elementwise (``n * head_dim`` multiply-adds per KV head, not matmuls)."""
+        return 0

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch.nn.functional as F
 from torch import Tensor
 
-from .base import LayerView, ScoringPress, register
+from .base import LayerView, ScoringPress, Shape, register
 
 
 @register("keydiff")
@@ -29,3 +29,8 @@ class KeyDiff(ScoringPress):
         w = view.valid[:, None, :, None].float()
         anchor = (unit * w).sum(2, keepdim=True) / w.sum(2, keepdim=True).clamp(min=1.0)
         return -F.cosine_similarity(unit, anchor, dim=-1)
+
+    def scoring_macs(self, shape: Shape, n: int) -> int:
+        """0: no matmul. Normalizing the keys, the anchor and the cosines are elementwise (about ``3 * n *
+        head_dim`` multiply-adds per KV head), not counted, as key norms are not."""
+        return 0

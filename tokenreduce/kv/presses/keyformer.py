@@ -15,7 +15,7 @@ from torch import Tensor
 
 from .. import scoring
 from ..select import row_noise
-from .base import LayerView, ScoringPress, register
+from .base import LayerView, ScoringPress, Shape, register, window_macs
 from .common import check_window, recent_bonus
 
 
@@ -44,3 +44,7 @@ class Keyformer(ScoringPress):
         a = torch.softmax((logits + gumbel) / self.tau, dim=-1).nan_to_num_(0.0).sum(dim=2)
         s = scoring.group_mean(a, view.n_kv_heads)
         return recent_bonus(view, s, torch.full((s.shape[0],), w, device=s.device))
+
+    def scoring_macs(self, shape: Shape, n: int) -> int:
+        """The window's queries projected again and their logits against every key (the noise is elementwise)."""
+        return window_macs(shape, min(self.window, n), n)

@@ -27,7 +27,6 @@ kept key may be the target, weighted by attention.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol
 
 import torch
 import torch.nn.functional as F
@@ -35,20 +34,11 @@ from torch import Tensor
 
 from ...registry import check_range
 from .. import scoring
-from ..select import gather
-from .base import LayerView, MergingPress, ScoringPress, register
+from ..select import gather, keep_count
+from .base import LayerView, MergingPress, ScoringPress, Shape, register, window_macs
 from .common import check_window, compose_scorer
 
 MODES = ("mean", "add")
-
-
-class Shape(Protocol):
-    """The decoder sizes the cost needs (``tokenreduce.vlm.flops.DecoderShape`` is one)."""
-
-    hidden: int
-    heads: int
-    kv_heads: int
-    head_dim: int
 
 
 def merge_entries(
@@ -131,12 +121,11 @@ class MergePress(MergingPress, ScoringPress):
                              self.mode, bool(self.keys))
 
     def scoring_macs(self, shape: Shape, n: int) -> int:
-        """MACs this press adds to one layer's prefill of ``n`` tokens on top of its scorer's: the window's
-        queries projected again and their logits against every key (the merge weights), and every key's
-        cosine against the kept ones (``ceil(keep * n)``); normalizing, the weighted sums and the scatter
-        are elementwise, not MACs. The scorer's own cost is added when it declares one."""
-        w, kept = min(self.window, n), max(1, -(-int(n * self.keep * 1e9) // int(1e9)))
-        own = w * shape.hidden * shape.heads * shape.head_dim + w * n * shape.heads * shape.head_dim
-        own += n * kept * shape.kv_heads * shape.head_dim
-        inner = getattr(self.scorer, "scoring_macs", None)
-        return own + (inner(shape, n) if inner is not None else 0)
+        """The scorer's, plus the merge's: the window's queries projected again and their logits against every
+        key (the merge weights), and every key's cosine against the ``ceil(keep * n)`` kept ones when something
+        is evicted (an upper bound: skipped when no evicted key reaches ``threshold``). Normalizing, the
+        weighted sums and the scatter are elementwise."""
+        assert isinstance(self.scorer, ScoringPress)
+        kept = keep_count(n, self.keep)
+        similarity = n * kept * shape.kv_heads * shape.head_dim if kept < n else 0
+        return self.scorer.scoring_macs(shape, n) + window_macs(shape, min(self.window, n), n) + similarity

@@ -25,7 +25,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 from .. import scoring
-from .base import LayerView, ScoringPress, register
+from .base import LayerView, ScoringPress, Shape, register
 
 KEY = "qfilters"  # tensor name in the file: (layers, kv heads, head dim) float32
 
@@ -112,3 +112,11 @@ class QFilters(ScoringPress):
     def score(self, view: LayerView) -> Tensor:
         u = self.layer_directions(view)
         return torch.einsum("bhnd,bhd->bhn", view.keys.float(), u)
+
+    def scoring_macs(self, shape: Shape, n: int) -> int:
+        """Each key's projection on its head's direction; without a file also every query projected again and
+        the queries' second moment per KV head (the eigendecomposition, D x D per KV head, is not a matmul)."""
+        score = n * shape.kv_heads * shape.head_dim
+        if self.filters:
+            return score
+        return score + n * shape.hidden * shape.heads * shape.head_dim + n * shape.heads * shape.head_dim ** 2

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from torch import Tensor
 
 from ..select import row_noise
-from .base import LayerView, ScoringPress, register
+from .base import LayerView, ScoringPress, Shape, register
 
 
 @register("random")
@@ -23,3 +23,7 @@ class RandomPress(ScoringPress):
 
     def score(self, view: LayerView) -> Tensor:
         return row_noise(view.valid, (view.n_kv_heads,), self.seed * 1000 + view.layer)
+
+    def scoring_macs(self, shape: Shape, n: int) -> int:
+        """0: seeded noise."""
+        return 0

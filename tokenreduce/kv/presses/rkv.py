@@ -24,7 +24,7 @@ from torch import Tensor
 
 from ...registry import check_range
 from .. import scoring
-from .base import DecodeTimePress, LayerView, ScoringPress, register
+from .base import DecodeTimePress, LayerView, ScoringPress, Shape, register, window_macs
 from .common import check_window, recent_bonus
 
 
@@ -83,6 +83,12 @@ class RKV(DecodeTimePress):
         s = self.lam * importance - (1.0 - self.lam) * redundancy(view.keys, view.valid, self.threshold)
         w = torch.full((s.shape[0],), min(self.window, view.hidden.shape[1]), device=s.device)
         return recent_bonus(view, s, w)
+
+    def scoring_macs(self, shape: Shape, n: int) -> int:
+        """The window's attention (queries projected again, logits against every key) and every key's cosine
+        against every other (``n x n`` per KV head). A decode-time compression costs the same with ``n`` the
+        entries held and a window of one query."""
+        return window_macs(shape, min(self.window, n), n) + n * n * shape.kv_heads * shape.head_dim
 
     def decode_step(self, counts: Tensor) -> tuple[ScoringPress, Tensor] | None:
         """Per-row budgets ``target`` for the rows holding ``target + interval`` real entries (the others keep

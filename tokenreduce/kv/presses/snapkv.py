@@ -8,22 +8,13 @@ keys (:mod:`tokenreduce.kv.scoring`), so no eager attention is needed; the windo
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol
 
 import torch
 from torch import Tensor
 
 from .. import scoring
-from .base import LayerView, ScoringPress, register
+from .base import LayerView, ScoringPress, Shape, register, window_macs
 from .common import check_window, recent_bonus
-
-
-class Shape(Protocol):
-    """The decoder sizes the cost needs (``tokenreduce.vlm.flops.DecoderShape`` is one)."""
-
-    hidden: int
-    heads: int
-    head_dim: int
 
 
 @register("snapkv")
@@ -48,5 +39,4 @@ class SnapKV(ScoringPress):
     def scoring_macs(self, shape: Shape, n: int) -> int:
         """MACs SnapKV adds to one layer's prefill of ``n`` tokens: the window's queries projected again,
         and their logits against every cached key (softmax, pooling and top-k are not MACs)."""
-        w = min(self.window, n)
-        return w * shape.hidden * shape.heads * shape.head_dim + w * n * shape.heads * shape.head_dim
+        return window_macs(shape, min(self.window, n), n)

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from .base import LayerView, ScoringPress, register
+from .base import LayerView, ScoringPress, Shape, register
 
 
 @register("streaming_llm")
@@ -25,3 +25,7 @@ class StreamingLLM(ScoringPress):
     def score(self, view: LayerView) -> Tensor:
         pos = torch.arange(view.keys.shape[2], device=view.keys.device, dtype=torch.float32)
         return pos.expand(view.keys.shape[:3])
+
+    def scoring_macs(self, shape: Shape, n: int) -> int:
+        """0: positions."""
+        return 0

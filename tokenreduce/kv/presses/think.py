@@ -22,7 +22,7 @@ from torch import Tensor
 from ...registry import check_range
 from .. import scoring
 from ..channels import ChannelLayer
-from .base import ChannelPress, LayerView, ScoringPress, register
+from .base import ChannelPress, LayerView, ScoringPress, Shape, register
 from .common import check_window, compose_scorer
 
 
@@ -80,3 +80,11 @@ class ThinK(ChannelPress, ScoringPress):
             return None
         top = channel_scores(view, self.window).topk(k, dim=-1).indices.sort(-1).values
         return ChannelLayer(keys, values, top)
+
+    def scoring_macs(self, shape: Shape, n: int) -> int:
+        """The window's queries projected again for the channel scores (when a channel is pruned; the energies
+        are elementwise), plus the scorer's when ``keep < 1``."""
+        own = min(self.window, n) * shape.hidden * shape.heads * shape.head_dim
+        channels = own if self.kept_channels(shape.head_dim) < shape.head_dim else 0
+        assert isinstance(self.scorer, ScoringPress)
+        return channels + (self.scorer.scoring_macs(shape, n) if self.keep < 1.0 else 0)

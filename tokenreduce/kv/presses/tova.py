@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from .base import LayerView, ScoringPress, register
+from .base import LayerView, ScoringPress, Shape, register, window_macs
 from .common import recent_bonus
 
 
@@ -27,3 +27,7 @@ class TOVA(ScoringPress):
         a = view.window_attention(1)[:, :, 0].mean(dim=1, keepdim=True)  # (B, 1, N)
         s = a.expand(-1, view.n_kv_heads, -1)
         return recent_bonus(view, s, torch.ones(s.shape[0], dtype=torch.long, device=s.device))
+
+    def scoring_macs(self, shape: Shape, n: int) -> int:
+        """The last query projected again and its logits against every key."""
+        return window_macs(shape, 1, n)
