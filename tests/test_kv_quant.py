@@ -10,7 +10,7 @@ from kv_models import COMMON, compressed_session, random_ids, tiny_lm
 
 from tokenreduce.kv import apply_press, generate_ids, kv_bytes, make_press
 from tokenreduce.kv.mixed import MixedLayer, salient_positions
-from tokenreduce.kv.quant import channel_scale, dequantize, pack4, quantize, unpack4
+from tokenreduce.kv.quant import channel_scale, dequantize, dequantize_into, pack4, quantize, unpack4
 
 HEAD_DIM = COMMON["hidden_size"] // COMMON["num_attention_heads"]
 
@@ -131,6 +131,46 @@ def test_channel_separable_keys_tame_an_outlier_channel():
     keys_big = keys.clone()
     keys_big[..., :5, :] = 1e4  # padding entries must not set the divisors
     assert torch.equal(MixedLayer(keys_big, values, idx, 4, 8, padded, True).kc, channel_scale(keys[..., 5:, :]))
+
+
+@pytest.mark.parametrize(("bits", "channels", "dtype", "share"),
+                         [(4, False, torch.float32, 0.2), (8, False, torch.float32, 0.2),
+                          (4, True, torch.float32, 0.1), (4, False, torch.bfloat16, 0.2),
+                          (8, True, torch.float16, 0.0), (4, False, torch.float32, 1.0)])
+def test_dense_entries_equal_a_per_head_reference(bits, channels, dtype, share):
+    """The entries attention gets (written in place, no reorder) equal, bit for bit, a loop over (row, head)
+    putting each salient entry and each dequantized one back at its position, then the tail."""
+    g = torch.Generator().manual_seed(1)
+    b, h, n, d = 2, 3, 37, 16
+    keys, values = (torch.randn(b, h, n, d, generator=g).to(dtype) for _ in range(2))
+    valid = torch.ones(b, n, dtype=torch.bool)
+    valid[1, :6] = False
+    idx = salient_positions(torch.randn(b, h, n, generator=g), valid, share)
+    layer = MixedLayer(keys, values, idx, bits, 8, valid, channels)
+    tail = torch.randn(b, h, 3, d, generator=g).to(dtype)
+    got = layer.update(tail, -tail)
+    for x, q, c, t, out in ((layer.kf, layer.kq, layer.kc, tail, got[0]), (layer.vf, layer.vq, None, -tail, got[1])):
+        deq = dequantize(q) if c is None else dequantize(q) * c.float()
+        ref = torch.empty(b, h, n, d, dtype=dtype)
+        for i in range(b):
+            for j in range(h):
+                sal = idx[i, j].tolist()
+                others = [p for p in range(n) if p not in sal]
+                ref[i, j, sal] = x[i, j]
+                ref[i, j, others] = deq[i, j].to(dtype)
+        assert torch.equal(out, torch.cat([ref, t], dim=2))
+    assert all(torch.equal(x, y[:, :, :n]) for x, y in zip(layer.prefix(), got))
+    assert all(torch.equal(x, y) for x, y in zip(layer.dense_kv(), got))
+
+
+def test_dequantize_into_equals_dequantize():
+    x = torch.randn(3, 5, 32) * 4
+    for bits in (4, 8):
+        q = quantize(x, bits, 8)
+        out = torch.full((3, 6, 32), float("nan"))[:, 1:]  # a strided view
+        assert torch.equal(dequantize_into(q, out), dequantize(q)) and torch.equal(out, dequantize(q))
+    with pytest.raises(TypeError, match="float32"):
+        dequantize_into(q, torch.empty(3, 5, 32, dtype=torch.float16))
 
 
 def test_salient_positions_pick_each_rows_best_and_pad_with_padding():

@@ -3,9 +3,10 @@
 :class:`MixedLayer` holds a compressed prefix of L entries per (sequence, KV head): S salient ones
 (positions ``idx``) in the cache dtype and L - S quantized ones (:mod:`tokenreduce.kv.quant`), plus
 the tokens fed after compression in full precision (like ZipCache's and KIVI's full-precision recent
-tokens). Attention gets dense tensors: the prefix is dequantized into its original order on every
-``update`` and dropped after the forward, so only the compact form is held between steps. Any
-attention implementation (SDPA, flash, eager) keeps working.
+tokens). Attention gets dense tensors: on every ``update`` the prefix is dequantized in place into one new
+tensor in its original order (codes moved first, a byte or half a byte per channel; see ``_dense``) and
+dropped after the forward, so only the compact form is held between steps. Any attention implementation
+(SDPA, flash, eager) keeps working.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import torch
 from torch import Tensor
 from transformers.cache_utils import DynamicLayer
 
-from .quant import QTensor, channel_scale, dequantize, quantize
+from .quant import QTensor, channel_scale, dequantize_into, quantize
 from .select import row_budgets
 
 
@@ -59,29 +60,45 @@ class MixedLayer(DynamicLayer):
         self.device, self.is_initialized = keys.device, True
 
     def prefix(self) -> tuple[Tensor, Tensor]:
-        """The prefix's keys and values (B, Hkv, L, D), dequantized into their original order.
+        """The prefix's keys and values (B, Hkv, L, D), dequantized into their original order."""
+        return self._dense(self.keys[..., :0, :], self.values[..., :0, :])
 
-        One gather per tensor puts ``[salient, dequantized rest]`` back in order (the order is derived from
-        ``idx`` each call, so nothing beyond the compact form is held); same values as boolean-mask writes."""
+    def _dense(self, tail_k: Tensor, tail_v: Tensor) -> tuple[Tensor, Tensor]:
+        """``[prefix in its original order, tail]`` (B, Hkv, L + T, D) for keys and values, each written into one
+        new tensor: the quantized codes (a byte or half a byte per channel) are first moved to their entries'
+        places, dequantized there in place, then the salient entries and the tail are copied in -- no
+        dequantized temporary, concatenation or gather of the dense size (the per-step cost of this storage;
+        nothing beyond the compact form is held between steps). Same values as dequantize-then-reorder."""
         b, h, s, d = self.kf.shape
-        salient = torch.zeros(b, h, self.n, dtype=torch.bool, device=self.device).scatter_(-1, self.idx.long(), True)
-        rank = torch.where(salient, salient.cumsum(-1) - 1, s + (~salient).cumsum(-1) - 1)
-        order = rank[..., None].expand(b, h, self.n, d)
+        n, t = self.n, tail_k.shape[2]
+        idx = self.idx.long()
+        rest = torch.ones(b, h, n, dtype=torch.bool, device=self.device).scatter_(-1, idx, False)
+        # each entry's row among the quantized ones (B*Hkv*R, in order); a salient entry takes a neighbour's
+        # row (overwritten below)
+        src = (rest.view(-1).cumsum(0) - 1).clamp_(min=0)
         out = []
-        for full, q, c in ((self.kf, self.kq, self.kc), (self.vf, self.vq, None)):
-            rest = dequantize(q, self.dtype) if c is None else (dequantize(q) * c.float()).to(self.dtype)
-            out.append(torch.cat([full, rest], dim=2).gather(2, order))
+        for full, q, c, tail in ((self.kf, self.kq, self.kc, tail_k), (self.vf, self.vq, None, tail_v)):
+            dense = torch.empty(b, h, n + t, d, dtype=self.dtype, device=self.device)
+            pre = dense[:, :, :n]
+            work = pre if self.dtype == torch.float32 else torch.empty(b, h, n, d, device=self.device)
+            if s < n:
+                dequantize_into(_placed(q, src, (b, h, n)), work)
+            if c is not None:
+                work.mul_(c.float())
+            if work is not pre:
+                pre.copy_(work)
+            pre.scatter_(2, idx[..., None].expand(b, h, s, d), full)
+            dense[:, :, n:] = tail
+            out.append(dense)
         return out[0], out[1]
 
     def update(self, key_states: Tensor, value_states: Tensor, *args, **kwargs) -> tuple[Tensor, Tensor]:
         self.keys = torch.cat([self.keys, key_states], dim=-2)
         self.values = torch.cat([self.values, value_states], dim=-2)
-        k, v = self.prefix()
-        return torch.cat([k, self.keys], dim=-2), torch.cat([v, self.values], dim=-2)
+        return self._dense(self.keys, self.values)
 
     def dense_kv(self) -> tuple[Tensor, Tensor]:
-        k, v = self.prefix()
-        return torch.cat([k, self.keys], dim=-2), torch.cat([v, self.values], dim=-2)
+        return self._dense(self.keys, self.values)
 
     def get_seq_length(self) -> int:
         return self.n + self.keys.shape[-2]
@@ -96,3 +113,10 @@ class MixedLayer(DynamicLayer):
 
     def reorder_cache(self, beam_idx):
         raise NotImplementedError("beam search is not supported with mixed-precision KV storage")
+
+
+def _placed(q: QTensor, src: Tensor, shape: tuple[int, int, int]) -> QTensor:
+    """``q``'s (B, Hkv, R, .) codes and parameters laid out as (B, Hkv, L, .): entry i takes row ``src[i]``."""
+    def place(x: Tensor) -> Tensor:
+        return x.reshape(-1, x.shape[-1]).index_select(0, src).view(*shape, x.shape[-1])
+    return QTensor(place(q.codes), place(q.scale), place(q.zero), q.bits, q.group)

@@ -73,6 +73,21 @@ def dequantize(q: QTensor, dtype: torch.dtype = torch.float32) -> Tensor:
     return (g * q.scale.float()[..., None] + q.zero.float()[..., None]).flatten(-2).to(dtype)
 
 
+def dequantize_into(q: QTensor, out: Tensor) -> Tensor:
+    """Write :func:`dequantize` of ``q`` into ``out`` (..., D) float32 in place (the same float32 values: codes
+    times scale, then plus zero) without temporaries of ``out``'s size; ``out`` may be a view. Returns ``out``."""
+    if out.dtype != torch.float32:
+        raise TypeError(f"dequantize_into writes float32, got {out.dtype}")
+    if q.bits == 4:
+        out[..., 0::2] = q.codes & 0x0F
+        out[..., 1::2] = q.codes >> 4
+    else:
+        out.copy_(q.codes)
+    g = out.unflatten(-1, (-1, q.group))
+    g.mul_(q.scale.float()[..., None]).add_(q.zero.float()[..., None])
+    return out
+
+
 def channel_scale(x: Tensor, valid: Tensor | None = None) -> Tensor:
     """Per-channel divisors (..., 1, D) for ``x`` (..., N, D): sqrt of each channel's largest magnitude
     over the entries marked ``valid`` (..., N) (all if None), stored in float16.
