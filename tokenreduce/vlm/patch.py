@@ -13,7 +13,7 @@ from typing import Any
 from torch import nn
 
 from .families import VLMFamily, find_vlm
-from .methods import InsideMethod, VisualMethod, make_vlm_method
+from .methods import VisualMethod, make_vlm_method
 from .runner import VLMRunner
 from .video.base import VideoMethod
 from .video.runner import VideoRunner
@@ -56,7 +56,6 @@ def patch_vlm(model: nn.Module, method: str | VisualMethod, **params: Any) -> VL
         reg(family.projector.register_forward_hook(runner.projector_post, with_kwargs=True))
     for i, layer in enumerate(family.layers):
         reg(layer.register_forward_pre_hook(functools.partial(runner.layer_pre, i), with_kwargs=True))
-    if isinstance(m, InsideMethod):
-        for s in m.stages(len(family.layers)):
-            reg(family.layers[s - 1].self_attn.register_forward_pre_hook(runner.attn_pre, with_kwargs=True))
+    for s in runner.attn_layers():
+        reg(family.layers[s].self_attn.register_forward_pre_hook(runner.attn_pre, with_kwargs=True))
     return h

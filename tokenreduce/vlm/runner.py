@@ -59,6 +59,10 @@ class VLMRunner:
             self.stages = {0: 0}
         family.check(method)
 
+    def attn_layers(self) -> list[int]:
+        """Decoder layers whose attention input ``attn_pre`` records (the layer before each inside stage)."""
+        return sorted(s - 1 for s in self.stages if s > 0)
+
     # ---- outer model and vision tower -------------------------------------------------------------
     def outer_pre(self, module, args, kwargs):
         ids = kwargs.get("input_ids", args[0] if args else None)

@@ -22,6 +22,7 @@ from torch import Tensor
 from ...registry import check_field_types, is_int
 from ..flops import DecoderShape
 from ..methods.base import VisualMethod
+from .llm import DecodeStage, PrefillStage
 
 
 class VideoUnit(NamedTuple):
@@ -85,10 +86,46 @@ class VideoMethod(VisualMethod):
         """MACs of the method's own similarity products for one video reduced to ``k`` (``query``: query tokens)."""
         return 0
 
+    # ---- stages inside the LLM (:mod:`.llm`), none by default ---------------------------------------------
+    def llm_stage(self) -> PrefillStage | None:
+        """A prefill stage inside the LLM after the reduction before it (HoliTom, PruneVid), or None."""
+        return None
+
+    def decode_stage(self) -> DecodeStage | None:
+        """A stage at every decoding step (DyCoke's dynamic KV pruning), or None."""
+        return None
+
+    def check_depth(self, depth: int) -> None:
+        """Refuse stage layers a ``depth``-layer LLM does not have (at patch time, before any compute)."""
+        for st in (self.llm_stage(), self.decode_stage()):
+            if st is not None and not 1 <= st.layer < depth:
+                raise ValueError(f"{self.name}: {st.param} must be in [1, {depth - 1}] for a {depth}-layer LLM, "
+                                 f"got {st.layer}")
+
     # ---- cost model (:func:`..flops.prefill_macs`): ``images`` are the videos' (frames, rows, cols) ----------
     def token_counts(self, n, images, depth):
         vis = sum(t * h * w for t, h, w in images)
-        return [n - vis + sum(self.kept_video(t, (h, w)) for t, h, w in images)] * depth
+        kept = sum(self.kept_video(t, (h, w)) for t, h, w in images)
+        st = self.llm_stage()
+        if st is None or not images:
+            return [n - vis + kept] * depth
+        return [n - vis + (kept if i < st.layer else st.count(kept)) for i in range(depth)]
+
+    def cache_counts(self, n: int, images: list[tuple[int, int, int]], depth: int) -> list[int]:
+        """Entries each layer's KV cache holds after the prefill (PruneVid also prunes the earlier layers')."""
+        counts = self.token_counts(n, images, depth)
+        st = self.llm_stage()
+        return [counts[-1]] * depth if st is not None and st.prune_cache else counts
+
+    def decode_counts(self, n: int, images: list[tuple[int, int, int]], depth: int) -> list[int]:
+        """Entries a decoding step attends to in each layer (DyCoke's decode stage reads fewer than are stored)."""
+        counts = self.cache_counts(n, images, depth)
+        st = self.decode_stage()
+        if st is None or not images:
+            return counts
+        kept = sum(self.kept_video(t, (h, w)) for t, h, w in images)
+        read = max(1, round(st.share * kept))
+        return [c if i < st.layer else c - kept + read for i, c in enumerate(counts)]
 
     def extra_macs(self, shape: DecoderShape, counts, images, text_after, vision_width):
         total = 0
@@ -96,4 +133,7 @@ class VideoMethod(VisualMethod):
             k = self.video_budget(t, (h, w))
             if k < t * h * w:
                 total += self.video_macs(t, (h, w), k, shape.hidden, text_after)
+        st = self.llm_stage()
+        if st is not None and images:
+            total += st.macs(shape, counts, sum(self.kept_video(t, (h, w)) for t, h, w in images), text_after)
         return total

@@ -2,7 +2,12 @@
 
 ``bench_video``: per method x share of the visual tokens kept, measured prefill MACs (``FlopCounterMode``: the
 LLM layers built, the LM head, the method's own work), the LLM's analytic MACs at the full 28-layer depth,
-median prefill time round-robin with the unreduced model in the same process, and KV bytes at 28 layers.
+median prefill time round-robin with the unreduced model in the same process, KV bytes at 28 layers (what each
+layer stores: PruneVid's KV stage prunes every layer) and ``decode_read_ratio``, the KV entries a decoding step
+attends to over 28 layers against the unreduced model's (DyCoke's decode stage reads fewer than are stored).
+The rows of the methods' stages inside the LLM (:data:`STAGED`) use the papers' layers at 28 layers and the
+built model's last layer when it has fewer; their 28-layer time estimate is left out (nan), since their layers
+differ.
 The vision tower is not run (every method reduces after it, so it is the same for all): the video's
 encoder outputs are random tensors of the right shape, handed to the model as ``generate`` does.
 
@@ -30,6 +35,27 @@ from .stream import VideoStream
 
 QWEN25_7B = DecoderShape(3584, 18944, 28, 28, 4, 128, 152064)
 KV_BYTES_PER_TOKEN = QWEN25_7B.layers * 2 * QWEN25_7B.kv_heads * QWEN25_7B.head_dim * 2  # K and V, bf16
+
+# Rows of the methods' stages inside the LLM, at the papers' settings (the row's keep is the budget before the
+# LLM): DyCoke L = 3, pruning 70 % of the video's KV entries while decoding; HoliTom K = 3, r = 0.5; PruneVid
+# rating in layer 10, alpha = 0.4. On a model built with fewer layers the stage sits before its last layer.
+STAGED = {
+    "dycoke+kv": ("dycoke", {"kv_keep": 0.3, "kv_layer": 3}),
+    "holitom+llm": ("holitom", {"llm_keep": 0.5, "llm_layer": 3}),
+    "prunevid+kv": ("prunevid", {"kv_keep": 0.4, "kv_layer": 11}),
+}
+
+
+def make_video_method(name: str, keep: float, depth: int | None = None) -> VideoMethod:
+    """A video method or a :data:`STAGED` row keeping ``keep`` before the LLM; ``depth``: the LLM's layers, to
+    which a stage's layer is clamped (None: the paper's layer)."""
+    base, params = STAGED.get(name, (name, {}))
+    if depth is not None:
+        params = {k: (min(v, depth - 1) if k.endswith("_layer") else v) for k, v in params.items()}
+    method = make_vlm_method(base, keep=keep, **params)
+    if not isinstance(method, VideoMethod):
+        raise ValueError(f"{name} is not a video method")
+    return method
 
 
 def qwen25_7b(llm_layers: int = 1, seed: int = 0, dtype: torch.dtype = torch.bfloat16) -> nn.Module:
@@ -108,11 +134,13 @@ def bench_video(model: nn.Module, x: dict, methods: list[str], fractions: list[f
     ids = x["input_ids"][0]
     n = len(ids)
     text_after = n - 1 - int((ids == model.config.video_token_id).nonzero().max())
+    layers = model.config.text_config.num_hidden_layers
     configs: list[tuple[str, VideoMethod | None]] = [("unreduced", None)]
-    configs += [(name, make_vlm_method(name, keep=f)) for name in methods for f in fractions]
+    configs += [(name, make_video_method(name, f, layers)) for name in methods for f in fractions]
+    full = [None] + [make_video_method(name, f) for name in methods for f in fractions]  # at 28 layers
     shape = DecoderShape.of(model.config.text_config)
     rows = []
-    for name, method in configs:
+    for (name, method), method28 in zip(configs, full):
         row = {"method": name, "keep": 1.0 if method is None else method.keep}
         row["visual_tokens"] = n_vis if method is None else method.kept_video(video[0], video[1:])
         row["llm_macs_formula"] = prefill_macs(shape, method, n, [video], text_after)
@@ -124,8 +152,12 @@ def bench_video(model: nn.Module, x: dict, methods: list[str], fractions: list[f
             finally:
                 if handle is not None:
                     handle.remove()
-        row["llm28_macs"] = prefill_macs(QWEN25_7B, method, n, [video], text_after)
-        row["kv_mb_28l_bf16"] = (n - n_vis + row["visual_tokens"]) * KV_BYTES_PER_TOKEN / 2**20
+        row["llm28_macs"] = prefill_macs(QWEN25_7B, method28, n, [video], text_after)
+        mb_per_entry = KV_BYTES_PER_TOKEN / QWEN25_7B.layers / 2**20  # one token in one layer
+        stored = [n] * QWEN25_7B.layers if method28 is None else method28.cache_counts(n, [video], QWEN25_7B.layers)
+        read = stored if method28 is None else method28.decode_counts(n, [video], QWEN25_7B.layers)
+        row["kv_mb_28l_bf16"] = sum(stored) * mb_per_entry
+        row["decode_read_ratio"] = sum(read) / (n * QWEN25_7B.layers)  # KV entries a decoding step attends to
         row["times"] = []
         rows.append(row)
         if progress:
@@ -156,8 +188,7 @@ def bench_video(model: nn.Module, x: dict, methods: list[str], fractions: list[f
             times.append(time.perf_counter() - t0)
         row["reduce_s"] = statistics.median(times) if times else 0.0
     base = rows[0]
-    layers = model.config.text_config.num_hidden_layers
-    for row in rows:
+    for row, (_name, method) in zip(rows, configs):
         row["prefill_s"] = statistics.median(row["times"])
         row["spread_s"] = max(row["times"]) - min(row["times"])
         row["macs_ratio"] = row["macs"] / base["macs"]
@@ -167,6 +198,8 @@ def bench_video(model: nn.Module, x: dict, methods: list[str], fractions: list[f
         per_layer = max(0.0, row["prefill_s"] - row["reduce_s"]) / layers
         row["time28_ratio_est"] = (row["reduce_s"] + QWEN25_7B.layers * per_layer) / (
             QWEN25_7B.layers * base["prefill_s"] / layers)
+        if method is not None and method.llm_stage() is not None:  # its layers differ: no per-layer estimate
+            row["time28_ratio_est"] = float("nan")
         del row["times"]
     return rows
 

@@ -14,7 +14,8 @@ from ..methods import make_vlm_method, vlm_methods
 from .methods import VIDEO_METHODS
 
 COLS = ["method", "keep", "visual_tokens", "macs_ratio", "llm28_macs_ratio", "time_ratio", "prefill_s", "spread_s",
-        "reduce_s", "time28_ratio_est", "kv_mb_28l_bf16"]
+        "reduce_s", "time28_ratio_est", "kv_mb_28l_bf16", "decode_read_ratio"]
+STAGED = ("dycoke+kv", "holitom+llm", "prunevid+kv")  # bench.STAGED's names (bench imports torch)
 STREAM_COLS = ["frame", "held", "unreduced_tokens", "prefill_s", "peak_rss_mb"]
 
 
@@ -23,7 +24,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--frames", type=int, default=16, help="temporal token groups (Qwen2.5-VL: 2 raw frames each)")
     p.add_argument("--grid", type=int, default=14, help="LLM tokens per frame side (14: 196 tokens, 392x392 input)")
     p.add_argument("--llm-layers", type=int, default=1, help="decoder layers built (Qwen2.5-VL-7B has 28)")
-    p.add_argument("--methods", default=",".join(VIDEO_METHODS), help="comma list of video methods")
+    p.add_argument("--methods", help="comma list of video methods, and of the LLM stages' rows " + ", ".join(STAGED)
+                   + " (default: all; the stages' rows need --llm-layers >= 2)")
     p.add_argument("--keep", default="0.1,0.25,0.5", help="shares of the visual tokens kept")
     p.add_argument("--repeats", type=int, default=3, help="timed prefills per config, round-robin (median)")
     p.add_argument("--no-count", action="store_true", help="skip FlopCounterMode (MACs from the formula)")
@@ -43,16 +45,20 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
-        methods = [m for m in args.methods.split(",") if m]
-        bad = sorted(set(methods) - set(VIDEO_METHODS))
+        default = [*VIDEO_METHODS, *(STAGED if args.llm_layers >= 2 else ())]
+        methods = default if args.methods is None else [m for m in args.methods.split(",") if m]
+        bad = sorted(set(methods) - set(VIDEO_METHODS) - set(STAGED))
         if bad:
             others = sorted(set(vlm_methods()) - set(VIDEO_METHODS))
-            raise ValueError(f"not video methods: {bad}; video methods: {', '.join(VIDEO_METHODS)}"
+            raise ValueError(f"not video methods: {bad}; video methods: {', '.join(VIDEO_METHODS + STAGED)}"
                              + (f" (image methods: {', '.join(others)})" if set(bad) & set(others) else ""))
+        if args.llm_layers < 2 and set(methods) & set(STAGED):
+            raise ValueError(f"{', '.join(sorted(set(methods) & set(STAGED)))}: a stage inside the LLM needs "
+                             "--llm-layers >= 2")
         keeps = [float(k) for k in args.keep.split(",") if k]
         for m in methods:
             for k in keeps:
-                make_vlm_method(m, keep=k)  # every config checked before any work
+                make_vlm_method(m.split("+")[0], keep=k)  # every config checked before any work
         checkpoints = tuple(int(c) for c in args.checkpoints.split(",") if c)
         if min(args.frames, args.grid, args.llm_layers, args.repeats) < 1 or args.stream_frames < 0:
             raise ValueError("--frames, --grid, --llm-layers and --repeats must be >= 1, --stream-frames >= 0")

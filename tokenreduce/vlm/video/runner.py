@@ -4,6 +4,11 @@ Everything after the reduction is the image runner's: every later layer gets the
 rotary embeddings, (t, h, w) M-RoPE positions and mask; the cache records which original token each entry
 stands for (the shared provenance map), so ``generate`` and KV presses work unchanged. Images in the same
 prompt pass through.
+
+A method's stages inside the LLM (:mod:`.llm`) run here too: a prefill stage before its layer (rated from the
+previous layer's input, recorded by ``attn_pre``), and a decode stage that, at every decoding step, rates the
+video's cached entries by the current token's attention and hides the others from the later layers' masks for
+that step (kept in a :class:`~.llm.DecodeState` on the cache, so nothing global).
 """
 
 from __future__ import annotations
@@ -11,11 +16,16 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ...kv.cache import cache_of
+from ...core.provenance import Provenance, layer_map, set_layer_map
+from ...kv.cache import cache_of, layer_kv, set_layer_kv
+from ...kv.scoring import window_attention, window_queries
 from ..families.base import VLMFamily, has_videos
 from ..runner import VLMRunner, _assemble, _empty, _same_count
-from ..state import CURRENT, Forward
+from ..state import CURRENT, Forward, decode_mask, gather_tokens
 from .base import VideoMethod, VideoUnit
+from .llm import DecodeState, decode_select, merge_dropped
+
+_DECODE = "_tokenreduce_video_decode"  # the decode stage's DecodeState, on the cache
 
 
 class VideoRunner(VLMRunner):
@@ -27,6 +37,37 @@ class VideoRunner(VLMRunner):
         if family.video_token_id is None:
             raise ValueError(f"{method.name} reduces video tokens; {family.name} takes no video input (qwen2-vl does)")
         super().__init__(family, method)
+        method.check_depth(len(family.layers))
+        self.llm, self.decoding = method.llm_stage(), method.decode_stage()
+        if self.llm is not None:
+            self.stages[self.llm.layer] = 1
+
+    def attn_layers(self) -> list[int]:
+        extra = [] if self.decoding is None else [self.decoding.layer - 1]
+        return sorted({*super().attn_layers(), *extra})
+
+    def attn_pre(self, module, args, kwargs):
+        fwd = CURRENT.get()
+        if fwd is not None and not fwd.images and self.decoding is not None:  # a decoding step: the rating layer
+            if module.layer_idx == self.decoding.layer - 1:
+                fwd.attn_in[module.layer_idx] = (kwargs.get("hidden_states", args[0] if args else None),
+                                                 *kwargs["position_embeddings"])
+            return None
+        return super().attn_pre(module, args, kwargs)
+
+    def layer_pre(self, index: int, module, args, kwargs):
+        fwd = CURRENT.get()
+        if fwd is not None and not fwd.images and self.decoding is not None and index >= self.decoding.layer:
+            return self._decode_step(index, args, kwargs)
+        out = super().layer_pre(index, module, args, kwargs)
+        if fwd is None or not fwd.images:
+            return out
+        cache = cache_of(kwargs)
+        if index == 0 and self.decoding is not None and cache is not None:
+            object.__setattr__(cache, _DECODE, DecodeState(_video_flags(fwd, fwd.n, fwd.visual.device)))
+        if self.llm is not None and self.llm.prune_cache and index == self.llm.layer and cache is not None:
+            _prune_earlier(cache, index)
+        return out
 
     def outer_pre(self, module, args, kwargs):
         ids = kwargs.get("input_ids", args[0] if args else None)
@@ -40,9 +81,54 @@ class VideoRunner(VLMRunner):
         return None
 
     def _reduce(self, index: int, fwd: Forward, hidden: Tensor) -> Tensor:
+        if index != 0:
+            return self._llm_stage(index, fwd, hidden)
         kept, hidden = self._videos(fwd, hidden)
         fwd.kept = kept
         return hidden
+
+    def _llm_stage(self, index: int, fwd: Forward, hidden: Tensor) -> Tensor:
+        """The prefill stage before layer ``index``: keep the best video tokens present, merge or drop the rest."""
+        assert self.llm is not None and fwd.kept is not None  # the stage is registered with the method's layer
+        vis = _video_flags(fwd, fwd.n, hidden.device).gather(1, fwd.kept)
+        valid = None if fwd.valid is None else fwd.valid.gather(1, fwd.kept)
+        if int(vis[0].sum()) == 0 or self.llm.count(int(vis[0].sum())) >= int(vis[0].sum()):
+            return hidden
+        x, cos, sin = fwd.attn_in[index - 1]
+        keep = self.llm.select(self.family.layers[index - 1].self_attn, x, cos, sin, vis, valid)
+        if self.llm.merge:
+            hidden = merge_dropped(hidden, vis, keep)
+        kept = keep.nonzero()[:, 1].view(hidden.shape[0], -1)
+        fwd.kept = fwd.kept.gather(1, kept)
+        return gather_tokens(hidden, kept)
+
+    def _decode_step(self, index: int, args, kwargs):
+        """A decoding step's mask for layer ``index`` >= the decode stage's layer: the video entries not chosen
+        (at the stage's layer, from the current token's attention in the layer before) are hidden."""
+        cache, fwd, st = cache_of(kwargs), CURRENT.get(), self.decoding
+        state = getattr(cache, _DECODE, None)
+        if state is None:  # no video in the prompt
+            return super().layer_pre(index, None, args, kwargs)
+        if fwd.valid is None:
+            raise ValueError(f"{self.method.name}: decoding with the KV stage needs a 2-D attention mask")
+        n0 = state.visual.shape[1]
+        if index == st.layer:
+            rating = st.layer - 1
+            x, cos, sin = fwd.attn_in[rating]
+            attn = self.family.layers[rating].self_attn
+            prev = layer_map(cache, rating) or Provenance.identity(x.shape[0], n0, x.device)
+            entries = prev.rewrite_mask(fwd.valid).bool()
+            q = window_queries(attn, x[:, -1:], cos[:, -1:], sin[:, -1:])
+            a = window_attention(q, layer_kv(cache, rating)[0], attn.scaling, entries).mean(1)[:, -1]
+            state = decode_select(st, state, a[:, : prev.length], prev.index, prev.real)
+            object.__setattr__(cache, _DECODE, state)
+        valid = fwd.valid.clone()
+        valid[:, :n0] &= ~(state.visual & ~state.chosen)
+        own = layer_map(cache, index)
+        entries = valid if own is None else own.rewrite_mask(valid)
+        q = entries.shape[1] - cache.get_seq_length(index)
+        kwargs["attention_mask"] = decode_mask(entries, q, kwargs["position_embeddings"][0].dtype)
+        return args, kwargs
 
     def _videos(self, fwd: Forward, hidden: Tensor) -> tuple[Tensor, Tensor]:
         """Every video -> its reduced tokens; text and images kept. Returns kept (B, K) and the states."""
@@ -73,3 +159,30 @@ class VideoRunner(VLMRunner):
         if fwd.valid is not None:
             after = after[fwd.valid[b, end:]]
         return after
+
+
+def _video_flags(fwd: Forward, n: int, device: torch.device) -> Tensor:
+    """(B, n) the original tokens that are video tokens (each video's run; not OneVision's trailing newline)."""
+    flags = torch.zeros(len(fwd.images), n, dtype=torch.bool, device=device)
+    for b, videos in enumerate(fwd.images):
+        for v in videos:
+            flags[b, v.start : v.start + v.n] = True
+    return flags
+
+
+def _prune_earlier(cache, index: int) -> None:
+    """Layers < ``index`` keep only the entries layer ``index`` holds (PruneVid's KV pruning): their stored keys
+    and values are gathered and their maps replaced by layer ``index``'s."""
+    prov = layer_map(cache, index)
+    for j in range(index):
+        prev = layer_map(cache, j)
+        if prev is None or bool((prev.index < 0).any()):
+            raise ValueError("the video KV stage cannot follow a KV press that already compressed earlier layers")
+        pos = torch.searchsorted(prev.index.contiguous(), prov.index.contiguous()).clamp(max=prev.length - 1)
+        if not torch.equal(prev.index.gather(1, pos), prov.index):
+            raise ValueError("the video KV stage cannot follow a KV press that already compressed earlier layers")
+        k, v = layer_kv(cache, j)
+        idx = pos[:, None, :, None]
+        set_layer_kv(cache, j, k.gather(2, idx.expand(-1, k.shape[1], -1, k.shape[3])),
+                     v.gather(2, idx.expand(-1, v.shape[1], -1, v.shape[3])))
+        set_layer_map(cache, j, prov)

@@ -8,10 +8,14 @@ ranking is global, so the budget is exact: non-anchor tokens go first, most redu
 below the anchors' tokens touches anchors (ranked by similarity to the previous window's anchor), and the
 very first frame goes last.
 
-DyCoke's second stage, dynamic pruning of the visual KV cache at every decoding step (the pruned entries
-stay stored and may return on a later step), is not implemented: it needs a per-step attention mask over
-the cache rather than an eviction, which ``tokenreduce.kv``'s presses do not express. TTM composes with any
-KV press through the shared provenance map (``apply_press`` next to ``tokenreduce.patch``).
+DyCoke's second stage, dynamic pruning of the visual KV cache while decoding (``kv_keep`` < 1): at every
+decoding step the current token's attention in layer ``kv_layer - 1`` (heads averaged) picks the ``kv_keep``
+share of the video's cached entries that layers ``kv_layer..`` attend to in this step; the others stay stored
+and are only masked, so a later step can bring them back. As in the authors' code, the choice is made again
+only when the cosine between this step's and the previous step's attention over the video entries falls below
+``kv_refresh`` (the first step always chooses). The prefill is not pruned; the stage saves decode attention,
+not memory (a per-step mask over the cache, see :mod:`..llm`). TTM also composes with any KV press through the
+shared provenance map (``apply_press`` next to ``tokenreduce.patch``).
 """
 
 from __future__ import annotations
@@ -25,20 +29,33 @@ from ....registry import check_range
 from ...methods.base import register
 from ...reduce import top_k
 from ..base import VideoMethod
+from ..llm import DecodeStage
 from ..ops import aligned_similarity
 
 
 @register
 @dataclass(frozen=True)
 class DyCoke(VideoMethod):
-    """Drop tokens that repeat the same place of the previous frame (DyCoke TTM, Tao et al., CVPR 2025)."""
+    """Drop tokens that repeat the same place of the previous frame (DyCoke TTM, Tao et al., CVPR 2025); with
+    ``kv_keep`` < 1, also DyCoke's dynamic pruning of the video's KV entries at every decoding step."""
 
     window: int = 4
+    kv_keep: float = 1.0
+    kv_layer: int = 3
+    kv_refresh: float = 0.9
     name: ClassVar[str] = "dycoke"
 
     def __post_init__(self) -> None:
         super().__post_init__()
         check_range(self.name, "window", self.window, 2, 64, hint=" (frames per window, anchor first)")
+        check_range(self.name, "kv_keep", self.kv_keep, 0.0, 1.0, low_open=True,
+                    hint=" (share of the video's KV entries each decoding step attends to; 1 = off)")
+        check_range(self.name, "kv_layer", self.kv_layer, 1, hint=" (first layer pruned while decoding)")
+        check_range(self.name, "kv_refresh", self.kv_refresh, -1.0, 1.0,
+                    hint=" (cosine of consecutive steps' attention below which the entries are chosen again)")
+
+    def decode_stage(self) -> DecodeStage | None:
+        return None if self.kv_keep >= 1.0 else DecodeStage(self.kv_layer, self.kv_keep, self.kv_refresh)
 
     def redundancy(self, x: torch.Tensor) -> torch.Tensor:
         """(T, P) drop priority: similarity to the previous frame's token at the same place; anchors -2 lower,

@@ -11,8 +11,12 @@ Outside the LLM, in order:
 3. Spatial merging: what is left in each frame is clustered by density peaks (DPC-kNN) and merged into the
    cluster centres, frames sharing the budget in proportion to the tokens they hold.
 
-HoliTom's third stage, merging visual tokens inside the LLM by attention importance, is not implemented:
-the runner applies a video method before the LLM only (image methods have the inside-LLM stages).
+Inside the LLM (``llm_keep`` < 1), HoliTom's inner-LLM merging: before decoder layer ``llm_layer`` (the paper's
+K = 3) the last token's attention in the layer before (heads averaged) rates the video tokens left; the best
+``llm_keep`` share stays (the paper's 1 - r, r = 0.5) and every other one is merged into the kept token whose
+state it is most similar to (cosine). Kept tokens keep their (t, h, w) positions. One deliberate difference:
+a kept token becomes the plain mean of itself and the tokens merged into it, where the authors' code averages
+pairs one after another (so later tokens weigh more).
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ import torch
 from ....registry import check_range
 from ...methods.base import register
 from ..base import VideoMethod
+from ..llm import PrefillStage
 from ..ops import segment_then_merge, spatial_merge_macs
 
 
@@ -53,10 +58,13 @@ def global_segments(step: torch.Tensor, threshold: float) -> list[tuple[int, int
 @register
 @dataclass(frozen=True)
 class HoliTom(VideoMethod):
-    """Global temporal segmentation, temporal then spatial merging (HoliTom, arXiv 2505.21334), before the LLM."""
+    """Global temporal segmentation, temporal then spatial merging before the LLM, and (``llm_keep`` < 1)
+    attention-guided merging inside it (HoliTom, Shao et al., arXiv 2505.21334)."""
 
     threshold: float = 0.8
     knn: int = 5
+    llm_keep: float = 1.0
+    llm_layer: int = 3
     name: ClassVar[str] = "holitom"
     merges: ClassVar[bool] = True
 
@@ -64,6 +72,13 @@ class HoliTom(VideoMethod):
         super().__post_init__()
         check_range(self.name, "threshold", self.threshold, -1.0, 1.0, hint=" (cosine of a place's consecutive tokens)")
         check_range(self.name, "knn", self.knn, 1, hint=" (neighbours for the density)")
+        check_range(self.name, "llm_keep", self.llm_keep, 0.0, 1.0, low_open=True,
+                    hint=" (share of the video tokens kept at llm_layer, the rest merged; 1 = off)")
+        check_range(self.name, "llm_layer", self.llm_layer, 1, hint=" (layer the merging happens before)")
+
+    def llm_stage(self) -> PrefillStage | None:
+        return None if self.llm_keep >= 1.0 else PrefillStage(self.llm_layer, self.llm_keep, "last", merge=True,
+                                                                 param="llm_layer")
 
     def reduce_video(self, u):
         return segment_then_merge(u.emb, u.frames, u.grid[0] * u.grid[1], u.k, self.threshold, self.knn,
