@@ -218,16 +218,11 @@ def test_other_timm_models_are_not_claimed():
         tr.patch(model, "tome", r=1)
 
 
-@pytest.mark.parametrize("name,why", [("eva02_tiny_patch14_224", "RoPE"), ("eva_giant_patch14_224", "EvaBlock")])
-def test_eva_is_refused_with_the_reason(name, why):
-    """EVA-02 rotates queries and keys by per-patch RoPE inside each block; reducing tokens without
-    moving the rotary table along would silently mis-position them, so patch refuses it up front."""
+@pytest.mark.parametrize("name", ["eva02_tiny_patch14_224", "eva_giant_patch14_224"])
+def test_eva_goes_to_its_own_adapter(name):
+    """EVA / EVA-02 (RoPE inside every block) are not VisionTransformers: tests/test_timm_eva.py covers them."""
     model = timm.create_model(name, **{**TINY, "depth": 2})
-    calls = []
-    model.patch_embed.register_forward_pre_hook(lambda *a: calls.append(1))
-    with pytest.raises(TypeError, match=rf"unsupported timm model Eva: .*{why}"):
-        tr.patch(model, "tome", r=1)
-    assert tr.patch_info(model) is None and not calls
+    assert resolve_family(model)[0].name == "timm-eva"
 
 
 @pytest.mark.parametrize("name,prefix", [("vit", 1), ("vit-reg4", 5)])

@@ -56,14 +56,21 @@ class Application(nn.Module):
 
 
 class Applications(nn.ModuleList):
-    """The applications of a stack, in call order, and the loop installed on ``owner`` while patched."""
+    """The applications of a stack, in call order, and the loop installed on ``owner`` while patched.
+
+    Subclasses may name another owner method for the loop to stand in for (``entry``: timm's EVA runs its
+    blocks in ``forward_features``) and another proxy class (``application``: how an unpatched proxy calls
+    its block)."""
+
+    entry = "forward"
+    application: type[Application] = Application
 
     def __init__(self, owner: nn.Module, blocks: list[nn.Module], loop: Loop) -> None:
         super().__init__()
         object.__setattr__(self, "owner", owner)
         object.__setattr__(self, "loop", loop)
         for depth, block in enumerate(blocks):
-            self.append(Application(block, depth, self))
+            self.append(self.application(block, depth, self))
 
     def __getitem__(self, idx: int | slice) -> nn.Module:
         """A slice is a plain ModuleList of the same proxies (the loop belongs to the whole stack)."""
@@ -74,8 +81,8 @@ class Applications(nn.ModuleList):
     def changed(self) -> None:
         """Install the loop when the first application is patched, remove it when the last is unpatched."""
         patched = any("forward" in app.__dict__ for app in self)
-        installed = "forward" in self.owner.__dict__
+        installed = self.entry in self.owner.__dict__
         if patched and not installed:
-            self.owner.forward = lambda *args, **kwargs: self.loop(self, *args, **kwargs)
+            setattr(self.owner, self.entry, lambda *args, **kwargs: self.loop(self, *args, **kwargs))
         elif not patched and installed:
-            del self.owner.forward
+            delattr(self.owner, self.entry)

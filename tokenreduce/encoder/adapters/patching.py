@@ -41,9 +41,10 @@ def families() -> list[Family]:
     fams += [HFViT(), HFCLIPVision(), HFDinov2(), HFSiglipVision(), HFBeit(), HFData2VecVision()]
     if importlib.util.find_spec("timm") is None:
         return fams
+    from .timm_eva import TimmEva
     from .timm_vit import TimmViT
 
-    return fams + [TimmViT()]
+    return fams + [TimmViT(), TimmEva()]
 
 
 def resolve_family(model: nn.Module) -> tuple[Family, nn.ModuleList]:

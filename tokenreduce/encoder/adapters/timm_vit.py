@@ -16,8 +16,9 @@ block's forward bit for bit. Protected tokens are ``num_prefix_tokens`` ([CLS] +
 register tokens, whichever the model has); ``no_embed_class`` only changes position embeddings, not
 the sequence, so it needs nothing.
 
-Not supported (``TypeError`` naming the class): EVA / EVA-02 (``timm.models.eva.Eva``: RoPE positions
-would have to follow merged tokens), other blocks inside a VisionTransformer
+EVA / EVA-02 and timm's other RoPE ViTs (``timm.models.eva.Eva``) have their own adapter, ``timm_eva.py``.
+
+Not supported (``TypeError`` naming the class): other blocks inside a VisionTransformer
 (``ResPostBlock``, ``ParallelScalingBlock``, ``ParallelThingsBlock``, ``DiffParallelScalingBlock``,
 custom ``block_fn``) and other attentions (``DiffAttention``, ``AttentionRope``). Models that are not
 VisionTransformers (BEiT's relative position bias, CaiT's talking heads,
@@ -55,6 +56,16 @@ def _owner(model: nn.Module) -> nn.Module | None:
     return None
 
 
+def mlp_dims(mlp: nn.Module) -> tuple[int, int]:
+    """(hidden width, weight matrices) of a timm MLP: ``Mlp`` 2; ``SwiGLU``, ``GluMlp`` / ``SwiGLUPacked`` 3."""
+    fc2 = getattr(mlp, "fc2", None)
+    if not isinstance(fc2, nn.Linear):
+        raise TypeError(f"tokenreduce: cannot size timm MLP {type(mlp).__name__} (no Linear fc2)")
+    fc1 = getattr(mlp, "fc1", None)
+    gated = hasattr(mlp, "fc1_g") or (isinstance(fc1, nn.Linear) and fc1.out_features == 2 * fc2.in_features)
+    return fc2.in_features, 3 if gated else 2
+
+
 def _check_block(block: nn.Module) -> None:
     if not _from_timm(block, "Block", _VIT_MODULE):
         raise TypeError(
@@ -68,29 +79,13 @@ def _check_block(block: nn.Module) -> None:
         )
 
 
-def _refuse_eva(model: nn.Module) -> None:
-    """EVA / EVA-02 apply rotary position embeddings inside every block: say why they are unsupported."""
-    for mod in model.modules():
-        if _from_timm(mod, "Eva", "timm.models.eva"):
-            rope = "rotary position embeddings (RoPE)" if getattr(mod, "rope", None) is not None else "EvaBlock"
-            raise TypeError(
-                f"unsupported timm model {type(mod).__name__}: its blocks take {rope} per patch position; "
-                "tokenreduce does not carry positions through reduction for EVA yet (a merged token has no single "
-                "position), so EVA is refused rather than silently mis-positioned. Supported timm models: "
-                "VisionTransformer blocks (vit_*, deit*, deit3_*, register and qk-norm ViTs)"
-            )
-
-
 class TimmViT:
     name = "timm-vit"
     padded = False
 
     def find_layers(self, model: nn.Module) -> nn.ModuleList | None:
         owner = _owner(model)
-        if owner is None:
-            _refuse_eva(model)
-            return None
-        if len(owner.blocks) == 0:
+        if owner is None or len(owner.blocks) == 0:
             return None
         for block in owner.blocks:
             _check_block(block)
@@ -102,19 +97,15 @@ class TimmViT:
 
     def dims(self, model: nn.Module) -> ModelDims:
         layers = self.find_layers(model)
-        att, mlp = layers[0].attn, layers[0].mlp
-        fc2 = getattr(mlp, "fc2", None)
-        if not isinstance(fc2, nn.Linear):
-            raise TypeError(f"tokenreduce: cannot size timm MLP {type(mlp).__name__} (no Linear fc2)")
-        fc1 = getattr(mlp, "fc1", None)
-        gated = hasattr(mlp, "fc1_g") or (isinstance(fc1, nn.Linear) and fc1.out_features == 2 * fc2.in_features)
+        att = layers[0].attn
+        ffn, matrices = mlp_dims(layers[0].mlp)
         return ModelDims(
             hidden=att.qkv.in_features,
             heads=att.num_heads,
             head_dim=att.head_dim,
-            ffn=fc2.in_features,
+            ffn=ffn,
             layers=len(layers),
-            ffn_matrices=3 if gated else 2,
+            ffn_matrices=matrices,
         )
 
     def attention(self, layer: nn.Module, x: Tensor, mask: Tensor | None) -> AttnOut:
