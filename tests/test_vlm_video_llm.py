@@ -166,18 +166,19 @@ def _reference_choices(attn_rows, vis, share, refresh):
 @pytest.mark.parametrize("family", ["qwen", "onevision"])
 @pytest.mark.parametrize("refresh", [0.9, 1.0])
 def test_dycoke_decode_choices_equal_the_reference_and_text_is_never_hidden(family, refresh, models):
-    """After TTM (keep 0.5), every decoding step's mask in layers >= kv_layer hides exactly the video entries the
-    reference rule leaves out; text, the trailing newline and generated tokens are always visible; nothing is
-    evicted (the masks span every entry stored)."""
+    """After TTM (keep 0.5), at every decoding step the attention of layers >= kv_layer reads exactly the video
+    entries the reference rule chooses, and all text, the trailing newline and the generated tokens; nothing is
+    evicted (the cache still holds every entry)."""
     model, eager = models[family]
     x = _inputs(family, model)
     params = dict(keep=0.5, kv_keep=0.3, kv_layer=2, kv_refresh=refresh)
     new = 6
-    masks: dict[int, list] = {2: [], 3 if family == "qwen" else 2: []}
+    masks: dict[int, list] = {2: [], 3 if family == "qwen" else 2: []}  # (mask, what stands for the cache)
     with tokenreduce.patched(model, "dycoke", **params):
         lm = _lm(model)
         hooks = [lm.layers[i].register_forward_pre_hook(
-            lambda mod, a, kw, i=i: masks[i].append(kw["attention_mask"]), with_kwargs=True) for i in masks]
+            lambda mod, a, kw, i=i: masks[i].append((kw["attention_mask"], kw["cache"])), with_kwargs=True)
+            for i in masks]
         try:
             gen = model.generate(**x, max_new_tokens=new, do_sample=False)
         finally:
@@ -193,15 +194,16 @@ def test_dycoke_decode_choices_equal_the_reference_and_text_is_never_hidden(fami
     attn = _lm(eager)(inputs_embeds=emb, position_ids=pos, output_attentions=True).attentions[1]  # layer 1
     rows = [attn[0, :, n0 + t, :n0].mean(0) for t in range(new - 1)]
     want = _reference_choices(rows, vis, 0.3, refresh)
-    for seen in masks.values():
-        decode = [m for m in seen if m is not None and m.shape[2] == 1]
+    for layer, seen in masks.items():
+        decode = [(m, c) for m, c in seen if m is not None and m.shape[2] == 1]
         assert len(decode) == new - 1
-        for t, (m, chosen) in enumerate(zip(decode, want)):
-            assert m.shape[-1] == n0 + t + 1  # every entry still stored
-            hidden = m[0, 0, 0] == torch.finfo(m.dtype).min
-            assert torch.equal(hidden[:n0], vis & ~chosen)
-            assert not hidden[n0:].any()  # generated tokens
-            assert int((~hidden[:n0] & vis).sum()) == round(0.3 * int(vis.sum()))
+        for t, ((m, view), chosen) in enumerate(zip(decode, want)):
+            read = view.take[0, :-1][m[0, 0, 0, :-1] == 0]  # the stored entries this step's attention reads
+            expect = [i for i in range(n0) if not vis[i] or chosen[i]] + list(range(n0, n0 + t))  # + generated
+            assert read.tolist() == expect
+            assert view.take[0, -1] == n0 + t  # and the new token, stored after all n0 + t before it
+            assert len(expect) - t - int((~vis).sum()) == round(0.3 * int(vis.sum()))
+        assert decode[-1][1].cache.get_seq_length(layer) == n0 + new - 1  # nothing was evicted
     if refresh == 1.0:  # chosen again at every step: the choices do change while decoding
         assert any(not torch.equal(a, b) for a, b in zip(want, want[1:]))
 

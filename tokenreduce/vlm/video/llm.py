@@ -158,3 +158,30 @@ def decode_select(stage: DecodeStage, state: DecodeState, scores: Tensor, index:
         return DecodeState(state.visual, a, chosen)
     same = torch.nn.functional.cosine_similarity(a, state.last, dim=1) >= stage.refresh
     return DecodeState(state.visual, a, torch.where(same[:, None], state.chosen, chosen))
+
+
+class ChosenEntries:
+    """Stands in for the cache in one decoder layer's attention during a decoding step: ``update`` stores the new
+    entries in ``cache`` as usual and returns only the stored entries ``take`` (B, K) -- the chosen video entries,
+    the text and the new tokens -- so attention reads K entries instead of all (DyCoke's gathered KV)."""
+
+    def __init__(self, cache, take: Tensor):
+        self.cache, self.take = cache, take
+
+    def update(self, key_states: Tensor, value_states: Tensor, *args, **kwargs) -> tuple[Tensor, Tensor]:
+        keys, values = self.cache.update(key_states, value_states, *args, **kwargs)
+        idx = self.take[:, None, :, None]
+        return (keys.gather(2, idx.expand(-1, keys.shape[1], -1, keys.shape[3])),
+                values.gather(2, idx.expand(-1, values.shape[1], -1, values.shape[3])))
+
+
+def chosen_entries(entries: Tensor, stored: int) -> tuple[Tensor, Tensor]:
+    """For a step's 2-D mask ``entries`` (B, E + q) over a layer's ``stored`` = E entries and q new ones: the
+    entries to read, (B, K + q) (each row's visible stored entries in order, padded to the longest row, then the
+    new ones), and the mask over them (the padding slots masked)."""
+    seen = entries[:, :stored].bool()
+    k = int(seen.sum(1).max())
+    order = torch.sort((~seen).to(torch.uint8), dim=1, stable=True).indices[:, :k]  # visible first, in order
+    q = entries.shape[1] - stored
+    new = torch.arange(stored, stored + q, device=entries.device).expand(entries.shape[0], q)
+    return torch.cat([order, new], 1), torch.cat([seen.gather(1, order), entries[:, stored:].bool()], 1)

@@ -23,7 +23,7 @@ from ..families.base import VLMFamily, has_videos
 from ..runner import VLMRunner, _assemble, _empty, _same_count
 from ..state import CURRENT, Forward, decode_mask, gather_tokens
 from .base import VideoMethod, VideoUnit
-from .llm import DecodeState, decode_select, merge_dropped
+from .llm import ChosenEntries, DecodeState, chosen_entries, decode_select, merge_dropped
 
 _DECODE = "_tokenreduce_video_decode"  # the decode stage's DecodeState, on the cache
 
@@ -103,8 +103,9 @@ class VideoRunner(VLMRunner):
         return gather_tokens(hidden, kept)
 
     def _decode_step(self, index: int, args, kwargs):
-        """A decoding step's mask for layer ``index`` >= the decode stage's layer: the video entries not chosen
-        (at the stage's layer, from the current token's attention in the layer before) are hidden."""
+        """A decoding step in layer ``index`` >= the decode stage's layer: its attention reads only the chosen
+        video entries (chosen at the stage's layer from the current token's attention in the layer before), the
+        text and the new tokens; every entry stays stored."""
         cache, fwd, st = cache_of(kwargs), CURRENT.get(), self.decoding
         state = getattr(cache, _DECODE, None)
         if state is None:  # no video in the prompt
@@ -126,8 +127,14 @@ class VideoRunner(VLMRunner):
         valid[:, :n0] &= ~(state.visual & ~state.chosen)
         own = layer_map(cache, index)
         entries = valid if own is None else own.rewrite_mask(valid)
-        q = entries.shape[1] - cache.get_seq_length(index)
-        kwargs["attention_mask"] = decode_mask(entries, q, kwargs["position_embeddings"][0].dtype)
+        stored, dtype = cache.get_seq_length(index), kwargs["position_embeddings"][0].dtype
+        key = next((k for k in ("cache", "past_key_values") if k in kwargs), None)
+        if key is None:  # the cache is not a keyword we can stand in for: hide the entries with the mask only
+            kwargs["attention_mask"] = decode_mask(entries, entries.shape[1] - stored, dtype)
+            return args, kwargs
+        take, mask = chosen_entries(entries, stored)
+        kwargs["attention_mask"] = decode_mask(mask, entries.shape[1] - stored, dtype)
+        kwargs[key] = ChosenEntries(cache, take)
         return args, kwargs
 
     def _videos(self, fwd: Forward, hidden: Tensor) -> tuple[Tensor, Tensor]:
