@@ -5,8 +5,9 @@
   (:mod:`tokenreduce.kv.scoring`, so SDPA keeps working), the best ``share`` of them stay; HoliTom averages
   every other one into its most similar kept token, PruneVid drops it (and from the earlier layers' caches);
 * a decode stage (DyCoke's dynamic KV pruning): at every decoding step the current token's attention in layer
-  ``layer - 1`` picks the video entries that layers ``layer..`` attend to; the others stay stored and masked
-  for this step only, so a later step can bring them back.
+  ``layer - 1`` picks the video entries that layers ``layer..`` attend to (their attention is handed only
+  those, :class:`ChosenEntries`); the others stay stored, unread in this step, so a later step can bring
+  them back.
 
 The runner (:mod:`.runner`) calls these; kept tokens keep their original (t, h, w) or 1-D positions.
 """

@@ -7,8 +7,8 @@ prompt pass through.
 
 A method's stages inside the LLM (:mod:`.llm`) run here too: a prefill stage before its layer (rated from the
 previous layer's input, recorded by ``attn_pre``), and a decode stage that, at every decoding step, rates the
-video's cached entries by the current token's attention and hides the others from the later layers' masks for
-that step (kept in a :class:`~.llm.DecodeState` on the cache, so nothing global).
+video's cached entries by the current token's attention and hands the later layers' attention only the chosen
+ones with the text (the choice kept in a :class:`~.llm.DecodeState` on the cache, so nothing global).
 """
 
 from __future__ import annotations

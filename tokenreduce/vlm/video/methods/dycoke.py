@@ -10,12 +10,12 @@ very first frame goes last.
 
 DyCoke's second stage, dynamic pruning of the visual KV cache while decoding (``kv_keep`` < 1): at every
 decoding step the current token's attention in layer ``kv_layer - 1`` (heads averaged) picks the ``kv_keep``
-share of the video's cached entries that layers ``kv_layer..`` attend to in this step; the others stay stored
-and are only masked, so a later step can bring them back. As in the authors' code, the choice is made again
-only when the cosine between this step's and the previous step's attention over the video entries falls below
-``kv_refresh`` (the first step always chooses). The prefill is not pruned; the stage saves decode attention,
-not memory (a per-step mask over the cache, see :mod:`..llm`). TTM also composes with any KV press through the
-shared provenance map (``apply_press`` next to ``tokenreduce.patch``).
+share of the video's cached entries that layers ``kv_layer..`` read in this step (gathered with the text and
+the new tokens, as the authors' code does); the others stay stored, so a later step can bring them back. As in
+the authors' code, the choice is made again only when the cosine between this step's and the previous step's
+attention over the video entries falls below ``kv_refresh`` (the first step always chooses). The prefill is not
+pruned; the stage saves decode attention reads, not memory (see :mod:`..llm`). TTM also composes with any KV
+press through the shared provenance map (``apply_press`` next to ``tokenreduce.patch``).
 """
 
 from __future__ import annotations
