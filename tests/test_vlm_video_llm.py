@@ -208,6 +208,19 @@ def test_dycoke_decode_choices_equal_the_reference_and_text_is_never_hidden(fami
         assert any(not torch.equal(a, b) for a, b in zip(want, want[1:]))
 
 
+@torch.no_grad()
+def test_dycoke_decode_stage_refuses_a_cache_pressed_per_head(models):
+    """A KV press that keeps entries per KV head leaves no entry standing for one token: the decode stage says so
+    instead of choosing nothing."""
+    from tokenreduce.kv import SnapKV, apply_press
+
+    model = models["qwen"][0]
+    x = _inputs("qwen", model)
+    with tokenreduce.patched(model, "dycoke", keep=0.5, **STAGES["dycoke"]), apply_press(model, SnapKV(keep=0.5)):
+        with pytest.raises(ValueError, match="entries that stand for single tokens"):
+            model.generate(**x, max_new_tokens=3, do_sample=False)
+
+
 # ---- HoliTom and PruneVid: a stage before a decoder layer ---------------------------------------------------
 def _stage_reference(family, eager, x, h0, cols0, method):
     """Layers 0-1 unpatched on the reduced prefix; before layer 2 the selection (and HoliTom's merging) by hand;

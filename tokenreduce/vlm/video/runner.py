@@ -118,6 +118,9 @@ class VideoRunner(VLMRunner):
             x, cos, sin = fwd.attn_in[rating]
             attn = self.family.layers[rating].self_attn
             prev = layer_map(cache, rating) or Provenance.identity(x.shape[0], n0, x.device)
+            if bool((prev.index < 0).any()):
+                raise ValueError(f"{self.method.name}: the decode-time KV stage needs cache entries that stand for "
+                                 "single tokens; a KV press that keeps entries per head left none (use kv_keep=1)")
             entries = prev.rewrite_mask(fwd.valid).bool()
             q = window_queries(attn, x[:, -1:], cos[:, -1:], sin[:, -1:])
             a = window_attention(q, layer_kv(cache, rating)[0], attn.scaling, entries).mean(1)[:, -1]
