@@ -73,6 +73,26 @@ def _encoder(build: Callable, images: bool, cls_methods: bool = True) -> Callabl
     return check
 
 
+def _timm(name: str) -> Callable[[], None]:
+    """A tiny random timm model (skipped without timm, which needs its own environment: README "Optional: timm")."""
+
+    def check() -> None:
+        timm = pytest.importorskip("timm")
+        from models import jitter_norms
+
+        torch.manual_seed(0)
+        model = jitter_norms(timm.create_model(name, pretrained=False, img_size=32, patch_size=4, embed_dim=32,
+                                               depth=4, num_heads=4, num_classes=5))
+        with torch.no_grad():
+            ref = model.forward_features(pixels())
+            with tr.patched(model, "tome", keep=1.0):
+                assert _same(model.forward_features(pixels()), ref)
+            for m in ("tome", "evit"):
+                with tr.patched(model, m, keep=0.5):
+                    assert not _same(model.forward_features(pixels()), ref)
+    return check
+
+
 def _press(build: Callable) -> Callable[[], None]:
     def check() -> None:
         from tokenreduce.kv import generate_ids, make_press
@@ -175,6 +195,11 @@ def rows() -> list[Row]:
     ]
     every = "every encoder method (merging, pruning, hybrids)"
     out = [Row("encoder", f, c, every, _encoder(b, img)) for f, c, b, img in enc]
+    out.append(Row("encoder", "timm ViT / DeiT", "timm VisionTransformer (vit_*, deit*, deit3_*, register ViTs)",
+                   f"{every}; needs the timm extra", _timm("vit_tiny_patch16_224")))
+    out.append(Row("encoder", "timm EVA / RoPE ViTs", "timm Eva (eva02_*, eva_*, vit_*_rope_*, DINOv3, PE)",
+                   f"{every}; RoPE angles follow reduced tokens; needs the timm extra",
+                   _timm("eva02_tiny_patch14_224")))
     out.append(Row("encoder", "SigLIP / SigLIP 2 vision", "SiglipVisionModel, Siglip2VisionModel",
                    "merging and norm/random pruning; [CLS]-scored methods refused (no [CLS])",
                    _encoder(siglip_vision, True, cls_methods=False)))
