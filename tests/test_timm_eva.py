@@ -334,3 +334,19 @@ def test_vision_transformer_adapter_does_not_claim_eva():
     from tokenreduce.encoder.adapters.timm_vit import TimmViT
 
     assert TimmViT().find_layers(MODELS["eva02"]()) is None
+
+
+@pytest.mark.parametrize("name,prefix", [("eva02", 1), ("dinov3", 5)])
+def test_visualize_timm_eva(name, prefix):
+    """The patch-group picture works for timm EVA models: geometry and prefix tokens come from the model."""
+    from tokenreduce.viz import trace
+
+    model = MODELS[name]()
+    image = (torch.rand(40, 40, 3, generator=torch.Generator().manual_seed(0)) * 255).to(torch.uint8).numpy()
+    t = trace(model, image, "tome", r=5, stages=2)
+    assert t.spec[:3] == (32, 4, prefix) and t.spec.kind == "timm"
+    assert (
+        t.stages[-1].tokens
+        == layer_widths(torch.tensor([64 + prefix]), 4, tr.make_method("tome", r=5), prefix)[-1][1] - prefix
+    )
+    assert tr.patch_info(model) is None and "forward_features" not in model.__dict__

@@ -53,7 +53,7 @@ def vision_spec(model: nn.Module, image_size: int | None = None, mean=None, std=
     """The input geometry and normalization of ``model`` (a supported vision family)."""
     fam, _ = resolve_family(model)
     prefix = fam.default_protected(model)
-    if fam.name == "timm-vit":
+    if fam.name in ("timm-vit", "timm-eva"):
         owner = next(m for m in model.modules() if hasattr(m, "patch_embed") and hasattr(m, "blocks"))
         size, patch = _pair(owner.patch_embed.img_size), _pair(owner.patch_embed.patch_size)
         pc = getattr(owner, "pretrained_cfg", None) or {}
