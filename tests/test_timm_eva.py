@@ -350,3 +350,41 @@ def test_visualize_timm_eva(name, prefix):
         == layer_widths(torch.tensor([64 + prefix]), 4, tr.make_method("tome", r=5), prefix)[-1][1] - prefix
     )
     assert tr.patch_info(model) is None and "forward_features" not in model.__dict__
+
+
+@pytest.mark.parametrize("name", ["eva02", "dinov3", "rope-mixed"])
+def test_every_encoder_method(name):
+    """Every registered encoder method: nothing removed is exact, keep=0.5 runs, changes the output, stays finite."""
+    from tokenreduce.encoder.methods import methods
+
+    model, x = MODELS[name](), pixels()
+    ref = features(model, x)
+    for method in methods():
+        with tr.patched(model, method, keep=1.0):
+            assert torch.equal(features(model, x), ref), method
+        with tr.patched(model, method, keep=0.5):
+            out = features(model, x)
+        assert torch.isfinite(out).all() and not torch.equal(out, ref), method
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
+def test_half_precision(dtype, device):
+    """bf16 / fp16 (the RoPE table stays float32, as timm keeps it): exact at keep=1, dtype kept when reducing."""
+    model = MODELS["eva02"]().to(device, dtype)
+    x = pixels().to(device, dtype)
+    ref = features(model, x)
+    for method in ("tome", "evit", "random"):
+        with tr.patched(model, method, keep=1.0):
+            assert torch.equal(features(model, x), ref)
+        with tr.patched(model, method, keep=0.5):
+            out = features(model, x)
+        assert out.dtype == dtype and torch.isfinite(out).all()
+
+
+def test_training_with_patch_dropout():
+    """Training mode with timm's patch dropout (the RoPE table then arrives per row, already gathered at the kept
+    patches): a reduced forward and backward run, gradients reach the patch embedding."""
+    model = make(patch_drop_rate=0.25)().train()
+    with tr.patched(model, "tome", keep=0.5):
+        model(pixels()).sum().backward()
+    assert model.patch_embed.proj.weight.grad.abs().sum() > 0
