@@ -26,7 +26,8 @@ Limits: ``attn_mask`` / ``is_causal`` are refused while patched (reduced blocks 
 ``forward_intermediates`` runs unreduced (it loops over the blocks itself); gradient checkpointing is not
 applied inside the patched loop; scorers that rebuild attention rows from queries and keys (EViT's [CLS]
 attention) see the rotated queries and keys, as the model does; the FLOP model does not count the gate
-projection of gated attention; ``torch.compile`` is refused (positions come from source records).
+projection of gated attention; under ``torch.compile`` the patched loop runs eagerly (positions come from
+source records, kept only outside compiled code).
 
 Paper: Fang et al., "EVA-02: A Visual Representation for Neon Genesis", 2023 (RoPE in a ViT: Heo et al.,
 "Rotary Position Embedding for Vision Transformer", ECCV 2024).
@@ -37,7 +38,6 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
-from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -101,7 +101,7 @@ class _EvaApplication(Application):
     """One EVA block; unpatched (or before any reduction) it runs the block's own forward with the RoPE table
     the loop set."""
 
-    def forward(self, x: Tensor, mask: Tensor | None = None, *args: Any, **kwargs: Any) -> Tensor:
+    def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
         rope, _ = _ROPE.get()
         return self.block(x, rope=rope, attn_mask=mask)
 
@@ -111,8 +111,12 @@ class _EvaStack(Applications):
     application = _EvaApplication
 
 
+@torch.compiler.disable
 def _eva_features(apps: _EvaStack, x: Tensor, attn_mask: Tensor | None = None, is_causal: bool = False) -> Tensor:
-    """``Eva.forward_features`` with one (patched) application per block and RoPE positions that follow merges."""
+    """``Eva.forward_features`` with one (patched) application per block and RoPE positions that follow merges.
+
+    Never compiled: positions come from the source records, which the runner keeps only outside
+    ``torch.compile``, so a compiled patched model runs this loop eagerly (correct, not faster)."""
     if attn_mask is not None or is_causal:
         raise ValueError("tokenreduce: attn_mask / is_causal are not available on a patched timm Eva model")
     model = apps.owner
