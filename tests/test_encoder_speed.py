@@ -20,6 +20,7 @@ from tokenreduce.core.scoring import (
     weighted_pagerank_blockwise,
 )
 from tokenreduce.encoder.adapters import patch, unpatch
+from tokenreduce.encoder.adapters import patched as tr_patched
 from tokenreduce.encoder.methods import LayerTensors, make_method
 
 
@@ -82,11 +83,11 @@ def test_plans_equal_old_and_new_scoring(name, params, seed):
         torch.testing.assert_close(a.weights, b.weights, atol=1e-6, rtol=1e-5)
 
 
-def _minilm_shaped(layers: int = 2) -> torch.nn.Module:
+def _minilm_shaped(layers: int = 2, impl: str = "sdpa") -> torch.nn.Module:
     """all-MiniLM-L6-v2's shape (hidden 384, 12 heads, FFN 1536), random weights, fewer layers."""
     torch.manual_seed(0)
     cfg = BertConfig(vocab_size=200, hidden_size=384, num_hidden_layers=layers, num_attention_heads=12,
-                     intermediate_size=1536, attn_implementation="sdpa")
+                     intermediate_size=1536, attn_implementation=impl)
     return BertModel(cfg, add_pooling_layer=False).eval()
 
 
@@ -164,3 +165,41 @@ def test_min_step_patched_model_reduces_at_fewer_layers():
             unpatch(model)
         assert [r.layer for r in recs] == layers
         assert int((recs[-1].sizes[0] > 0).sum()) == 1 + 99 - round(99 * 0.1)
+
+
+@pytest.mark.parametrize("impl", ["sdpa", "eager"])
+@pytest.mark.parametrize("name,params", [("mctf", {"keep": 0.5}), ("zero-tprune", {"keep": 0.5}),
+                                         ("mctf", {"r": 4, "prop_attn": False}), ("zero-tprune", {"r": 6, "iters": 3})])
+def test_block_attention_serves_the_statistic(impl, name, params, monkeypatch):
+    """A reducing layer takes MCTF's / Zero-TPrune's statistic from its own (explicit, blockwise)
+    attention instead of a second Q·Kᵀ next to the kernel: same token assignments at every layer as
+    that recomputation (the previous path), outputs equal to rounding."""
+    from tokenreduce.encoder.adapters import hf_attention
+    from tokenreduce.encoder.adapters.runner import record_sources
+
+    model = _minilm_shaped(layers=3, impl=impl)
+    g = torch.Generator().manual_seed(1)
+    ids = torch.randint(5, 200, (4, 40), generator=g)
+    mask = torch.ones_like(ids)
+    mask[1, 31:], mask[3, 17:] = 0, 0
+    served = []
+    real = hf_attention.attention_stats_blockwise
+
+    def spy(*a, **k):
+        served.append(k.get("v") is not None)
+        return real(*a, **k)
+
+    def run():
+        with torch.inference_mode(), record_sources() as recs, tr_patched(model, name, **params):
+            out = model(input_ids=ids, attention_mask=mask).last_hidden_state
+        return out, [r.src for r in recs]
+
+    monkeypatch.setattr(hf_attention, "attention_stats_blockwise", spy)
+    new, new_src = run()
+    assert served and all(served)  # every reducing layer was served by its own attention
+    monkeypatch.setattr(hf_attention, "_serves", lambda *a: False)
+    old, old_src = run()
+    assert len(new_src) == len(old_src) == len(served)
+    assert all(torch.equal(a, b) for a, b in zip(new_src, old_src))
+    valid = mask.bool()
+    torch.testing.assert_close(new[valid], old[valid], atol=1e-5, rtol=1e-5)

@@ -144,7 +144,8 @@ def test_padding_and_batch_independence(method, params):
 @pytest.mark.parametrize("method,params", REDUCING + POOL)
 def test_protected_tokens_are_kept(method, params):
     """DeiT's [CLS] and distillation tokens hold exactly their unreduced values at the first reducing
-    layer, even at extreme budgets."""
+    layer, even at extreme budgets (to rounding for MCTF / Zero-TPrune, whose reducing layers compute
+    the attention explicitly instead of with SDPA, to score from the same probabilities)."""
     model = deit()
     x = {"pixel_values": pixels()}
     if "keep" in params and method != "pool":
@@ -158,7 +159,10 @@ def test_protected_tokens_are_kept(method, params):
     with tr.patched(model, m):
         run(model, x)
     assert seen[1].shape[1] < seen[0].shape[1]
-    assert torch.equal(seen[1][:, :2], seen[0][:, :2])
+    if m.attention_stat() is None:
+        assert torch.equal(seen[1][:, :2], seen[0][:, :2])
+    else:
+        torch.testing.assert_close(seen[1][:, :2], seen[0][:, :2], atol=1e-5, rtol=0)
 
 
 @pytest.mark.parametrize(

@@ -6,7 +6,8 @@ a row's scores depend on that row alone, so results never depend on the rest of 
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import functools
+from collections.abc import Callable, Iterator
 
 import torch
 from torch import Tensor
@@ -120,16 +121,52 @@ def attention_blocks(
             yield b0, b1, h0, h1, (logits + bias[b0:b1]).softmax(-1)
 
 
+def received_stat(probs: Tensor, valid: Tensor) -> Tensor:
+    """Per head, the mean attention each key receives from the real queries (b, h, N), of a block of
+    probabilities ``probs`` (b, h, N, N) whose rows' real tokens are ``valid`` (b, N)."""
+    w = (valid.float() / valid.sum(1, keepdim=True).clamp(min=1))[:, None, None, :]
+    return (w @ probs).squeeze(2)
+
+
+def attention_stats_blockwise(
+    q: Tensor,
+    k: Tensor,
+    scaling: float,
+    valid: Tensor,
+    stat: Callable[[Tensor, Tensor], Tensor],
+    log_sizes: Tensor | None = None,
+    v: Tensor | None = None,
+    block_bytes: int = 1 << 20,
+) -> tuple[Tensor, Tensor | None]:
+    """A per-head statistic (B, H, N) of the attention of ``q`` over ``k``, reduced block by block by
+    ``stat(probs, valid)`` (:func:`attention_blocks`), and, given the values ``v`` (B, Hk, N, d), the
+    attention output (B, H, N, d) from the same probabilities.
+
+    With ``v`` this replaces the block's fused attention kernel: a method that needs every attention
+    row (attention received, PageRank) gets it from the one Q·Kᵀ and softmax the output needs, instead
+    of a second Q·Kᵀ and softmax next to the kernel. The output is ``probs @ v`` in float32, cast to
+    ``v``'s dtype (equal to SDPA up to rounding). Memory: one block of probabilities at a time.
+    """
+    b, h, n, _ = q.shape
+    out = torch.empty(b, h, n, dtype=torch.float32, device=q.device)
+    ctx = None
+    if v is not None:
+        if v.shape[1] != h:
+            v = v.repeat_interleave(h // v.shape[1], dim=1)
+        ctx = torch.empty(b, h, n, v.shape[-1], dtype=v.dtype, device=q.device)
+    for b0, b1, h0, h1, p in attention_blocks(q, k, scaling, valid, log_sizes, block_bytes):
+        out[b0:b1, h0:h1] = stat(p, valid[b0:b1])
+        if ctx is not None:
+            ctx[b0:b1, h0:h1] = p @ v[b0:b1, h0:h1].float()
+    return out, ctx
+
+
 def attention_received_blockwise(
     q: Tensor, k: Tensor, scaling: float, valid: Tensor, log_sizes: Tensor | None = None, block_bytes: int = 1 << 20
 ) -> Tensor:
     """:func:`attention_received` of the attention of ``q`` over ``k`` (B, N), computed block by block
     (:func:`attention_blocks`): the (B, H, N, N) probabilities are never held at once."""
-    b, h, n, _ = q.shape
-    w = (valid.float() / valid.sum(1, keepdim=True).clamp(min=1))[:, None, None, :]  # (B, 1, 1, N)
-    out = torch.empty(b, h, n, dtype=torch.float32, device=q.device)
-    for b0, b1, h0, h1, p in attention_blocks(q, k, scaling, valid, log_sizes, block_bytes):
-        out[b0:b1, h0:h1] = (w[b0:b1] @ p).squeeze(2)
+    out, _ = attention_stats_blockwise(q, k, scaling, valid, received_stat, log_sizes, block_bytes=block_bytes)
     return out.mean(1)
 
 
@@ -145,8 +182,5 @@ def weighted_pagerank_blockwise(
     """:func:`weighted_pagerank` (B, H, N) of the attention of ``q`` over ``k``, one block of heads at
     a time (:func:`attention_blocks`): each head's graph is built once, stays in cache for its
     ``iters`` products, and is freed; memory O(N) per head instead of the (B, H, N, N) tensor."""
-    b, h, n, _ = q.shape
-    out = torch.empty(b, h, n, dtype=torch.float32, device=q.device)
-    for b0, b1, h0, h1, p in attention_blocks(q, k, scaling, valid, log_sizes, block_bytes):
-        out[b0:b1, h0:h1] = weighted_pagerank(p, valid[b0:b1], iters)
-    return out
+    stat = functools.partial(weighted_pagerank, iters=iters)
+    return attention_stats_blockwise(q, k, scaling, valid, stat, log_sizes, block_bytes=block_bytes)[0]

@@ -5,18 +5,49 @@ own projections keeps outputs identical to the unpatched model and respects the 
 ``attn_implementation``; we only add a float mask and keep the queries and keys for scoring.
 Under ``attn_implementation="flex_attention"`` the runner's key bias (log sizes, padding) enters as
 a FlexAttention ``score_mod`` over one value per key instead (no float mask; fused on CUDA).
+
+A reducing layer whose method needs a statistic of every attention row (MCTF's attention received,
+Zero-TPrune's PageRank) sends a :class:`StatsRequest`: with the eager or SDPA backend the attention is
+then computed explicitly, a few heads at a time, and the same probabilities give both the output and
+the statistic (one Q·Kᵀ and softmax instead of the kernel's plus a second one for the scores).
 """
 
 from __future__ import annotations
 
 import sys
 from collections.abc import Callable
+from contextvars import ContextVar
+from dataclasses import dataclass
+from typing import Any
 
 from torch import Tensor, nn
 from torch.nn.attention.flex_attention import BlockMask
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
 from ...core.attention import key_bias_attention
+from ...core.scoring import attention_stats_blockwise
+
+
+@dataclass(eq=False)
+class StatsRequest:
+    """The runner's request to one block's attention: compute it explicitly and reduce its probabilities
+    with ``stat`` (see :func:`tokenreduce.core.scoring.attention_stats_blockwise`).
+
+    ``valid`` (B, N) and ``log_sizes`` (B, N, or None) describe the key bias the runner passed as
+    ``mask``; the request applies only to a call with that very mask (a family that adds a bias of
+    its own, e.g. BEiT's relative positions, falls back to its kernel). ``stats`` is filled when the
+    request was served; otherwise the runner recomputes the statistic from q and k.
+    """
+
+    stat: Callable[[Tensor, Tensor], Tensor]
+    valid: Tensor
+    log_sizes: Tensor | None
+    mask: Any
+    stats: Tensor | None = None
+
+
+# set by the runner around one block's attention call only (never while compiling)
+STATS_REQUEST: ContextVar[StatsRequest | None] = ContextVar("tokenreduce_stats_request", default=None)
 
 
 def attention_fn(module: nn.Module) -> Callable:
@@ -46,7 +77,11 @@ def run_attention(
     q = q_proj(x).view(shape).transpose(1, 2)
     k = k_proj(x).view(shape).transpose(1, 2)
     v = v_proj(x).view(shape).transpose(1, 2)
-    if module.config._attn_implementation == "flex_attention" and _flex_ready(mask):
+    req = STATS_REQUEST.get()
+    if req is not None and _serves(req, module, mask, dropout):
+        req.stats, ctx = attention_stats_blockwise(q, k, scaling, req.valid, req.stat, req.log_sizes, v=v)
+        ctx = ctx.transpose(1, 2)
+    elif module.config._attn_implementation == "flex_attention" and _flex_ready(mask):
         if module.training and dropout > 0:
             raise ValueError("flex_attention has no attention dropout: use the model in eval mode")
         key_bias = mask[:, 0, 0, :] if isinstance(mask, Tensor) else None
@@ -62,6 +97,14 @@ def run_attention(
         ctx, _ = attention_fn(module)(module, q, k, v, mask, dropout=dropout if module.training else 0.0,
                                       scaling=scaling)
     return ctx.reshape(*x.shape[:-1], -1).contiguous(), q, k, v
+
+
+def _serves(req: StatsRequest, module: nn.Module, mask: Any, dropout: float) -> bool:
+    """Whether this attention call computes the runner's statistic itself: not served yet, the runner's
+    own mask, the eager or SDPA backend (flash and flex keep their kernels), no attention dropout."""
+    impl = module.config._attn_implementation
+    return (req.stats is None and mask is req.mask and impl in (None, "eager", "sdpa")
+            and not (module.training and dropout > 0))
 
 
 def _flex_ready(mask: Tensor | BlockMask | None) -> bool:

@@ -26,8 +26,10 @@ from torch import Tensor, nn
 
 from ...core.assign import apply_assignment, attention_bias, gather_assignment, restore, update_sources
 from ...core.attention import query_rows
+from ...core.scoring import attention_stats_blockwise
 from ..methods.base import LayerTensors, Method
 from .base import AttnOut, Family, valid_from_mask
+from .hf_attention import STATS_REQUEST, StatsRequest
 
 _STATE: ContextVar[dict[int, TokenState] | None] = ContextVar("tokenreduce_state", default=None)
 _RECORD: ContextVar[list[SourceRecord] | None] = ContextVar("tokenreduce_record", default=None)
@@ -152,7 +154,7 @@ def _cls_attention(q: Tensor, k: Tensor, scaling: float, sizes: Tensor, prop: bo
     return _rows(q[:, :, :1], k, scaling, sizes, prop)[:, :, 0].mean(1)
 
 
-NEEDS = frozenset({"keys", "cls_attn", "cls_attn_heads", "values", "attn", "qk", "target"})
+NEEDS = frozenset({"keys", "cls_attn", "cls_attn_heads", "values", "attn", "qk", "attn_stat", "target"})
 
 
 def _cls_attention_heads(q: Tensor, k: Tensor, scaling: float, sizes: Tensor, prop: bool) -> Tensor:
@@ -200,10 +202,18 @@ def reduced_forward(
         return out
 
     bias = mask if st.pristine else _key_bias(h, st, x.dtype)
-    att = h.family.attention(layer, x, bias)
+    req = _stats_request(h, st, bias) if _reduces(r) else None
+    if req is None:
+        att = h.family.attention(layer, x, bias)
+    else:
+        token = STATS_REQUEST.set(req)
+        try:
+            att = h.family.attention(layer, x, bias)
+        finally:
+            STATS_REQUEST.reset(token)
     x = att.x
     if _reduces(r):
-        x = _reduce(h, st, att, r, index)
+        x = _reduce(h, st, att, r, index, None if req is None else req.stats)
         recording = None if torch.compiler.is_compiling() else _RECORD.get()
         if recording is not None:
             recording.append(SourceRecord(index, st.src.clone(), st.sizes.clone()))
@@ -231,7 +241,22 @@ def _key_bias(h: PatchHandle, st: TokenState, dtype: torch.dtype) -> Tensor | No
     return attention_bias(st.sizes, prop, dtype)
 
 
-def _reduce(h: PatchHandle, st: TokenState, att: AttnOut, r: Tensor | int, index: int) -> Tensor:
+def _stats_request(h: PatchHandle, st: TokenState, bias: Tensor | None) -> StatsRequest | None:
+    """For a method that needs "attn_stat", ask the block's attention to compute its statistic from its
+    own probabilities (served by the eager/SDPA path of Hugging Face families; see hf_attention)."""
+    stat = h.method.attention_stat() if "attn_stat" in h.method.needs else None
+    if stat is None or torch.compiler.is_compiling():  # dynamo does not trace ContextVar.set
+        return None
+    return StatsRequest(stat, st.sizes > 0, _log_sizes(st, h.method.proportional_attention), bias)
+
+
+def _log_sizes(st: TokenState, prop: bool) -> Tensor | None:
+    return st.sizes.float().clamp(min=1e-6).log() if prop else None
+
+
+def _reduce(
+    h: PatchHandle, st: TokenState, att: AttnOut, r: Tensor | int, index: int, stats: Tensor | None = None
+) -> Tensor:
     """Plan and apply this layer's reduction; updates ``st`` (sizes, sources) and returns new x."""
     m = h.method
     x, q, k, scaling = att.x, att.q, att.k, att.scaling
@@ -247,7 +272,7 @@ def _reduce(h: PatchHandle, st: TokenState, att: AttnOut, r: Tensor | int, index
         keys=k.mean(1) if "keys" in m.needs else None,
         cls_attn=_cls_attention(q, k, scaling, st.sizes, m.proportional_attention) if "cls_attn" in m.needs else None,
         n_out=n_out,
-        **_extras(h, st, att, index),
+        **_extras(h, st, att, index, stats),
     )
     plan = m.plan(t, r)
     st.src, st.pristine = update_sources(st.src, plan.dst), False
@@ -258,8 +283,9 @@ def _reduce(h: PatchHandle, st: TokenState, att: AttnOut, r: Tensor | int, index
     return x
 
 
-def _extras(h: PatchHandle, st: TokenState, att: AttnOut, index: int) -> dict[str, Any]:
-    """The optional LayerTensors fields a method's ``needs`` ask for (nothing is computed otherwise)."""
+def _extras(h: PatchHandle, st: TokenState, att: AttnOut, index: int, stats: Tensor | None) -> dict[str, Any]:
+    """The optional LayerTensors fields a method's ``needs`` ask for (nothing is computed otherwise);
+    ``stats``: the method's attention statistic if the block's attention already computed it."""
     m, prop = h.method, h.method.proportional_attention
     out: dict[str, Any] = {"num_layers": len(h.layers)}
     if "cls_attn_heads" in m.needs:
@@ -269,8 +295,10 @@ def _extras(h: PatchHandle, st: TokenState, att: AttnOut, index: int) -> dict[st
     if "attn" in m.needs:
         out["attn"] = _full_attention(att.q, att.k, att.scaling, st.sizes, prop)
     if "qk" in m.needs:  # per-head queries and keys, for methods that build attention blockwise
-        out.update(queries=att.q, keys_heads=att.k, scaling=att.scaling,
-                   key_bias=st.sizes.float().clamp(min=1e-6).log() if prop else None)
+        out.update(queries=att.q, keys_heads=att.k, scaling=att.scaling, key_bias=_log_sizes(st, prop))
+    if "attn_stat" in m.needs:  # recomputed blockwise next to the kernel where the attention did not serve it
+        out["attn_stat"] = stats if stats is not None else attention_stats_blockwise(
+            att.q, att.k, att.scaling, st.sizes > 0, m.attention_stat(), _log_sizes(st, prop))[0]
     if "target" in m.needs:
         done = st.removals[: index + 1]
         out["target"] = st.n0 - (sum(done) if isinstance(done, list) else done.sum(0))

@@ -40,6 +40,7 @@ class LayerTensors(NamedTuple):
     keys_heads: Tensor | None = None  # (B, H, N, d) attention keys per head, with "qk"
     scaling: float = 1.0  # the attention's logit scale, with "qk"
     key_bias: Tensor | None = None  # (B, N) log(size) per key under proportional attention, with "qk"
+    attn_stat: Tensor | None = None  # (B, H, N) the method's ``attention_stat`` of this layer, with "attn_stat"
 
 
 class Plan(NamedTuple):
@@ -85,6 +86,13 @@ class Method:
     def budget(self) -> Schedule | MinStep:
         base = schedule_from(self.r, self.keep, self.schedule, self.layers, self.min_tokens)
         return MinStep(base, float(self.min_step)) if self.min_step else base
+
+    def attention_stat(self) -> Callable[[Tensor, Tensor], Tensor] | None:
+        """For methods that need "attn_stat": a per-head statistic ``stat(probs, valid)`` (b, h, N) of a
+        block of attention probabilities (b, h, N, N) whose rows' real tokens are ``valid`` (b, N).
+        The runner gets it from the block's own attention where the backend allows (no second Q·Kᵀ),
+        otherwise from a blockwise recomputation; it arrives as ``LayerTensors.attn_stat``."""
+        return None
 
     def plan(self, t: LayerTensors, n_remove: Tensor) -> Plan:  # pragma: no cover - abstract
         raise NotImplementedError

@@ -10,15 +10,19 @@ Fused tokens are averaged with weights attention-received × size.
 
 Training-free variant: the paper's one-step-ahead attention (the next layer's attention) and its
 consistency loss need fine-tuning; here informativeness is the current layer's attention. With
-``info="attn"`` (the paper's) that is the column mean of the full attention, recomputed next to the
-fused kernel a few heads at a time (:func:`tokenreduce.core.scoring.attention_received_blockwise`):
-no (B, H, N, N) tensor is held, but the extra Q·Kᵀ and softmax are inherently quadratic in N
-(H·N²·d MACs per reducing layer, counted in FLOPs); ``info="cls"`` uses the [CLS] row instead
+``info="attn"`` (the paper's) that is the column mean of the full attention: a reducing layer of a
+Hugging Face family with the eager or SDPA backend computes its attention explicitly, a few heads at a
+time, and takes the column sums from the same probabilities that give its output
+(:func:`tokenreduce.core.scoring.attention_stats_blockwise`); other backends and families recompute
+Q·Kᵀ and softmax next to their kernel (H·N²·d more MACs, not in :meth:`MCTF.cost_macs`). No (B, H, N, N)
+tensor is held, but the scoring is inherently quadratic in N (H·N² MACs for the column sums, plus the
+explicit softmax that replaces the fused kernel); ``info="cls"`` uses the [CLS] row instead
 (O(N·d), SDPA-friendly); ``info="none"`` drops the criterion.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -26,7 +30,7 @@ from torch import Tensor
 
 from ...core.dims import ModelDims
 from ...core.matching import NEG, bidirectional_merge, merge_into
-from ...core.scoring import attention_received, attention_received_blockwise, cosine_matrix
+from ...core.scoring import attention_received, attention_received_blockwise, cosine_matrix, received_stat
 from .base import LayerTensors, Method, Plan, register
 
 INFO = ("attn", "cls", "none")
@@ -62,15 +66,20 @@ class MCTF(Method):
 
     @property
     def needs(self) -> frozenset[str]:  # type: ignore[override]
-        extra = {"attn": {"qk"}, "cls": {"cls_attn"}, "none": set()}[self.info]
+        extra = {"attn": {"attn_stat"}, "cls": {"cls_attn"}, "none": set()}[self.info]
         return frozenset(extra | ({"keys"} if self.metric == "keys" else set()))
 
     @property
     def proportional_attention(self) -> bool:  # type: ignore[override]
         return self.prop_attn
 
+    def attention_stat(self) -> Callable[[Tensor, Tensor], Tensor] | None:
+        return received_stat if self.info == "attn" else None
+
     def informativeness(self, t: LayerTensors) -> Tensor | None:
         if self.info == "attn":
+            if t.attn_stat is not None:  # what the runner passes
+                return t.attn_stat.mean(1)
             if t.attn is not None:  # given explicitly (tests, custom runners)
                 return attention_received(t.attn, t.sizes > 0)
             return attention_received_blockwise(t.queries, t.keys_heads, t.scaling, t.sizes > 0, t.key_bias)
@@ -100,6 +109,6 @@ class MCTF(Method):
     def cost_macs(self, n: int, dims: ModelDims, protected: int) -> int:
         u = n - protected
         sim = (u - u // 2) * (u // 2) * (dims.head_dim if self.metric == "keys" else dims.hidden)
-        # "attn": the recomputed Q·Kᵀ, then the column sums as a (1, N) @ (N, N) product per head
-        info = {"attn": dims.heads * n * n * (dims.head_dim + 1), "cls": dims.heads * n * dims.head_dim, "none": 0}
+        # "attn": the column sums as a (1, N) @ (N, N) product per head (the probabilities are the block's own)
+        info = {"attn": dims.heads * n * n, "cls": dims.heads * n * dims.head_dim, "none": 0}
         return sim + info[self.info]

@@ -14,14 +14,18 @@ rest, the least important tokens, by the I-stage. Simplifications: heads are ave
 
 This method is inherently quadratic: it needs every row of the attention matrix of every head
 (the paper's PageRank runs per head, so averaging the heads' graphs first would change its results).
-It recomputes the attention next to the fused kernel a few heads at a time
-(:func:`tokenreduce.core.scoring.weighted_pagerank_blockwise`): each head's N×N graph is built, used
-for its ``iters`` products while it is in cache, and freed, so no (B, H, N, N) tensor is held. Its
-cost counts that Q·Kᵀ, the PageRank products and the similarity.
+A reducing layer of a Hugging Face family with the eager or SDPA backend computes its attention
+explicitly a few heads at a time (:func:`tokenreduce.core.scoring.attention_stats_blockwise`): each
+head's N×N graph gives the block's output and its ``iters`` PageRank products while it is in cache,
+and is freed, so no (B, H, N, N) tensor is held and no second Q·Kᵀ is computed. Other backends and
+families recompute the graph next to their kernel (H·N²·d more MACs, not in the cost below). Its cost
+counts the PageRank products and the similarity.
 """
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -43,7 +47,7 @@ class ZeroTPrune(Method):
     iters: int = 10
     similarity_share: float = 0.5
 
-    needs: ClassVar[frozenset[str]] = frozenset({"qk", "keys"})
+    needs: ClassVar[frozenset[str]] = frozenset({"attn_stat", "keys"})
     cap: ClassVar[float] = 0.9
     drops: ClassVar[bool] = True
 
@@ -54,10 +58,15 @@ class ZeroTPrune(Method):
         if not 0.0 <= float(self.similarity_share) <= 1.0:
             raise ValueError(f"zero-tprune: similarity_share must be in [0, 1], got {self.similarity_share}")
 
+    def attention_stat(self) -> Callable[[Tensor, Tensor], Tensor]:
+        return functools.partial(weighted_pagerank, iters=self.iters)
+
     def plan(self, t: LayerTensors, n_remove: Tensor) -> Plan:
         p = t.protected
         valid = t.sizes > 0
-        if t.attn is not None:  # given explicitly (tests, custom runners)
+        if t.attn_stat is not None:  # what the runner passes
+            ranks = t.attn_stat
+        elif t.attn is not None:  # given explicitly (tests, custom runners)
             ranks = weighted_pagerank(t.attn, valid, self.iters)
         else:
             ranks = weighted_pagerank_blockwise(t.queries, t.keys_heads, t.scaling, valid, self.iters, t.key_bias)
@@ -76,6 +85,5 @@ class ZeroTPrune(Method):
         return Plan(dst, n_out, one_to_one=True)
 
     def cost_macs(self, n: int, dims: ModelDims, protected: int) -> int:
-        qk = dims.heads * n * n * dims.head_dim  # explicit attention logits
         pagerank = self.iters * dims.heads * n * n  # one matrix-vector product per head and step
-        return qk + pagerank + (n - protected) ** 2 * dims.head_dim
+        return pagerank + (n - protected) ** 2 * dims.head_dim
