@@ -1,5 +1,6 @@
 """Video methods' stages inside the LLM: DyCoke's dynamic KV pruning while decoding, HoliTom's inner-LLM merging,
-PruneVid's question-guided KV pruning -- on tiny Qwen2-VL (M-RoPE) and LLaVA-OneVision (1-D positions).
+PruneVid's question-guided KV pruning -- on tiny Qwen2-VL (M-RoPE) and LLaVA-OneVision (1-D positions); keep-all
+also on Qwen2.5-VL.
 
 Each stage is checked against a written-out reference: the unpatched LM in eager mode (its own attention
 weights), the selection and merging done by hand, the layers after the stage called one by one."""
@@ -8,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from test_vlm_video import _positions, video_inputs
+from test_vlm_video import _positions, tiny_qwen25, video_inputs
 from test_vlm_video_llava import V, tiny_onevision
 from test_vlm_video_llava import inputs as ov_inputs
 from transformers import DynamicCache
@@ -29,11 +30,11 @@ STAGES = {  # method -> parameters turning its LLM stage on (layer 2 of the tiny
 def models():
     eager_qwen, eager_ov = tiny_qwen2vl(impl="eager"), tiny_onevision()
     eager_ov.set_attn_implementation("eager")
-    return {"qwen": (tiny_qwen2vl(), eager_qwen), "onevision": (tiny_onevision(), eager_ov)}
+    return {"qwen": (tiny_qwen2vl(), eager_qwen), "onevision": (tiny_onevision(), eager_ov), "qwen25": (tiny_qwen25(),)}
 
 
 def _inputs(family, model, **kw):
-    return video_inputs(model, static=0.3, question=kw.pop("question", 8), **kw) if family == "qwen" else (
+    return video_inputs(model, static=0.3, question=kw.pop("question", 8), **kw) if family != "onevision" else (
         ov_inputs(model, static=0.3, question=kw.pop("question", 8), **kw))
 
 
@@ -101,7 +102,7 @@ def _run_layers(lm, hidden, pos, layers, cache=None):
 
 # ---- reduce nothing ---------------------------------------------------------------------------------------
 @torch.no_grad()
-@pytest.mark.parametrize("family", ["qwen", "onevision"])
+@pytest.mark.parametrize("family", ["qwen", "qwen25", "onevision"])
 @pytest.mark.parametrize("method", sorted(STAGES))
 def test_stage_that_keeps_everything_reproduces_logits_and_generate(family, method, models):
     """A stage's share of 1 (off), and a share that rounds to every video token (the stage's code runs and
@@ -356,8 +357,6 @@ def test_bench_video_rows_of_the_stages(tmp_path, monkeypatch):
     staged row costs less than its method before the LLM alone at 28 layers; PruneVid's stores less KV, DyCoke's
     stores the same but reads less while decoding; a 1-layer model is refused for them."""
     import json
-
-    from test_vlm_video import tiny_qwen25
 
     from tokenreduce.vlm.video import bench, cli
 
