@@ -171,3 +171,35 @@ def test_decay_keeps_order_within_a_single_document(extractive):
     q = "Where was Ewan Calder born?"
     for rate in (0.6, 0.3):
         assert extractive(text, q, rate=rate).text == off(text, q, rate=rate).text
+
+
+def test_bridge_lifts_the_document_named_by_the_best_sentence():
+    from tokenreduce.prompt.methods.extractive import _bridge
+
+    sents, doc_of = _sents(DOCS)
+    heads = heading_sentences(sents, doc_of)
+    body = np.ones(len(sents), dtype=bool)
+    body[heads[heads >= 0]] = False
+    score = np.zeros(len(sents))
+    score[1] = 2.0  # "Night Harbour is a 1999 drama film directed by Ewan Calder." names doc 1's title
+    got = _bridge(score, sents, doc_of, body, k=1)
+    d1 = np.flatnonzero((doc_of == 1) & body)
+    assert got[d1[0]] == 1.0 and got[d1[1]] == 0.5  # the bridge's lead sentence first, then the next
+    assert got[~np.isin(np.arange(len(sents)), d1)].sum() == 0  # nothing else: no self-link, no titles
+    score[:] = 0
+    score[7] = 2.0  # Grey Lantern's sentence names no other title
+    assert _bridge(score, sents, doc_of, body, k=1).sum() == 0
+
+
+
+def test_verbatim_repeats_rank_last_after_their_first_copy():
+    from tokenreduce.prompt.methods.extractive import _repeats_last
+
+    sents = ["Title: A", "Phelps won 28 medals.", "Norway topped the table.", "phelps  won 28 medals.", "Title: B"]
+    body = np.array([False, True, True, True, False])
+    score = np.array([5.0, 4.0, 3.0, 4.5, 5.0])
+    got = _repeats_last(score, sents, body)
+    order = list(np.argsort(-got, kind="stable"))
+    assert order[-1] == 1  # the lower-scored copy goes last; the better copy (3) keeps its place
+    assert order[:4] == [0, 4, 3, 2] and got[3] == 4.5
+    np.testing.assert_array_equal(_repeats_last(score[:3], sents[:3], body[:3]), score[:3])  # nothing repeated

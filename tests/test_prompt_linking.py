@@ -59,7 +59,7 @@ def scorers():
     from tokenreduce.prompt import PromptCompressor
     from tokenreduce.prompt.bench_setup import tiktoken_dir
 
-    only_links = {"w_chain": 0.0, "w_type": 0.0, "doc_decay": 0.0}  # isolate the link boost
+    only_links = {"w_chain": 0.0, "w_type": 0.0, "doc_decay": 0.0, "w_bridge": 0.0}  # isolate the link boost
     tok = "cl100k_base" if _has_cl100k() else None
     on = PromptCompressor("extractive", tokenizer=tok, tiktoken_dir=tiktoken_dir(None), **only_links)
     off = PromptCompressor("extractive", tokenizer=on.counter, w_link=0.0, **only_links)

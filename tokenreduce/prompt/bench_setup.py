@@ -24,18 +24,19 @@ VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
     "extractive-token": ("extractive", {}),
     "extractive-emb": ("extractive", {"w_bm25": 0.0}),
     # ablations: each drops one part of the default; "-links" is the previous default (links, no chains)
-    "extractive-nolink": ("extractive", {"w_link": 0.0, "chain_link": 0.0, "chain_named": 0.0}),
+    "extractive-nolink": ("extractive", {"w_link": 0.0, "chain_link": 0.0, "chain_named": 0.0, "w_bridge": 0.0}),
     "extractive-nochain": ("extractive", {"w_chain": 0.0}),
     "extractive-notype": ("extractive", {"w_type": 0.0}),
     "extractive-nodecay": ("extractive", {"doc_decay": 0.0}),
     "extractive-notitles": ("extractive", {"keep_titles": False}),
+    "extractive-nobridge": ("extractive", {"w_bridge": 0.0}),  # the default before the sentence-level second hop
     "extractive-links": (
         "extractive",
-        {"w_chain": 0.0, "w_type": 0.0, "doc_decay": 0.0, "keep_titles": False},
+        {"w_chain": 0.0, "w_type": 0.0, "doc_decay": 0.0, "keep_titles": False, "w_bridge": 0.0},
     ),
     "extractive-plain": (
         "extractive",
-        {"w_link": 0.0, "w_chain": 0.0, "w_type": 0.0, "doc_decay": 0.0, "keep_titles": False},
+        {"w_link": 0.0, "w_chain": 0.0, "w_type": 0.0, "doc_decay": 0.0, "keep_titles": False, "w_bridge": 0.0},
     ),
     "perplexity": ("perplexity", {}),
     "longllmlingua": ("longllmlingua", {}),

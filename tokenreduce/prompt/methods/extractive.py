@@ -4,8 +4,9 @@ Sentences are scored with a bi-encoder (all-MiniLM-L6-v2 by default; Reimers & G
 "Sentence-BERT", EMNLP 2019) combined with their document's relevance, their neighbours' relevance,
 and lexical BM25 over the context's own sentences (Robertson & Zaragoza 2009). For several documents,
 multi-hop evidence is added: title links (:mod:`.linking`), the best two-document chain each document
-belongs to (:mod:`.chains`), the question's expected answer type (:mod:`.qtype`), and diminishing
-returns for further sentences of one document; a document's title line is kept with its first kept
+belongs to (:mod:`.chains`), the question's expected answer type (:mod:`.qtype`), a sentence-level
+second hop (the documents whose titles the best sentences name: the bridge entity's own sentences), and
+diminishing returns for further sentences of one document; a document's title line is kept with its first kept
 sentence. The best sentences are kept whole under an exact global budget (``granularity="token"`` of the
 compressor: the last one may be cut at word level to hit it), in original order unless ``reorder=True``.
 Without a question, sentences are scored by closeness to the context's centroid. Weights ``w_*`` = 0
@@ -51,12 +52,15 @@ class Extractive(PromptMethod):
     chain_cover: float = 3.0
     w_type: float = 0.2  # expected answer type (prompt/qtype.py)
     doc_decay: float = 0.1  # diminishing returns: minus doc_decay x the sentence's rank within its document
+    w_bridge: float = 1.5  # sentence-level second hop: documents named in the best bridge_k sentences (0: off)
+    bridge_k: int = 2
+    dedup: bool = True  # a sentence repeated verbatim (duplicated passages) ranks last after its first copy
     keep_titles: bool = True
     reorder: bool = False
     batch_size: int = 16  # small length-sorted batches: least padding, cache-friendly (fastest on 2 CPU cores)
     max_length: int = 128
 
-    minimums = {"hop_k": 1, "link_k": 0, "batch_size": 1, "max_length": 1}
+    minimums = {"hop_k": 1, "link_k": 0, "bridge_k": 1, "batch_size": 1, "max_length": 1}
 
     def load(self, encoder: SentenceEmbedder | None = None) -> ExtractiveScorer:
         """The scorer with ``encoder``, or with the encoder ``model`` names (all-MiniLM-L6-v2 by default)."""
@@ -91,6 +95,40 @@ def heading_pieces(seg: Segmentation) -> np.ndarray:
     """(P,) bool: the pieces of each document's heading line (:func:`.linking.heading_sentences`)."""
     heads = heading_sentences(seg.sentence_texts(), sentence_docs(seg))
     return np.isin(seg.sent, heads[heads >= 0])
+
+
+def _bridge(score: np.ndarray, sents: list[str], doc_of: np.ndarray, body: np.ndarray, k: int) -> np.ndarray:
+    """Sentence-level second hop: the body sentences of each document whose title is named in one of the ``k``
+    best body sentences of *other* documents get 1 / (rank of that naming sentence), by their rank within their
+    own document (1 for the first, 1/2 for the second, ...): the bridge entity's own definition, which the
+    question does not name, is read next (multi-hop dense retrieval's second step, Xiong et al., ICLR 2021,
+    done with titles as hyperlinks)."""
+    titles = doc_titles(sents, doc_of)
+    top = [i for i in np.argsort(-np.where(body, score, -np.inf), kind="stable")[:k] if body[i]]
+    weight = np.zeros(len(titles))
+    for r, i in enumerate(top):
+        named = named_in(sents[i], titles)
+        named[doc_of[i]] = False
+        weight = np.maximum(weight, named / (r + 1.0))
+    order = within_doc_rank(-np.arange(len(sents), dtype=float), doc_of, body)
+    return np.where(body, weight[doc_of] / (1.0 + order), 0.0)
+
+
+def _repeats_last(score: np.ndarray, sents: list[str], body: np.ndarray) -> np.ndarray:
+    """Scores with every body sentence that repeats a better-scored one word for word (case and spacing aside)
+    moved below all others, keeping their order: a second copy adds no information but costs budget."""
+    seen: set[str] = set()
+    repeat = np.zeros(len(sents), dtype=bool)
+    for i in np.argsort(-score, kind="stable"):
+        if body[i]:
+            key = " ".join(sents[i].lower().split())
+            repeat[i] = key in seen
+            seen.add(key)
+    if not repeat.any():
+        return score
+    out = score.copy()
+    out[repeat] = score[repeat] - (score.max() - score.min()) - 1.0
+    return out
 
 
 class ExtractiveScorer(Scorer):
@@ -140,8 +178,12 @@ class ExtractiveScorer(Scorer):
             score = score + c.w_chain * self._chains(score, sents, doc_of, body, question)[doc_of]
         if c.w_type and question:
             score = score + c.w_type * answer_type_scores(question, sents)
+        if c.w_bridge and question and n_docs > 1:
+            score = score + c.w_bridge * _bridge(score, sents, doc_of, body, c.bridge_k)
         if c.doc_decay:
             score = score - c.doc_decay * within_doc_rank(score, doc_of, body)
+        if c.dedup:
+            score = _repeats_last(score, sents, body)
         return score
 
     def _chains(self, score, sents, doc_of, body, question) -> np.ndarray:
