@@ -7,7 +7,7 @@ import math
 
 import pytest
 import torch
-from kv_models import padded_batch, random_ids, tiny_lm
+from kv_models import padded_batch, random_ids, tiny_fused_lm, tiny_lm, tiny_sliding_lm
 from kv_press_refs import layer_views
 
 from tokenreduce.kv import AdaKV, KeyNorm, MergePress, SnapKV, apply_press, generate_ids, kv_bytes, make_press
@@ -123,6 +123,18 @@ def test_batch_rows_equal_rows_alone(model, spec):
     both = generate_ids(model, ids, mask, q, press, max_new_tokens=5)
     alone = generate_ids(model, ids[1:, 9:], None, q[1:], press, max_new_tokens=5)
     assert torch.equal(both[1:], alone)
+
+
+@pytest.mark.parametrize("build", [lambda: tiny_fused_lm("gpt2"), lambda: tiny_sliding_lm("gemma3"),
+                                   lambda: tiny_lm("qwen2")], ids=["gpt2-recorded", "gemma3-sliding", "qwen2"])
+def test_other_families_keep_one_exact_and_rows_alone(build):
+    model = build()
+    ids, mask, q = padded_batch()
+    base = generate_ids(model, ids, mask, q, max_new_tokens=3)
+    assert torch.equal(generate_ids(model, ids, mask, q, make_press("merge", keep=1.0), max_new_tokens=3), base)
+    press = make_press("merge", keep=0.4, window=4)
+    both = generate_ids(model, ids, mask, q, press, max_new_tokens=3)
+    assert torch.equal(both[1:], generate_ids(model, ids[1:, 9:], None, q[1:], press, max_new_tokens=3))
 
 
 def test_chunked_prefill_holds_the_budget(model):
