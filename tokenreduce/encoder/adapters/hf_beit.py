@@ -14,8 +14,9 @@ rep[b, j]]`` — exactly the bias BEiT gives tokens at positions ``rep``.
 
 Limits: scorers that rebuild attention rows from queries and keys (EViT's [CLS] attention) see the logits
 without the position bias. ``output_attentions`` / ``output_hidden_states`` are refused while patched
-(reduced blocks keep no attention matrix and the patched loop records no states), and so is
-``torch.compile`` (positions come from source records, not kept while compiling).
+(reduced blocks keep no attention matrix and the patched loop records no states). Under ``torch.compile``
+the patched loop runs eagerly (positions come from source records, kept only outside compiled code):
+correct, not faster.
 """
 
 from __future__ import annotations
@@ -72,6 +73,7 @@ def _terms(
     return tuple(gather_pairs(t, rep) for t in (own, shared) if t is not None), None
 
 
+@torch.compiler.disable  # positions follow merges through source records, kept only in eager code
 def _beit_loop(
     apps: Applications,
     pixel_values: Tensor,
@@ -105,6 +107,7 @@ def _beit_loop(
     return BeitModelOutputWithPooling(last_hidden_state=out, pooler_output=pooled)
 
 
+@torch.compiler.disable  # positions follow merges through source records, kept only in eager code
 def _data2vec_loop(
     apps: Applications,
     hidden_states: Tensor,

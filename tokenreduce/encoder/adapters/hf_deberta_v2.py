@@ -18,7 +18,8 @@ Cost: the position terms are matmuls too; ``relative_cost(model)`` gives them to
 
 Refused: ``conv_kernel_size > 0`` (DeBERTa-v2 xlarge/xxlarge: a convolution over the sequence after
 block 0 mixes neighbouring positions, which reduced tokens no longer have), ``z_steps > 1`` (re-runs
-the last block on the full-length states), ``output_attentions`` while patched, ``torch.compile``.
+the last block on the full-length states), ``output_attentions`` while patched. Under ``torch.compile``
+the patched loop runs eagerly (positions follow merges through source records): correct, not faster.
 Scorers that rebuild attention rows from queries and keys (EViT's [CLS] attention) see the
 content-to-content logits only, without the position terms.
 """
@@ -71,6 +72,7 @@ def relative_positions(rel: Tensor | None, rel_embeddings: Tensor | None) -> Ite
         _POSITIONS.reset(token)
 
 
+@torch.compiler.disable  # positions follow merges through source records, kept only in eager code
 def _loop(
     apps: Applications,
     hidden_states: Tensor,

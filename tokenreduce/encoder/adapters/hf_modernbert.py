@@ -17,8 +17,8 @@ The unpadded path: transformers 5 no longer unpads ModernBERT inside the model (
 for BERT), so padded batches go through the runner's size-0 padding like every text family.
 FlashAttention (``attn_implementation="flash_attention_*"``) is refused: reduced blocks pass an additive
 float mask (sizes, padding, window), which the flash kernels do not take; ``sdpa`` and ``eager`` work.
-Also refused: ``output_attentions`` while patched, ``torch.compile``, a first layer with local attention
-(the runner reads padding from block 0's mask).
+Also refused: ``output_attentions`` while patched, a first layer with local attention (the runner reads
+padding from block 0's mask). Under ``torch.compile`` the patched loop runs eagerly: correct, not faster.
 """
 
 from __future__ import annotations
@@ -70,6 +70,7 @@ def rotary(positions: Tensor | None, position_embeddings: tuple[Tensor, Tensor] 
         _ROPE.reset(token)
 
 
+@torch.compiler.disable  # positions follow merges through source records, kept only in eager code
 def _loop(
     apps: Applications,
     input_ids: Tensor | None = None,

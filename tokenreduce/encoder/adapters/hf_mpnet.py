@@ -12,8 +12,8 @@ equals the bias MPNet computes for tokens at positions ``rep`` (its own buckets 
 
 Limits: scorers that rebuild attention rows from queries and keys (EViT's [CLS] attention, attention
 received, ...) see the logits without the position bias. ``output_attentions`` is refused while
-patched (reduced blocks compute no attention matrix), and so is ``torch.compile`` (the source records
-that carry positions are not kept while compiling).
+patched (reduced blocks compute no attention matrix). Under ``torch.compile`` the patched loop runs
+eagerly (the source records that carry positions are kept only outside compiled code): correct, not faster.
 """
 
 from __future__ import annotations
@@ -49,6 +49,7 @@ def position_bias(bias: Tensor | None) -> Iterator[None]:
         _BIAS.reset(token)
 
 
+@torch.compiler.disable  # positions follow merges through source records, kept only in eager code
 def _loop(
     apps: Applications,
     hidden_states: Tensor,
