@@ -124,3 +124,68 @@ def test_same_selections_as_the_former_pass(model, budget, window, monkeypatch):
             assert torch.equal(k0, k1) and torch.equal(v0, v1)
         else:
             assert all(torch.equal(a, b) for r0, r1 in zip(k0, k1, strict=True) for a, b in zip(r0, r1, strict=True))
+
+
+def test_max_from_the_kernels_logsumexp_equals_the_logits_only_max():
+    """The one-matmul form (queries carry -lse, keys a channel of ones; tiles of context entries) equals the
+    logits-only max with the logsumexp formed from the logits: GQA, padded context entries, padding queries."""
+    from tokenreduce.kv.kvzip import _max_given_lse, _reconstruction_max
+
+    g = torch.Generator().manual_seed(3)
+    b, h, hkv, length, n, extra, d = 2, 6, 2, 5, 11, 3, 8
+    q = torch.randn(b, h, length, d, generator=g)
+    keys = torch.randn(b, hkv, n + extra + length, d, generator=g)
+    valid = torch.ones(b, n + extra + length, dtype=torch.bool)
+    valid[1, :4] = False  # a left-padded context
+    valid[1, n : n + 2] = False  # padding inside the prompt + chunk block
+    qmask = torch.ones(b, length)
+    qmask[1, :2] = 0  # padding queries
+    total = keys.shape[2]
+    logits = torch.einsum("bhqd,bhkd->bhqk", q * 0.3, keys.repeat_interleave(h // hkv, 1))
+    pos = torch.arange(length) + total - length
+    seen = valid[:, None, None, :] & (torch.arange(total)[None, :] <= pos[:, None])[None, None]
+    lse = logits.masked_fill(~seen, float("-inf")).logsumexp(-1)
+    ref = _reconstruction_max(q, keys, 0.3, valid, qmask, n, block=4)
+    for tile, block in ((3, 4), (512, 1024), (1, 7)):
+        got = _max_given_lse(q, keys, 0.3, lse, valid, qmask, n, block, tile)
+        torch.testing.assert_close(got, ref, atol=1e-6, rtol=1e-5)
+    assert bool((ref[1, :, :4] == 0).all())
+
+
+@pytest.mark.parametrize("window", [0, 12])
+def test_without_the_cpu_flash_kernel_the_scores_are_the_same(model, window, monkeypatch):
+    """Where the kernel that returns the logsumexp is missing (another device, a torch without it), the
+    pass forms it from the logits: the same scores; the model's attention setting is restored either way."""
+    ids, mask, _ = padded_batch()
+    cache = _cache(model, ids, mask)
+    impl = model.config._attn_implementation
+    fast = reconstruction_scores(model, cache, ids, mask, PROMPT, 16, window, block=5)
+    monkeypatch.setattr("tokenreduce.kv.kvzip._FLASH_CPU", None)
+    slow = reconstruction_scores(model, cache, ids, mask, PROMPT, 16, window, block=5)
+    for a, b in zip(fast, slow, strict=True):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+    assert model.config._attn_implementation == impl
+
+
+@pytest.mark.parametrize("window", [0, 12])
+def test_unpadded_rows_take_the_maskless_kernel_and_score_the_same(model, window, monkeypatch):
+    """Rows without padding: the kernel runs without a mask (stored entries, then the new ones causal, joined
+    by their logsumexps); the scores equal the former pass's."""
+    import tokenreduce.kv.kvzip as kz
+
+    ids = random_ids(2, 40, seed=7)
+    mask = torch.ones_like(ids)
+    cache = _cache(model, ids, mask)
+    calls = []
+
+    def counting(*args, **kwargs):
+        calls.append(kwargs.get("attn_mask") is None)
+        return flash(*args, **kwargs)
+
+    flash = kz._FLASH_CPU
+    monkeypatch.setattr(kz, "_FLASH_CPU", counting)
+    new = reconstruction_scores(model, cache, ids, mask, PROMPT, 16, window, block=5)
+    old = _old_scores(model, cache, ids, mask, PROMPT, 16, window)
+    for a, b in zip(old, new, strict=True):
+        torch.testing.assert_close(b, a, atol=1e-5, rtol=1e-5)
+    assert calls and all(calls)

@@ -55,38 +55,6 @@ def clone(cache: Cache) -> Cache:
     return out
 
 
-class PassLayer(DynamicLayer):
-    """A read-only view of a dense layer for a throw-away forward: ``update`` returns the stored entries plus
-    the new ones (``last``, kept until :func:`take_last`) but stores nothing, so a forward after it copies
-    one layer at a time instead of growing a second copy of the whole cache."""
-
-    def __init__(self, keys: Tensor, values: Tensor):
-        super().__init__()
-        self.keys, self.values, self.is_initialized = keys, values, True
-        self.device, self.dtype = keys.device, keys.dtype
-        self.last: tuple[Tensor, Tensor] | None = None
-
-    def update(self, key_states: Tensor, value_states: Tensor, *args, **kwargs) -> tuple[Tensor, Tensor]:
-        self.last = (torch.cat([self.keys, key_states], dim=-2), torch.cat([self.values, value_states], dim=-2))
-        return self.last
-
-
-def passing(cache: Cache, length: int | None = None) -> Cache:
-    """A cache whose layers are :class:`PassLayer` views of ``cache``'s dense layers (their first ``length``
-    entries if given): forwards run after it and leave it (and ``cache``) unchanged."""
-    out = copy.copy(cache)
-    out.layers = [PassLayer(*(x[:, :, :length] for x in layer_kv(cache, i))) for i in range(n_layers(cache))]
-    return out
-
-
-def take_last(cache: Cache, idx: int) -> tuple[Tensor, Tensor]:
-    """Keys and values (B, Hkv, N + q, D) layer ``idx`` of a :func:`passing` cache attended in the forward in
-    flight (released here: one layer's copy at a time)."""
-    layer = cache.layers[idx]
-    last, layer.last = layer.last, None
-    return last
-
-
 def n_layers(cache: Cache) -> int:
     return len(cache.layers)
 

@@ -10,8 +10,16 @@ copies (with the reconstruction entries) are dropped, the original cache keeps o
 
 from __future__ import annotations
 
+import copy
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import torch
 from torch import Tensor, nn
+from transformers import AttentionInterface
+from transformers.cache_utils import DynamicLayer
+from transformers.integrations.sdpa_attention import sdpa_attention_forward
+from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
 from . import cache as kvc
 from . import scoring
@@ -59,46 +67,195 @@ def reconstruction_scores(
     what the next tokens will read, which the reconstruction alone under-weights. The square root puts
     a mean over many queries on the scale of the reconstruction's per-query maxima.
 
-    Cost: the passes run after a read-only view of the cache (:func:`tokenreduce.kv.cache.passing`), so
-    only one layer's keys are copied at a time, never the whole cache; a reconstruction query's attention
-    on a context entry is ``exp(logit - logsumexp(row))``, so the max over queries is taken on the logits
-    (``block`` query rows at a time) and no softmax matrix is materialized."""
+    Cost: the passes run after a read-only view of the cache (:class:`_ScoringLayer`: one layer's keys
+    copied at a time, never the whole cache), and the scores are read inside the model's own attention
+    call (:func:`scoring_attention`), which also returns each query row's logsumexp: a reconstruction
+    query's attention on a context entry is ``exp(logit - lse)``, so the max over queries needs only the
+    context logits, ``block`` query rows at a time -- no softmax matrix, no second attention."""
     mods = attention_modules(model)
     valid = mask.bool()
-    b, n = ids.shape
-    best: dict[int, Tensor] = {}
-    current: dict[str, Tensor] = {}
-
-    def hook(mod, args, kwargs, out):
-        hidden = kwargs.get("hidden_states", args[0] if args else None)
-        cos, sin = kwargs["position_embeddings"]
-        keys, _ = kvc.take_last(current["cache"], mod.layer_idx)
-        length = current["length"]
-        q = scoring.window_queries(mod, hidden[:, -length:], cos[:, -length:], sin[:, -length:])
-        if current["mean"]:
-            s = _window_scores(q, keys, mod.scaling, current["valid"], current["qmask"], n)
-        else:
-            s = _reconstruction_max(q, keys, mod.scaling, current["valid"], current["qmask"], n, block)
-        best[mod.layer_idx] = torch.maximum(best[mod.layer_idx], s) if mod.layer_idx in best else s
-        return out
-
-    handles = [m.register_forward_hook(hook, with_kwargs=True) for m in mods]
-    try:
+    n = ids.shape[1]
+    state = _PassState(n=n, block=block)
+    with scoring_attention_for(model):
         for start in range(0, int(valid.sum(-1).max()), chunk):
             rec, rec_mask, qmask = _chunk_inputs(ids, valid, prompt, start, chunk)
-            session = Session(model, kvc.passing(cache), mask.long())
             full = torch.cat([mask.long(), rec_mask], dim=1)
-            current.update(cache=session.cache, length=qmask.shape[1], valid=full.bool(), qmask=qmask, mean=False)
-            session.feed(rec, rec_mask, last_only=True)
+            state.forward(qmask.shape[1], full.bool(), qmask, mean=False)
+            Session(model, _scoring_cache(cache, state), mask.long()).feed(rec, rec_mask, last_only=True)
         if window > 0:
             w = min(window, n)
-            session = Session(model, kvc.passing(cache, n - w), mask[:, : n - w].long())
-            current.update(cache=session.cache, length=w, valid=valid, qmask=mask[:, n - w :].float(), mean=True)
+            state.forward(w, valid, mask[:, n - w :].float(), mean=True)
+            session = Session(model, _scoring_cache(cache, state, n - w), mask[:, : n - w].long())
             session.feed(ids[:, n - w :], mask[:, n - w :], last_only=True)
+    return [state.best[m.layer_idx].masked_fill(~valid[:, None, :], 0.0) for m in mods]
+
+
+class _PassState:
+    """What the attention calls of a scoring pass read (``n`` context entries; per forward: the last ``length``
+    query rows score, ``valid`` (B, T) keys, ``qmask`` (B, length) real queries, ``mean`` for the window pass;
+    ``block`` query rows at a time) and write (``best``: layer index -> scores (B, Hkv, n); ``memo``: what is
+    derived from the forward's mask)."""
+
+    def __init__(self, n: int, block: int):
+        self.n, self.block = n, block
+        self.best: dict[int, Tensor] = {}
+        self.memo: dict = {}
+        self.forward(0, None, None, False)
+
+    def forward(self, length: int, valid: Tensor | None, qmask: Tensor | None, mean: bool) -> None:
+        """Set up the next forward of the pass."""
+        self.length, self.valid, self.qmask, self.mean = length, valid, qmask, mean
+
+
+class _Scored:
+    """What a :class:`_ScoringLayer`'s ``update`` hands to :func:`scoring_attention`: the layer's keys and
+    values (stored + new) and the pass to score for."""
+
+    def __init__(self, keys: Tensor, values: Tensor, layer_idx: int, state: _PassState):
+        self.keys, self.values, self.layer_idx, self.state = keys, values, layer_idx, state
+
+
+class _ScoringLayer(DynamicLayer):
+    """A read-only view of a dense layer for a throw-away forward: ``update`` returns a :class:`_Scored` handle
+    (the stored entries plus the new ones) and stores nothing, so a pass copies one layer's keys at a time
+    instead of growing a second cache; the attention call scores the context entries while attending."""
+
+    def __init__(self, keys: Tensor, values: Tensor, layer_idx: int, state: _PassState):
+        super().__init__()
+        self.keys, self.values, self.is_initialized = keys, values, True
+        self.device, self.dtype = keys.device, keys.dtype
+        self.layer_idx, self.state = layer_idx, state
+
+    def update(self, key_states: Tensor, value_states: Tensor, *args, **kwargs):
+        k = torch.cat([self.keys, key_states], dim=-2)
+        v = torch.cat([self.values, value_states], dim=-2)
+        handle = _Scored(k, v, self.layer_idx, self.state)
+        return handle, handle
+
+
+def _scoring_cache(cache, state: _PassState, length: int | None = None):
+    """A read-only view of ``cache`` (its first ``length`` entries if given) whose layers score for ``state``."""
+    out = copy.copy(cache)
+    out.layers = [_ScoringLayer(*(x[:, :, :length] for x in kvc.layer_kv(cache, i)), i, state)
+                  for i in range(kvc.n_layers(cache))]
+    return out
+
+
+def scoring_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
+    """The model's attention for a scoring pass (SDPA's result, (B, q, H, D)), scoring the context entries
+    on the way: with a :class:`_Scored` key it attends and records the pass's scores for that layer;
+    anything else goes to SDPA."""
+    if not isinstance(key, _Scored):
+        return sdpa_attention_forward(module, query, key, value, attention_mask, scaling=scaling, dropout=dropout,
+                                      **kwargs)
+    st, keys = key.state, key.keys
+    scale = module.scaling if scaling is None else scaling
+    out, lse = _attend(module, query, keys, key.values, attention_mask, scale, dropout, kwargs, st.memo)
+    q = query[:, :, -st.length :]
+    if st.mean:
+        s = _window_scores(q, keys, scale, st.valid, st.qmask, st.n)
+    elif lse is None:
+        s = _reconstruction_max(q, keys, scale, st.valid, st.qmask, st.n, st.block)
+    else:
+        s = _max_given_lse(q, keys, scale, lse[:, :, -st.length :], st.valid, st.qmask, st.n, st.block)
+    best = st.best
+    best[key.layer_idx] = torch.maximum(best[key.layer_idx], s) if key.layer_idx in best else s
+    return out, None
+
+
+def _attend(module, query: Tensor, keys: Tensor, values: Tensor, attention_mask: Tensor | None, scale: float,
+            dropout: float, kwargs: dict, memo: dict) -> tuple[Tensor, Tensor | None]:
+    """Attention output (B, q, H, D) and, where the CPU flash kernel runs it, each query row's logsumexp
+    (B, H, q) float32 (None elsewhere: the caller forms it from the logits).
+
+    When the mask shows every stored entry visible to every query and the q new ones causal (no padding
+    anywhere: one row, or rows of equal length), the kernel runs twice without a mask -- stored entries,
+    then the new ones with its own causal rule -- and the halves are joined by their logsumexps (the
+    masked kernel reads a (q, T) mask for every head: about 15 % slower at 8k entries). ``memo`` keeps what
+    is derived from the forward's mask (every layer gets the same one)."""
+    plain = all(kwargs.get(k) is None for k in ("softcap", "s_aux")) and dropout == 0.0
+    if query.device.type != "cpu" or not plain or _FLASH_CPU is None or attention_mask is None:
+        out, _ = sdpa_attention_forward(module, query, keys, values, attention_mask, scaling=scale, dropout=dropout,
+                                        **kwargs)
+        return out, None
+    total, q_len = keys.shape[2], query.shape[2]
+    additive = _forward_mask(attention_mask, total, q_len, query.dtype, memo)
+    if additive is not None:
+        out, lse = _FLASH_CPU(query, keys, values, 0.0, False, attn_mask=additive, scale=scale)
+        return out.transpose(1, 2).contiguous(), lse
+    p = total - q_len
+    out, lse = _FLASH_CPU(query, keys[:, :, p:], values[:, :, p:], 0.0, True, scale=scale)
+    if p > 0:
+        o1, l1 = _FLASH_CPU(query, keys[:, :, :p], values[:, :, :p], 0.0, False, scale=scale)
+        both = torch.logaddexp(l1, lse)
+        out = (o1.float() * (l1 - both).exp_()[..., None] + out.float() * (lse - both).exp_()[..., None])
+        out, lse = out.to(query.dtype), both
+    return out.transpose(1, 2).contiguous(), lse
+
+
+def _forward_mask(mask: Tensor, total: int, q_len: int, dtype: torch.dtype, memo: dict) -> Tensor | None:
+    """``mask`` (B, 1, q, >= total) as the additive mask (0 / -inf, ``dtype``) the CPU flash kernel takes, or
+    None when it is "all stored entries, then causal" (no mask needed)."""
+    if memo.get("source") is not mask:
+        m = mask[:, :, :, :total]
+        seen = m if m.dtype == torch.bool else m == 0
+        p = total - q_len
+        causal = torch.ones(q_len, q_len, dtype=torch.bool, device=m.device).tril_()
+        if bool(seen[..., :p].all()) and torch.equal(seen[..., p:], causal.expand_as(seen[..., p:])):
+            additive = None
+        else:
+            additive = torch.zeros(seen.shape, dtype=dtype, device=m.device).masked_fill_(~seen, float("-inf"))
+        memo.update(source=mask, additive=additive)
+    return memo["additive"]
+
+
+_FLASH_CPU = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", None)
+
+
+def _max_given_lse(q: Tensor, keys: Tensor, scaling: float, lse: Tensor, valid: Tensor, qmask: Tensor, n: int,
+                   block: int, tile: int = 512) -> Tensor:
+    """:func:`_reconstruction_max` given each query row's logsumexp ``lse`` (B, H, L) over all its keys (the
+    attention kernel's own): ``logit - lse`` comes out of one matmul (the query rows get a last channel
+    ``-lse``, the keys a last channel 1), ``block`` query rows by ``tile`` context entries at a time (the
+    tile stays in cache for the max), and only the max over rows is kept."""
+    bsz, h, length, d = q.shape
+    hkv = keys.shape[1]
+    g = h // hkv
+    off = lse.float().masked_fill(qmask[:, None, :] == 0, _NOTHING)  # padding queries: attention 0
+    qs = torch.cat([(q.to(keys.dtype) * scaling).float(), -off[..., None]], dim=-1)  # float32: lse is float32
+    qs = qs.reshape(bsz, hkv, g * length, d + 1)  # row = group member * L + query
+    ctx = torch.cat([keys[:, :, :n].float(), keys.new_ones(bsz, hkv, n, 1, dtype=torch.float32)], dim=-1)
+    ctx = ctx.transpose(-1, -2)
+    ctx_off = ~valid[:, :n]
+    any_off = bool(ctx_off.any())
+    best = torch.empty(bsz, hkv, n, device=keys.device)
+    for c in range(0, n, tile):
+        e = min(n, c + tile)
+        for s in range(0, g * length, block):
+            part = torch.matmul(qs[:, :, s : s + block], ctx[..., c:e]).amax(dim=2)  # (B, Hkv, tile)
+            best[..., c:e] = part if s == 0 else torch.maximum(best[..., c:e], part)
+        if any_off:
+            best[..., c:e].masked_fill_(ctx_off[:, None, c:e], float("-inf"))
+    return best.exp_()
+
+
+_NOTHING = 1e30  # a logsumexp that makes exp(logit - lse) exactly 0 (finite: no inf * 0 inside the matmul)
+
+
+NAME = "tokenreduce_kvzip"
+AttentionInterface.register(NAME, scoring_attention)
+AttentionMaskInterface.register(NAME, sdpa_mask)
+
+
+@contextmanager
+def scoring_attention_for(model) -> Iterator[None]:
+    """Route the model's attention through :func:`scoring_attention` for the scoring passes."""
+    old = model.config._attn_implementation
+    model.config._attn_implementation = NAME
+    try:
+        yield
     finally:
-        for h in handles:
-            h.remove()
-    return [best[m.layer_idx].masked_fill(~valid[:, None, :], 0.0) for m in mods]
+        model.config._attn_implementation = old
 
 
 def _reconstruction_max(q: Tensor, keys: Tensor, scaling: float, valid: Tensor, qmask: Tensor, n: int,
