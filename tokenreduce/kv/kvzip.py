@@ -108,11 +108,19 @@ class _PassState:
 
 
 class _Scored:
-    """What a :class:`_ScoringLayer`'s ``update`` hands to :func:`scoring_attention`: the layer's keys and
-    values (stored + new) and the pass to score for."""
+    """What a :class:`_ScoringLayer`'s ``update`` hands to :func:`scoring_attention`: the layer's stored and new
+    keys and values (joined only where a masked kernel needs them) and the pass to score for."""
 
-    def __init__(self, keys: Tensor, values: Tensor, layer_idx: int, state: _PassState):
-        self.keys, self.values, self.layer_idx, self.state = keys, values, layer_idx, state
+    def __init__(self, stored: tuple[Tensor, Tensor], new: tuple[Tensor, Tensor], layer_idx: int,
+                 state: _PassState):
+        self.stored, self.new, self.layer_idx, self.state = stored, new, layer_idx, state
+        self._joined: tuple[Tensor, Tensor] | None = None
+
+    def joined(self) -> tuple[Tensor, Tensor]:
+        """Keys and values (B, Hkv, stored + new, D)."""
+        if self._joined is None:
+            self._joined = tuple(torch.cat([a, b], dim=-2) for a, b in zip(self.stored, self.new, strict=True))
+        return self._joined
 
 
 class _ScoringLayer(DynamicLayer):
@@ -127,9 +135,7 @@ class _ScoringLayer(DynamicLayer):
         self.layer_idx, self.state = layer_idx, state
 
     def update(self, key_states: Tensor, value_states: Tensor, *args, **kwargs):
-        k = torch.cat([self.keys, key_states], dim=-2)
-        v = torch.cat([self.values, value_states], dim=-2)
-        handle = _Scored(k, v, self.layer_idx, self.state)
+        handle = _Scored((self.keys, self.values), (key_states, value_states), self.layer_idx, self.state)
         return handle, handle
 
 
@@ -148,23 +154,23 @@ def scoring_attention(module, query, key, value, attention_mask, scaling=None, d
     if not isinstance(key, _Scored):
         return sdpa_attention_forward(module, query, key, value, attention_mask, scaling=scaling, dropout=dropout,
                                       **kwargs)
-    st, keys = key.state, key.keys
+    st = key.state
     scale = module.scaling if scaling is None else scaling
-    out, lse = _attend(module, query, keys, key.values, attention_mask, scale, dropout, kwargs, st.memo)
+    out, lse = _attend(module, query, key, attention_mask, scale, dropout, kwargs, st.memo)
     q = query[:, :, -st.length :]
     if st.mean:
-        s = _window_scores(q, keys, scale, st.valid, st.qmask, st.n)
+        s = _window_scores(q, key.joined()[0], scale, st.valid, st.qmask, st.n)
     elif lse is None:
-        s = _reconstruction_max(q, keys, scale, st.valid, st.qmask, st.n, st.block)
-    else:
-        s = _max_given_lse(q, keys, scale, lse[:, :, -st.length :], st.valid, st.qmask, st.n, st.block)
+        s = _reconstruction_max(q, key.joined()[0], scale, st.valid, st.qmask, st.n, st.block)
+    else:  # the reconstruction pass: the stored entries are the n context entries
+        s = _max_given_lse(q, key.stored[0], scale, lse[:, :, -st.length :], st.valid, st.qmask, st.n, st.block)
     best = st.best
     best[key.layer_idx] = torch.maximum(best[key.layer_idx], s) if key.layer_idx in best else s
     return out, None
 
 
-def _attend(module, query: Tensor, keys: Tensor, values: Tensor, attention_mask: Tensor | None, scale: float,
-            dropout: float, kwargs: dict, memo: dict) -> tuple[Tensor, Tensor | None]:
+def _attend(module, query: Tensor, key: _Scored, attention_mask: Tensor | None, scale: float, dropout: float,
+            kwargs: dict, memo: dict) -> tuple[Tensor, Tensor | None]:
     """Attention output (B, q, H, D) and, where the CPU flash kernel runs it, each query row's logsumexp
     (B, H, q) float32 (None elsewhere: the caller forms it from the logits).
 
@@ -175,18 +181,18 @@ def _attend(module, query: Tensor, keys: Tensor, values: Tensor, attention_mask:
     is derived from the forward's mask (every layer gets the same one)."""
     plain = all(kwargs.get(k) is None for k in ("softcap", "s_aux")) and dropout == 0.0
     if query.device.type != "cpu" or not plain or _FLASH_CPU is None or attention_mask is None:
-        out, _ = sdpa_attention_forward(module, query, keys, values, attention_mask, scaling=scale, dropout=dropout,
+        out, _ = sdpa_attention_forward(module, query, *key.joined(), attention_mask, scaling=scale, dropout=dropout,
                                         **kwargs)
         return out, None
-    total, q_len = keys.shape[2], query.shape[2]
-    additive = _forward_mask(attention_mask, total, q_len, query.dtype, memo)
+    (ks, vs), (kn, vn) = key.stored, key.new
+    p, q_len = ks.shape[2], query.shape[2]
+    additive = _forward_mask(attention_mask, p + kn.shape[2], q_len, query.dtype, memo)
     if additive is not None:
-        out, lse = _FLASH_CPU(query, keys, values, 0.0, False, attn_mask=additive, scale=scale)
+        out, lse = _FLASH_CPU(query, *key.joined(), 0.0, False, attn_mask=additive, scale=scale)
         return out.transpose(1, 2).contiguous(), lse
-    p = total - q_len
-    out, lse = _FLASH_CPU(query, keys[:, :, p:], values[:, :, p:], 0.0, True, scale=scale)
+    out, lse = _FLASH_CPU(query, kn, vn, 0.0, True, scale=scale)
     if p > 0:
-        o1, l1 = _FLASH_CPU(query, keys[:, :, :p], values[:, :, :p], 0.0, False, scale=scale)
+        o1, l1 = _FLASH_CPU(query, ks, vs, 0.0, False, scale=scale)
         both = torch.logaddexp(l1, lse)
         out = (o1.float() * (l1 - both).exp_()[..., None] + out.float() * (lse - both).exp_()[..., None])
         out, lse = out.to(query.dtype), both
