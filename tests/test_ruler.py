@@ -130,6 +130,7 @@ def test_runner_end_to_end_keep_one_is_the_full_cache(tmp_path):
     for i in range(len(samples)):
         assert by[(i, "snapkv", 1.0)]["prediction"] == by[(i, "full", 1.0)]["prediction"]
         assert len(by[(i, "full", 1.0)]["prediction"]) == 4
+        assert by[(i, "full", 1.0)]["decoded"] == 4 and by[(i, "full", 1.0)]["seconds"] > 0
     rows = aggregate(records)
     assert rows[0]["press"] == "full" and rows[0]["vs_full"] in (1.0, None)
     assert {(r["press"], r["keep"]) for r in rows} == {("full", 1.0), ("snapkv", 1.0), ("tova", 0.5)}

@@ -9,6 +9,7 @@ question lies in window scorers' observation window. The full cache is the refer
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -30,24 +31,28 @@ def _ids(tokenizer, text: str, special: bool) -> torch.Tensor:
 
 
 @torch.no_grad()
-def _answer(model, cache, n: int, logits, question, tokenizer, new_tokens: int) -> str:
-    """Greedy answer from ``cache`` holding ``n`` prompt tokens (``question`` fed first unless None)."""
+def _answer(model, cache, n: int, logits, question, tokenizer, new_tokens: int) -> tuple[str, int]:
+    """Greedy answer from ``cache`` holding ``n`` prompt tokens (``question`` fed first unless None), and the
+    tokens decoded (up to ``new_tokens``: fewer when the model ends with EOS)."""
     session = Session(model, cache, torch.ones(1, n, dtype=torch.long, device=logits.device))
     if question is not None:
         logits = session.feed(question, last_only=True)
     ids = greedy(session, logits, new_tokens, getattr(tokenizer, "eos_token_id", None))[0].tolist()
+    decoded = len(ids)
     eos = getattr(tokenizer, "eos_token_id", None)
     if eos in ids:
         ids = ids[: ids.index(eos)]
-    return tokenizer.decode(ids, skip_special_tokens=True)
+    return tokenizer.decode(ids, skip_special_tokens=True), decoded
 
 
 @torch.no_grad()
 def run_suite(model, tokenizer, samples: Sequence[RulerSample], presses: Sequence[Press], *,
               query_aware: bool = False, new_tokens: dict[str, int] | None = None, progress=None,
               on_sample: Callable[[list[dict]], None] | None = None) -> list[dict]:
-    """One record per (sample, press): task, press label, keep, mode, prediction, score. The full cache
-    is the record with ``press="full"``, ``keep=1.0``. KVzip (query-agnostic by design) is skipped in
+    """One record per (sample, press): task, press label, keep, mode, prediction, score, the tokens decoded
+    and the seconds compressing + answering took (``decoded``/``seconds``: an answer that never reaches EOS
+    decodes the task's whole budget, which is what makes a sample slow). The full cache is the record with
+    ``press="full"``, ``keep=1.0``. KVzip (query-agnostic by design) is skipped in
     query-aware mode. ``on_sample`` receives each sample's records as soon as they exist (partial runs)."""
     budget = {**NEW_TOKENS, **(new_tokens or {})}
     mode = "aware" if query_aware else "agnostic"
@@ -60,12 +65,14 @@ def run_suite(model, tokenizer, samples: Sequence[RulerSample], presses: Sequenc
         for p in [None, *presses]:
             if query_aware and isinstance(p, ReconstructionPress):
                 continue
+            start = time.perf_counter()
             with ragged_attention_for(model, p):
                 cache = press_cache(model, pre, p, tokenizer)
-                text = _answer(model, cache, pre.n, pre.logits, question, tokenizer, budget[s.task])
+                text, decoded = _answer(model, cache, pre.n, pre.logits, question, tokenizer, budget[s.task])
             records.append({"sample": i, "task": s.task, "press": "full" if p is None else label(p),
                             "keep": 1.0 if p is None else float(p.keep), "mode": mode, "prediction": text,
-                            "answers": list(s.answers), "score": s.score(text)})
+                            "answers": list(s.answers), "score": s.score(text), "decoded": decoded,
+                            "seconds": round(time.perf_counter() - start, 3)})
         if on_sample is not None:
             on_sample([r for r in records if r["sample"] == i])
         if progress is not None:
