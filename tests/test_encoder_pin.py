@@ -3,7 +3,8 @@
 Tiny BERT and XLM-R sequence-classification heads (token_type_ids, and the separator for XLM-R), the
 invariants: reducing nothing is exact, the query is never merged or dropped, a row's score does not
 depend on its batch (queries and passages of different lengths), the budget counts passage tokens only,
-refusals before anything changes, and a sentence-transformers CrossEncoder's ``predict``.
+the analytic MACs of the padded pinned layout equal FlopCounterMode, refusals before anything changes,
+and a sentence-transformers CrossEncoder's ``predict``.
 """
 
 from __future__ import annotations
@@ -19,8 +20,10 @@ from transformers import (
 )
 
 import tokenreduce as tr
-from tokenreduce.encoder.adapters.patching import first_segment
+from tokenreduce.bench.flops import measured_flops
+from tokenreduce.encoder.adapters.patching import first_segment, resolve_family
 from tokenreduce.encoder.adapters.runner import record_sources
+from tokenreduce.encoder.cost import encoder_cost, layer_widths, total_macs
 
 SEP = {"bert": 3, "xlmr": 2}
 
@@ -111,11 +114,55 @@ def test_query_is_never_reduced_and_only_passages_shrink(kind, method):
 @pytest.mark.parametrize("kind", ["bert", "xlmr"])
 @pytest.mark.parametrize("method", ["tome", "evit"])
 def test_a_rows_score_does_not_depend_on_its_batch(kind, method):
+    """Same scores, and at every reducing layer the same groups of original tokens (a tiny random model's
+    scores barely move when a later layer merges differently, so the groups are what is checked exactly)."""
     model, x = reranker(kind), pairs(kind)
     with tr.patched(model, method, keep=0.4, pin="first_segment"):
-        together = logits(model, x)
+        with record_sources() as recs:
+            together = logits(model, x)
         for i in range(3):
-            torch.testing.assert_close(together[i : i + 1], logits(model, cut(x, i)), atol=2e-5, rtol=1e-4)
+            with record_sources() as alone_recs:
+                alone = logits(model, cut(x, i))
+            torch.testing.assert_close(together[i : i + 1], alone, atol=2e-5, rtol=1e-4)
+            n = int(x["attention_mask"][i].sum())
+            assert len(recs) == len(alone_recs) > 1
+            for rec, one in zip(recs, alone_recs):
+                assert groups(rec.src[i, :n]) == groups(one.src[0, :n])
+
+
+def groups(src: torch.Tensor) -> list[tuple[int, ...]]:
+    """The partition a source map makes of a row's tokens (slot numbers aside): each kept group, and the dropped."""
+    out: dict[int, list[int]] = {}
+    for token, slot in enumerate(src.tolist()):
+        out.setdefault(slot, []).append(token)
+    return sorted(tuple(v) for k, v in out.items() if k >= 0) + [tuple(out.get(-1, []))]
+
+
+@pytest.mark.parametrize("kind", ["bert", "xlmr"])
+@pytest.mark.parametrize(
+    "method,params", [("tome", {"keep": 0.3}), ("tome", {"r": 2}), ("evit", {"keep": 0.4}), ("tome", {"keep": 1.0})]
+)
+def test_analytic_macs_of_a_pinned_batch_match_flop_counter(kind, method, params):
+    """Queries of 4, 7 and 2 tokens: the blocks run at the longest pinned prefix plus the longest passage
+    (wider than the batch came) with that prefix protected; the analytic count follows it exactly. The
+    pooler and classifier are the same with and without the patch, so the blocks' difference is compared."""
+    model, x = reranker(kind), pairs(kind)
+    fam, layers = resolve_family(model)
+    dims, prot = fam.dims(model), fam.default_protected(model)
+    lengths = x["attention_mask"].sum(1)
+    pinned = (first_segment(x["input_ids"], x.get("token_type_ids"), SEP[kind]) & x["attention_mask"].bool()).sum(1)
+    with torch.inference_mode():
+        base = measured_flops(model, **x)
+    m = tr.make_method(method, **params)
+    with tr.patched(model, m, pin="first_segment"), record_sources() as recs, torch.inference_mode():
+        measured = measured_flops(model, **x)
+    analytic = total_macs(encoder_cost(dims, lengths, m, prot, pinned=pinned))
+    assert measured - base == 2 * (analytic - total_macs(encoder_cost(dims, lengths)))
+    widths = layer_widths(lengths, len(layers), m, prot, pinned=pinned)
+    assert [rec.sizes.shape[1] for rec in recs] == [w for n, w in widths if w < n]
+    if recs:  # the patch's fixed protected count undercounts: the pinned layout is wider
+        assert widths[0][0] > int(lengths.max())
+        assert analytic != total_macs(encoder_cost(dims, lengths, m, prot))
 
 
 def test_pinning_changes_what_is_reduced():

@@ -50,15 +50,43 @@ class RelativePositionCost:
         return self.projections * self.positions * dims.hidden * inner + batch * self.terms * n * self.positions * inner
 
 
+def pinned_layout(
+    lengths: Tensor, pinned: Tensor, num_layers: int, method: Method | None, protected: int
+) -> tuple[Tensor, int]:
+    """Row lengths and protected count of a ``pin="first_segment"`` batch as the blocks see it.
+
+    ``pinned``: each row's first-segment length (a prefix; the leading ``protected`` tokens count as
+    pinned). When the patch reduces anything, each row's pinned tokens move to the front, padded to the
+    batch's longest, ``P``, and those ``P`` slots are protected: a row is then ``P`` plus its unpinned
+    tokens, so the batch can be wider than it came. When it reduces nothing the batch is left as it is.
+    """
+    lengths = lengths.to(torch.int64)
+    if method is None:
+        return lengths, protected
+    unprotected = lengths - lengths.clamp(max=protected)
+    if not bool((method.budget().removals(unprotected, num_layers, cap=method.cap) > 0).any()):
+        return lengths, protected
+    pins = torch.maximum(pinned.to(torch.int64), lengths.clamp(max=protected)).minimum(lengths)
+    p = int(pins.max())
+    return p + lengths - pins, p
+
+
 def layer_widths(
-    lengths: Tensor, num_layers: int, method: Method | None = None, protected: int = 1
+    lengths: Tensor,
+    num_layers: int,
+    method: Method | None = None,
+    protected: int = 1,
+    pinned: Tensor | None = None,
 ) -> list[tuple[int, int]]:
     """(width entering attention, width entering MLP) per layer for rows of ``lengths`` real tokens.
 
     Mirrors the runner: a layer that removes nothing keeps the width; a reducing layer compacts
-    every row to ``protected + remaining`` and the batch to its widest row.
+    every row to ``protected + remaining`` and the batch to its widest row. ``pinned``: each row's
+    pinned first-segment length under ``pin="first_segment"`` (see :func:`pinned_layout`).
     """
     lengths = lengths.to(torch.int64)
+    if pinned is not None:
+        lengths, protected = pinned_layout(lengths, pinned, num_layers, method, protected)
     width = int(lengths.max())
     if method is None:
         return [(width, width)] * num_layers
@@ -82,15 +110,19 @@ def encoder_cost(
     protected: int = 1,
     widths: list[tuple[int, int]] | None = None,
     relative: RelativePositionCost | None = None,
+    pinned: Tensor | None = None,
 ) -> list[LayerCost]:
     """Per-layer MACs of one batch (rows of ``lengths`` real tokens) through the blocks.
 
     ``widths`` overrides the schedule's (width entering attention, width entering MLP) per layer
     with measured ones: adaptive methods (ATS) keep a data-dependent number of tokens, and their
     schedule only bounds it. ``relative`` adds a family's relative-position matmuls to the attention core
-    (``HFDebertaV2.relative_cost(model)``).
+    (``HFDebertaV2.relative_cost(model)``). ``pinned``: each row's first-segment length for a model patched
+    with ``pin="first_segment"`` (the blocks then see :func:`pinned_layout`'s rows and protected count).
     """
     b = int(lengths.shape[0])
+    if pinned is not None:
+        lengths, protected = pinned_layout(lengths, pinned, dims.layers, method, protected)
     inner = dims.heads * dims.head_dim
     costs = []
     r = (

@@ -72,6 +72,7 @@ class TokenState:
     n0: Tensor | None = None  # (B,) unprotected real tokens at the start (nominal targets for adaptive methods)
     pristine: bool = True  # no reduction yet: the model's own mask is still right
     protected: int = 0  # leading slots never reduced (the patch's count; more when tokens are pinned per row)
+    pinned: Tensor | None = None  # (B,) each row's pinned tokens where some row's fall short of ``protected``
 
 
 @dataclass(eq=False)
@@ -114,19 +115,39 @@ def _pin_front(h: PatchHandle, st: TokenState, x: Tensor, pins: Tensor) -> Tenso
     A one-to-one move before block 0 (positions travel with the tokens in absolute-position families, and
     the source map records it, so outputs come back in the original order). The rest of a row keeps its
     order and starts at slot ``P`` whatever the batch, so a row's result does not depend on its batch;
-    budgets are recomputed over each row's unpinned tokens.
+    budgets are recomputed over each row's unpinned tokens. A reduction compacts padding away, so rows
+    with fewer than ``P`` pinned tokens are padded back after every reducing layer (``_repin``).
     """
     valid = st.sizes > 0
     pos = torch.arange(valid.shape[1], device=x.device)
     pins = (pins.to(device=x.device, dtype=torch.bool) | (pos < h.protected)) & valid
+    counts = pins.sum(1)
+    x = _to_front(st, x, pins)
+    st.pristine, st.protected, st.n0 = False, int(counts.max()), (valid & ~pins).sum(1)
+    st.pinned = counts if bool((counts < st.protected).any()) else None
+    st.removals = h.method.budget().removals(st.n0, len(h.layers), cap=h.method.cap)
+    return x
+
+
+def _to_front(st: TokenState, x: Tensor, pins: Tensor) -> Tensor:
+    """One-to-one move: each row's ``pins`` to slots 0.., padded to the largest count, then its other real
+    tokens in order; updates ``st`` (sizes, sources)."""
+    valid = st.sizes > 0
     rest = valid & ~pins
     p = int(pins.sum(1).max())
     dst = torch.where(pins, pins.cumsum(1) - 1, torch.where(rest, p + rest.cumsum(1) - 1, -1))
     n_out = p + int(rest.sum(1).max())
     st.sizes, st.src = gather_assignment(st.sizes, dst, n_out), update_sources(st.src, dst)
-    st.pristine, st.protected, st.n0 = False, p, rest.sum(1)
-    st.removals = h.method.budget().removals(st.n0, len(h.layers), cap=h.method.cap)
     return gather_assignment(x, dst, n_out)
+
+
+def _repin(st: TokenState, x: Tensor) -> Tensor:
+    """After a reduction (which keeps protected tokens first, in order, and padding last), pad each row's
+    pinned tokens back to ``st.protected`` slots, so unpinned tokens keep starting at the same slot."""
+    if st.pinned is None:
+        return x
+    pos = torch.arange(x.shape[1], device=x.device)
+    return _to_front(st, x, (pos < st.pinned[:, None]) & (st.sizes > 0))
 
 
 def _states(h: PatchHandle) -> dict[int, TokenState]:
@@ -213,7 +234,7 @@ def reduced_forward(
             STATS_REQUEST.reset(token)
     x = att.x
     if _reduces(r):
-        x = _reduce(h, st, att, r, index, None if req is None else req.stats)
+        x = _repin(st, _reduce(h, st, att, r, index, None if req is None else req.stats))
         recording = None if torch.compiler.is_compiling() else _RECORD.get()
         if recording is not None:
             recording.append(SourceRecord(index, st.src.clone(), st.sizes.clone()))
