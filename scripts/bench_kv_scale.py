@@ -4,7 +4,8 @@ storage and ZipCache, KVzip's scoring cost. Prints one JSON line per row.
     python scripts/bench_kv_scale.py memory   # SmolLM2-135M, 8000 tokens, compress every 1000, keep 0.25
     python scripts/bench_kv_scale.py quality  # SmolLM2-135M, 3 x 1000 tokens, chunks of 125 vs one shot
     python scripts/bench_kv_scale.py decode   # Llama-3-8B-shaped layers (2, random), batch 8, 4096 entries
-    python scripts/bench_kv_scale.py kvzip --tokens 2000 --repeats 3   # and --tokens 8000 --repeats 1
+    python scripts/bench_kv_scale.py kvzip --layers-lm 8 --tokens 2000,8000 --repeats 3 --presses kvzip
+        # KVzip's scoring pass vs a plain prefill (time, peak memory) at each length, one row per length
 
 ``--threads`` (default 2) sets torch's threads. Memory is tensor allocations (allocator events, as
 the encoder bench measures), independent of load; times are interleaved medians, load-sensitive.
@@ -23,7 +24,7 @@ import torch
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("what", choices=["memory", "quality", "decode", "kvzip"])
-    ap.add_argument("--tokens", type=int, default=None)
+    ap.add_argument("--tokens", default=None, help="context length (kvzip: a comma-separated list)")
     ap.add_argument("--chunk", type=int, default=None)
     ap.add_argument("--keep", type=float, default=0.25)
     ap.add_argument("--samples", type=int, default=3)
@@ -36,6 +37,10 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--data-dir", default=os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data"))
     a = ap.parse_args()
+    lengths = [int(x) for x in a.tokens.split(",")] if a.tokens else []
+    if len(lengths) > 1 and a.what != "kvzip":
+        ap.error("only kvzip takes several --tokens")
+    a.tokens = lengths[0] if lengths else None
     torch.set_num_threads(a.threads)
     from tokenreduce.kv import bench
     from tokenreduce.kv.data import haystack, windows
@@ -78,10 +83,11 @@ def main() -> None:
             for row in bench.chunked_quality_rows(model, samples, presses, a.chunk or 125):
                 print(json.dumps(row), flush=True)
         else:
-            ids = windows(tok, text, 1, a.tokens or 2000, 16, seed=10)[0].context
-            for spec in (a.presses or "kvzip,kvzip:window=256:sinks=4:recent=128:min_share=0.0").split(","):
-                row = bench.kvzip_cost_row(model, ids, parse_press(spec, a.keep), tok, repeats=a.repeats)
-                print(json.dumps(row), flush=True)
+            for n in lengths or [2000]:
+                ids = windows(tok, text, 1, n, 16, seed=10)[0].context
+                for spec in (a.presses or "kvzip,kvzip:window=256:sinks=4:recent=128:min_share=0.0").split(","):
+                    row = bench.kvzip_cost_row(model, ids, parse_press(spec, a.keep), tok, repeats=a.repeats)
+                    print(json.dumps({**row, "load": os.getloadavg()}), flush=True)
     print(json.dumps({"load": os.getloadavg(), "seconds": time.time() - start}), flush=True)
 
 
