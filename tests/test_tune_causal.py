@@ -126,6 +126,11 @@ def test_measurer_keep_one_is_the_full_cache_and_real_timing(tiny_causal, text):
     assert full["tune:accuracy"] == full["base:tune:accuracy"] and full["kv_bytes_ratio"] == 1.0
     low = m.metrics(Point("tiny", (spec,), "streaming_llm", {"keep": 0.15}, settings))[0]
     assert low["kv_bytes_ratio"] < 0.3 and low["tune:kl"] > 0 and low["speedup"] > 0
+    assert full["flops_ratio"] == 1.0 and 0 < low["flops_ratio"] < 1  # decode-step MACs
+    macs, full_macs = tk.decode_macs(lm, 48, low["kv_bytes_ratio"])
+    linear = sum(x.weight.numel() for x in lm.modules() if isinstance(x, torch.nn.Linear))
+    assert full_macs == linear + 2 * 2 * 4 * 8 * 48  # layers x (q.k + w.v) x heads x head_dim x entries
+    assert low["flops_ratio"] == pytest.approx(macs / full_macs)
     bad = m.run(Point("tiny", (spec,), "snapkv", {"keep": 0.0}, settings))
     assert not bad.ok and "keep" in bad.error
 
@@ -150,3 +155,14 @@ def test_missing_gguf_is_refused(text, tmp_path, capsys):
     code, _, err = _run(capsys, str(text), "--model", str(tmp_path / "none.gguf"))
     assert code == 2 and "not found" in err
     assert not (tmp_path / "tokenreduce-tune.sqlite").exists()
+
+
+def test_sweep_report_reads_a_causal_tune_store(tiny_causal, text, tmp_path, capsys, steady_clock):
+    store = tmp_path / "kv.sqlite"
+    code, _, err = _run(capsys, str(text), "--model", tiny_causal, "--store", str(store), *FAST)
+    assert code == 0, err
+    assert main(["results", str(store)]) == 0
+    assert "snapkv(keep=0.75)" in capsys.readouterr().out
+    assert main(["report", str(store), "--out", str(tmp_path / "rep"), "--no-png"]) == 0
+    page = (tmp_path / "rep" / "index.html").read_text()
+    assert "agreement" in page and "snapkv" in page

@@ -99,6 +99,19 @@ def text_windows(tokenizer, records: Sequence[Record], context: int, continuatio
     return [Sample(t[i : i + 1, :context], t[i : i + 1, context:]) for i in range(n)]
 
 
+def decode_macs(model: Any, context: int, kept: float) -> tuple[float, float]:
+    """(MACs, MACs of the full cache) of one greedy decoding step with ``kept`` of a ``context``-entry cache: every
+    linear layer (projections, MLP, LM head) once, plus each layer's attention over its cache (q.k and
+    weights.v: 2 x query heads x head_dim MACs per entry). Prefill MACs are the same with and without a press."""
+    from torch import nn
+
+    cfg = model.config
+    weights = sum(m.weight.numel() for m in model.modules() if isinstance(m, nn.Linear))
+    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+    attention = cfg.num_hidden_layers * 2 * cfg.num_attention_heads * head_dim * context
+    return weights + attention * kept, weights + attention
+
+
 @dataclass
 class KVTuneMeasurer:
     """Measures press points on prepared windows; keeps each window's full prefill for every point after it."""
@@ -162,17 +175,21 @@ class KVTuneMeasurer:
         finally:  # the caller's process keeps its own setting
             torch.set_num_threads(threads)
         n = len(agree)
+        macs, full_macs = decode_macs(self.model, int(ids.shape[1]), sum(kv_ratio) / n)
         metrics = {
             metric_key(task, "agreement"): sum(agree) / n, metric_key(task, "accuracy"): sum(acc) / n,
             metric_key(task, "kl"): sum(kl) / n, f"base:{metric_key(task, 'agreement')}": 1.0,
             f"base:{metric_key(task, 'accuracy')}": sum(base_acc) / n, f"base:{metric_key(task, 'kl')}": 0.0,
-            "kv_bytes_ratio": sum(kv_ratio) / n, "speedup": tb.median_s / tp.median_s,
+            "kv_bytes_ratio": sum(kv_ratio) / n, "flops_ratio": macs / full_macs, "gmacs_per_text": macs / 1e9,
+            "speedup": tb.median_s / tp.median_s,
             "time_s": tp.median_s, "base_time_s": tb.median_s,
             "latency_ms": 1e3 * tp.median_s / steps, "base_latency_ms": 1e3 * tb.median_s / steps,
         }
         if not all(math.isfinite(v) for v in metrics.values()):
             raise FloatingPointError(f"non-finite metrics for {p.label}: {metrics}")
         meta = {"tasks": list(p.tasks), "windows": n, "context_tokens": int(ids.shape[1]),
+                "primary_quality": metric_key(task, "agreement"),
+                "flops_unit": "MACs of one decoding step at the window's context length (flops_ratio)",
                 "timing": f"prefill + compression + {steps} greedy tokens of window 0, median of {s['repeats']} "
                           "interleaved with the full cache"}
         return metrics, meta, machine
