@@ -166,3 +166,16 @@ def test_sweep_report_reads_a_causal_tune_store(tiny_causal, text, tmp_path, cap
     assert main(["report", str(store), "--out", str(tmp_path / "rep"), "--no-png"]) == 0
     page = (tmp_path / "rep" / "index.html").read_text()
     assert "agreement" in page and "snapkv" in page
+
+
+def test_every_default_press_measures_on_a_tiny_llama(tiny_causal, text):
+    from tokenreduce.llm import load_causal_lm
+
+    lm, tok = load_causal_lm(tiny_causal)
+    recs = td.read_data(text)
+    spec = td.task_spec("tune", recs)
+    m = tk.KVTuneMeasurer(lm, tok, {spec: tk.text_windows(tok, recs, 48, 8, 1, "tuning")})
+    for name in tk.check_presses(None):
+        out = m.run(Point("tiny", (spec,), name, {"keep": 0.5}, {"repeats": 1, "threads": 1, "decode_tokens": 1}))
+        assert out.ok, (name, out.error)
+        assert 0 < out.metrics["kv_bytes_ratio"] < 1 and 0 <= out.metrics["tune:agreement"] <= 1, name
