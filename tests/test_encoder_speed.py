@@ -167,6 +167,20 @@ def test_min_step_patched_model_reduces_at_fewer_layers():
         assert int((recs[-1].sizes[0] > 0).sum()) == 1 + 99 - round(99 * 0.1)
 
 
+@pytest.mark.parametrize("name", ["mctf", "zero-tprune"])
+def test_attention_graph_methods_default_to_steps_of_a_tenth(name):
+    """MCTF and Zero-TPrune default to min_step=0.1 (their scoring does not pay for 5 % steps): at keep 0.7
+    over 6 layers they reduce at 3 layers, same final count; min_step=0 gives one step per layer."""
+    default, per_layer = make_method(name, keep=0.7), make_method(name, keep=0.7, min_step=0.0)
+    assert default.min_step == 0.1
+    for n0 in (20, 64, 100, 255):
+        got, base = default.budget().removals_static(n0, 6), per_layer.budget().removals_static(n0, 6)
+        assert sum(got) == sum(base) and all(r > 0 for r in base)
+        assert sum(1 for r in got if r) <= 3
+        assert all(r == 0 or r >= -(-n0 // 10) or r == sum(base) - sum(got[:i]) for i, r in enumerate(got))
+    assert per_layer.budget() == make_method("tome", keep=0.7).budget()
+
+
 @pytest.mark.parametrize("impl", ["sdpa", "eager"])
 @pytest.mark.parametrize("name,params", [("mctf", {"keep": 0.5}), ("zero-tprune", {"keep": 0.5}),
                                          ("mctf", {"r": 4, "prop_attn": False}), ("zero-tprune", {"r": 6, "iters": 3})])

@@ -18,6 +18,12 @@ Q·Kᵀ and softmax next to their kernel (H·N²·d more MACs, not in :meth:`MCT
 tensor is held, but the scoring is inherently quadratic in N (H·N² MACs for the column sums, plus the
 explicit softmax that replaces the fused kernel); ``info="cls"`` uses the [CLS] row instead
 (O(N·d), SDPA-friendly); ``info="none"`` drops the criterion.
+
+Default ``min_step=0.1`` (changed from 0 in issue 21, so results at the defaults changed): each reducing
+layer removes at least 10 % of the row, smaller steps are taken early (same final count; at keep 0.7
+over 6 layers, 3 reducing layers instead of 6). Per layer the scoring cost is fixed while the saving
+grows with the step, and on all-MiniLM-L6-v2 (NQ passages, batch 32) 5 % steps made the model slower
+than unreduced (0.96x); ``min_step=0`` restores one step per layer.
 """
 
 from __future__ import annotations
@@ -46,6 +52,10 @@ def _inverse_normalized(v: Tensor, cand: Tensor) -> Tensor:
 class MCTF(Method):
     """Multi-criteria token fusion: similarity × informativeness × size, bidirectional matching."""
 
+    # default 0.1, not 0: a reducing layer pays a fixed, quadratic scoring cost (explicit attention in
+    # place of the fused kernel, plus the statistic) that removing 5 % of a row does not repay (see the
+    # module docstring); smaller steps are taken early instead, same final count
+    min_step: float = 0.1
     tau_sim: float = 1.0
     tau_info: float = 20.0
     tau_size: float = 40.0
