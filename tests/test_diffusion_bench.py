@@ -21,6 +21,16 @@ from test_diffusion import inputs, model_for  # noqa: E402
 trained = pytest.mark.skipif(not (ASSET_DIR / "config.json").exists(), reason="no trained digits DiT")
 
 
+def test_labels_keep_the_parameters_order_unlike_the_encoder_benches():
+    """One shared config type (bench/run_config.py): the diffusion tables keep the given order, text sorts."""
+    from tokenreduce.bench.text_bench import RunConfig
+
+    params = {"ratio": 0.5, "max_downsample": 2}
+    assert Config("tomesd", params).label == "tomesd(ratio=0.5, max_downsample=2)"
+    assert RunConfig("tomesd", params).label == "tomesd(max_downsample=2, ratio=0.5)"
+    assert Config(None).label == RunConfig(None).label == "none"
+
+
 def test_speed_rows_step_macs_equal_flop_counter_and_ratios_are_against_the_base():
     model = model_for("unet")
     args, kwargs = inputs("unet")

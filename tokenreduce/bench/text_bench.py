@@ -11,7 +11,6 @@ from __future__ import annotations
 import random
 import statistics
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -25,24 +24,11 @@ from .encoder import TextEncoder
 from .memory import peak_memory
 from .metrics import cosine_fidelity, retrieval_metrics, sts_spearman
 from .report import machine_info, pareto_front
+from .run_config import RunConfig
 from .tasks import RetrievalTask, STSTask
 from .timing import time_pair
 
 DEFAULT_KEEPS = (0.9, 0.7, 0.5, 0.3)
-
-
-@dataclass(frozen=True)
-class RunConfig:
-    """One point of the grid: a method name and its parameters (``method=None`` is the baseline)."""
-
-    method: str | None
-    params: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def label(self) -> str:
-        if self.method is None:
-            return "none"
-        return self.method + "(" + ", ".join(f"{k}={v}" for k, v in sorted(self.params.items())) + ")"
 
 
 def grid(

@@ -17,12 +17,12 @@ from __future__ import annotations
 import statistics
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
 
+from ..bench.run_config import RunConfig
 from .adapter import _named
 from .cost import step_cost, total_macs
 
@@ -31,18 +31,11 @@ QUALITY_MODELS = ("dit-digits",)  # the DiT trained here (tokenreduce/assets/dit
 TEXT_TOKENS = 77  # SD's CLIP text length
 
 
-@dataclass(frozen=True)
-class Config:
-    """One reduced configuration (``method`` None: the unreduced baseline)."""
+class Config(RunConfig):
+    """One reduced configuration (``method`` None: the unreduced baseline); its label keeps the parameters'
+    given order, as the diffusion tables always have (the encoder benches sort them)."""
 
-    method: str | None
-    params: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def label(self) -> str:
-        if self.method is None:
-            return "none"
-        return self.method + "(" + ", ".join(f"{k}={v}" for k, v in self.params.items()) + ")"
+    sort_params: ClassVar[bool] = False
 
 
 def speed_model(name: str) -> tuple[nn.Module, tuple[Any, ...], dict[str, Any], tuple[int, int]]:
