@@ -12,6 +12,10 @@ def test_values_are_typed():
         "tome", {"keep": 0.4, "schedule": "decreasing", "min_tokens": 16, "prop_attn": False, "seed": None})
 
 
+def test_lists_use_semicolons():
+    assert parse_spec("tome:keep=0.25,layers=0;1;2;3;4") == ("tome", {"keep": 0.25, "layers": [0, 1, 2, 3, 4]})
+
+
 def test_colon_pairs_read_the_same():
     assert parse_spec("snapkv:kernel=11:window=32") == parse_spec("snapkv:kernel=11,window=32")
     assert parse_spec(" evit ") == ("evit", {})

@@ -2,7 +2,8 @@
 
 ``tome:keep=0.4,schedule=decreasing``, ``snapkv:window=32,kernel=11``, ``fastervlm:tokens=64``.
 Values read as int, then float, then ``true``/``false``/``none``, else the string itself; the
-registry's construction checks them. ``:`` between pairs (``snapkv:kernel=11:window=32``, the KV
+registry's construction checks them. A value with ``;`` is a list of such values
+(``layers=0;1;2;3;4``). ``:`` between pairs (``snapkv:kernel=11:window=32``, the KV
 benchmark's older form) is read the same way.
 """
 
@@ -16,7 +17,10 @@ _WORDS = {"true": True, "false": False, "none": None}
 
 
 def parse_value(raw: str) -> Any:
-    """``"8"`` -> 8, ``"0.5"`` -> 0.5, ``"true"`` -> True, ``"none"`` -> None, anything else unchanged."""
+    """``"8"`` -> 8, ``"0.5"`` -> 0.5, ``"true"`` -> True, ``"none"`` -> None, ``"0;1;2"`` -> [0, 1, 2],
+    anything else unchanged."""
+    if ";" in raw:
+        return [parse_value(v.strip()) for v in raw.split(";") if v.strip()]
     for cast in (int, float):
         try:
             return cast(raw)
