@@ -170,12 +170,19 @@ def bench_vlm(
     return rows
 
 
-def _round_robin(model, x, configs, repeats: int, progress) -> list[list[float]]:
-    """Prefill times per config, visiting every config once per round (warm-up round untimed)."""
+def _round_robin(
+    model: nn.Module, x: dict, configs: list, repeats: int, progress, per_config: bool = True
+) -> list[list[float]]:
+    """Prefill times per config, visiting every config once per round (warm-up round untimed).
+
+    ``progress`` is called once per config per round (``per_config``), or once per round: each CLI's
+    bar total is counted in those steps."""
     times: list[list[float]] = [[] for _ in configs]
     for r in range(repeats + 1):
+        if progress and not per_config:
+            progress(f"timing round {r}/{repeats}")
         for i, cfg in enumerate(configs):
-            if progress:
+            if progress and per_config:
                 progress(f"timing round {r}/{repeats}: {cfg.name if cfg else 'unpruned'}")
             with _patched(model, cfg), torch.no_grad():
                 t0 = time.perf_counter()

@@ -10,7 +10,6 @@ the same process (so load drift hits every config alike) and reported as a ratio
 from __future__ import annotations
 
 import statistics
-import time
 from collections.abc import Callable, Iterable
 
 import torch
@@ -18,7 +17,7 @@ from torch import nn
 
 from ..bench.flops import measured_flops
 from ..bench.vlm_testbed import QTYPES, Example, accuracy, answer_ids, batch_inputs
-from .bench import _kv_bytes, _patched  # one context manager and byte count for both VLM tables
+from .bench import _kv_bytes, _patched, _round_robin  # one patch, byte count and timing loop for both VLM tables
 from .methods import REGISTRY, VisualMethod, make_vlm_method, vlm_methods
 
 BASELINES = ("visual-random",)  # always in the table
@@ -109,25 +108,9 @@ def bench_quality(
             }
         )
         runs.append(cfg)
-    times = _round_robin(model, timed, runs, repeats, progress)
+    times = _round_robin(model, timed, runs, repeats, progress, per_config=False)
     measured = [r for r in rows if "skipped" not in r]
     for row, t in zip(measured, times, strict=True):
         row["prefill_ms"] = round(1000 * statistics.median(t), 2)
         row["time_ratio"] = round(statistics.median(t) / statistics.median(times[0]), 3)
     return rows
-
-
-def _round_robin(model: nn.Module, x: dict, runs: list, repeats: int, progress) -> list[list[float]]:
-    """Prefill times per config, every config once per round (the first round untimed: warm-up)."""
-    times: list[list[float]] = [[] for _ in runs]
-    for r in range(repeats + 1):
-        if progress:
-            progress(f"timing round {r}/{repeats}")
-        for i, cfg in enumerate(runs):
-            with _patched(model, cfg), torch.no_grad():
-                t0 = time.perf_counter()
-                model(**x, use_cache=True, logits_to_keep=1)
-                dt = time.perf_counter() - t0
-            if r:
-                times[i].append(dt)
-    return times
