@@ -203,3 +203,23 @@ def test_verbatim_repeats_rank_last_after_their_first_copy():
     assert order[-1] == 1  # the lower-scored copy goes last; the better copy (3) keeps its place
     assert order[:4] == [0, 4, 3, 2] and got[3] == 4.5
     np.testing.assert_array_equal(_repeats_last(score[:3], sents[:3], body[:3]), score[:3])  # nothing repeated
+
+
+def test_acronyms_link_a_sentence_to_the_titled_document():
+    from tokenreduce.prompt.linking import acronym, acronyms_in
+    from tokenreduce.prompt.methods.extractive import _bridge
+
+    assert acronym("Title: Special Air Service") == "sas" and acronym("Title: Leith") is None
+    assert acronym("Gesellschaft mit beschränkter Haftung (company)") == "gmbh"
+    assert acronyms_in("A failed SAS raid by VIVA Media GmbH, not a Sas or an A.") == {"sas", "viva", "gmbh"}
+    docs = ["Title: Operation Cold Comfort\nOperation Cold Comfort was a failed SAS raid. It began in 1945.",
+            "Title: Special Air Service\nThe SAS was founded in 1941. It is a regiment.",
+            "Title: Sas Island\nSas Island lies in the north. Its harbour is small."]
+    sents, doc_of = _sents(docs)
+    heads = heading_sentences(sents, doc_of)
+    body = np.ones(len(sents), dtype=bool)
+    body[heads[heads >= 0]] = False
+    score = np.where(np.arange(len(sents)) == 1, 2.0, 0.0)  # the raid sentence is the best
+    got = _bridge(score, sents, doc_of, body, k=1)
+    assert got[doc_of == 1].max() == 1.0  # "SAS" names Special Air Service
+    assert got[doc_of == 2].sum() == 0  # "Sas" (one capital) is no acronym, and "Sas Island" is not named

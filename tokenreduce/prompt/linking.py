@@ -44,6 +44,24 @@ def title_variants(first_line: str) -> list[str]:
     return out
 
 
+def acronym(first_line: str) -> str | None:
+    """The initials of a heading line's title, lower-cased ("Special Air Service" -> "sas", "Gesellschaft mit
+    beschränkter Haftung" -> "gmbh"), or None for titles of fewer than two words."""
+    t = _PAREN.sub("", _LABEL.sub("", first_line).strip())
+    words = _NONWORD.sub(" ", t).split()
+    if len(words) < 2 or len(t) > MAX_TITLE_CHARS or len(words) > MAX_TITLE_WORDS:
+        return None
+    return "".join(w[0] for w in words).lower()
+
+
+_CAPS_WORD = re.compile(r"\b\w*[A-Z]\w*[A-Z]\w*\b")
+
+
+def acronyms_in(text: str) -> set[str]:
+    """Lower-cased words of ``text`` with at least two capitals (SAS, GmbH, NATO): candidate acronyms."""
+    return {w.lower() for w in _CAPS_WORD.findall(text)}
+
+
 def heading_sentences(sents: list[str], doc_of: np.ndarray) -> np.ndarray:
     """Per document, the index of its heading sentence (-1 if none): its first sentence when that is short,
     does not end like a sentence, and is followed by more text of the same document."""

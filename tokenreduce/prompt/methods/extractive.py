@@ -22,7 +22,7 @@ import torch
 
 from ..chains import chain_scores, question_coverage, within_doc_rank
 from ..lexical import bm25_scores
-from ..linking import doc_texts, doc_titles, heading_sentences, link_matrix, link_scores, named_in
+from ..linking import acronym, acronyms_in, doc_texts, doc_titles, heading_sentences, link_matrix, link_scores, named_in
 from ..qtype import answer_type_scores
 from ..segment import Segmentation
 from ..text_encoder import SentenceEmbedder, load_text_encoder
@@ -104,10 +104,12 @@ def _bridge(score: np.ndarray, sents: list[str], doc_of: np.ndarray, body: np.nd
     question does not name, is read next (multi-hop dense retrieval's second step, Xiong et al., ICLR 2021,
     done with titles as hyperlinks)."""
     titles = doc_titles(sents, doc_of)
+    heads = heading_sentences(sents, doc_of)
+    short = np.array([acronym(sents[h]) if h >= 0 else None for h in heads], dtype=object)
     top = [i for i in np.argsort(-np.where(body, score, -np.inf), kind="stable")[:k] if body[i]]
     weight = np.zeros(len(titles))
     for r, i in enumerate(top):
-        named = named_in(sents[i], titles)
+        named = named_in(sents[i], titles) | np.isin(short, list(acronyms_in(sents[i])))
         named[doc_of[i]] = False
         weight = np.maximum(weight, named / (r + 1.0))
     order = within_doc_rank(-np.arange(len(sents), dtype=float), doc_of, body)
