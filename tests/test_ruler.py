@@ -153,4 +153,5 @@ def test_cli_refuses_bad_arguments(capsys):
     assert main(["--tasks", "bogus"]) == 2
     assert main(["--keep", "1.5"]) == 2
     assert main(["--presses", "nope"]) == 2
+    assert main(["--threads", "0"]) == 2
     assert "error" in capsys.readouterr().err

@@ -31,6 +31,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--keep", default="0.5,0.25,0.1", help="comma list of kept fractions in (0, 1]")
     p.add_argument("--query-aware", action="store_true", help="compress context + question (default: context only)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch CPU threads (default: torch's choice, one per core; on a loaded machine 1 avoids "
+                        "threads waiting on each other, which made this suite 10-40x slower)")
     p.add_argument("--out", help="write OUT.json, OUT.csv and OUT.png")
     p.add_argument("--records", help="no run: table/plot from an OUT.records.jsonl (e.g. a run cut short)")
     p.add_argument("--no-progress", action="store_true")
@@ -45,6 +48,8 @@ def main(argv: list[str] | None = None) -> int:
         return user_error(f"unknown --tasks {bad or args.tasks!r}; valid: {','.join(TASKS)}")
     if args.length < 64 or args.samples < 1:
         return user_error("need --length >= 64 and --samples >= 1")
+    if args.threads is not None and args.threads < 1:
+        return user_error(f"--threads must be >= 1, got {args.threads}")
     if args.records:
         return _report([json.loads(line) for line in Path(args.records).read_text().splitlines() if line],
                        args, f"from {args.records}")
@@ -61,12 +66,15 @@ def main(argv: list[str] | None = None) -> int:
     if args.model and not Path(args.model).exists():
         return user_error(f"model path does not exist: {args.model}")
 
+    import torch
     from tqdm import tqdm
 
     from ..llm import load_causal_lm
     from .ruler import make_suite
     from .ruler_run import run_suite
 
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
     try:
         model, tok = load_causal_lm(args.model)
         samples = make_suite(tok, args.length, args.samples, tasks, args.data_dir, seed=args.seed)
