@@ -24,7 +24,8 @@ COMMANDS: dict[tuple[str, ...], tuple[str, str]] = {
     ("sweep",): ("tokenreduce.sweep.cli", "run a resumable sweep from a YAML config"),
     ("results",): ("tokenreduce.sweep.results_cli", "list, filter and export stored sweep results"),
     ("report",): ("tokenreduce.sweep.report_cli", "HTML + PNG report of a sweep's results"),
-    ("tune",): ("tokenreduce.cli.tune", "pick method + keep for your encoder and data within a quality tolerance"),
+    ("tune",): ("tokenreduce.cli.tune", "pick method + keep for your encoder (or KV press + keep for a causal LM) "
+                "and data within a quality tolerance"),
     ("tokenizers",): ("tokenreduce.tokstats.cli", "tokenizer efficiency: fertility, parity, vocabulary audit"),
 }
 BENCH_GROUPS = [w[1] for w in COMMANDS if len(w) == 2 and w[0] == "bench"]
