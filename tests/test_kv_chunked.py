@@ -18,6 +18,7 @@ PRESSES = {
     "snapkv": {"window": 4}, "tova": {}, "h2o": {}, "keyformer": {"window": 4}, "random": {},
     "streaming_llm": {}, "key_norm": {}, "adakv": {"window": 4}, "pyramidkv": {"window": 4},
     "zipcache": {"bits": 8, "group": 8, "window": 4, "stride": 5}, "decoding": {"target": 12, "interval": 4},
+    "merge": {"window": 4},
 }
 
 
