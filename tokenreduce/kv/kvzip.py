@@ -219,7 +219,7 @@ _FLASH_CPU = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cp
 
 
 def _max_given_lse(q: Tensor, keys: Tensor, scaling: float, lse: Tensor, valid: Tensor, qmask: Tensor, n: int,
-                   block: int, tile: int = 512) -> Tensor:
+                   block: int, tile: int = 1024) -> Tensor:
     """:func:`_reconstruction_max` given each query row's logsumexp ``lse`` (B, H, L) over all its keys (the
     attention kernel's own): ``logit - lse`` comes out of one matmul (the query rows get a last channel
     ``-lse``, the keys a last channel 1), ``block`` query rows by ``tile`` context entries at a time (the
