@@ -52,21 +52,27 @@ def test_checkpoint_is_a_llava_with_cls_tower_and_its_processor_matches_the_test
     torch.testing.assert_close(got["pixel_values"], want["pixel_values"], rtol=0, atol=1e-6)
 
 
-def test_heldout_accuracy_with_all_tokens_is_the_recorded_one(digits_vlm):
-    """The committed checkpoint scores what training recorded on the 400 held-out questions (well above the
-    chance levels: 10 % corner, 50 % exists)."""
+@pytest.fixture(scope="module")
+def heldout_accuracy(digits_vlm):
+    """Accuracy per question type on the 400 fixed held-out questions, by running the committed model."""
     model, tok = digits_vlm
-    ex = heldout(recorded_info()["heldout_questions"])
-    acc = accuracy(tok, ex, answer_ids(model, tok, ex))
-    assert set(acc) == {*QTYPES, "overall"}
+    ex = heldout()
+    return accuracy(tok, ex, answer_ids(model, tok, ex))
+
+
+def test_heldout_accuracy_with_all_tokens_is_the_recorded_one(heldout_accuracy):
+    """The committed checkpoint scores what training recorded on the held-out questions."""
+    assert recorded_info()["heldout_questions"] == 400
+    assert set(heldout_accuracy) == {*QTYPES, "overall"}
     for k, v in recorded_info()["heldout_accuracy"].items():
-        assert acc[k] == pytest.approx(v, abs=0.01), k
-    assert acc["corner"] > 0.2 and acc["overall"] > 0.45
+        assert heldout_accuracy[k] == pytest.approx(v, abs=0.01), k
 
 
-@pytest.mark.xfail(strict=True, reason="issue 16 target not met: the committed checkpoint scores 0.55, not >= 0.9")
-def test_heldout_accuracy_target(digits_vlm):
-    assert recorded_info()["heldout_accuracy"]["overall"] >= 0.9
+def test_heldout_accuracy_target(heldout_accuracy):
+    """Issue 16's target: >= 0.9 held-out accuracy with all 144 visual tokens, and every question type well above
+    its chance level (0.10 corner, 0.50 exists), so each column of the quality table depends on the image."""
+    assert heldout_accuracy["overall"] >= 0.9
+    assert min(heldout_accuracy[q] for q in QTYPES) >= 0.6
 
 
 @pytest.mark.parametrize("method", table_methods())
