@@ -20,6 +20,7 @@ from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any
 
+import torch
 from torch import Tensor, nn
 from torch.nn.attention.flex_attention import BlockMask
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
@@ -77,7 +78,7 @@ def run_attention(
     q = q_proj(x).view(shape).transpose(1, 2)
     k = k_proj(x).view(shape).transpose(1, 2)
     v = v_proj(x).view(shape).transpose(1, 2)
-    req = STATS_REQUEST.get()
+    req = None if torch.compiler.is_compiling() else STATS_REQUEST.get()  # dynamo cannot trace a ContextVar
     if req is not None and _serves(req, module, mask, dropout):
         req.stats, ctx = attention_stats_blockwise(q, k, scaling, req.valid, req.stat, req.log_sizes, v=v)
         ctx = ctx.transpose(1, 2)
