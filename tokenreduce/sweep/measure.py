@@ -35,6 +35,19 @@ TIMING_KEYS = frozenset(
 _META_KEYS = ("tasks", "sources", "timed_texts", "primary_quality", "flops_unit", "timing", "memory", "base_mem_bytes")
 
 
+def outcome_of(p: Point, metrics_of: Any) -> Outcome:
+    """Run ``metrics_of(p)`` -> (metrics, meta, machine) and time it; a failure becomes an outcome holding
+    its error (recorded in the store, so a sweep or tune goes on), not an exception."""
+    started, t0 = now(), time.perf_counter()
+    try:
+        metrics, meta, machine = metrics_of(p)
+        error = None
+    except Exception as e:
+        metrics = meta = machine = None
+        error = f"{type(e).__name__}: {e}\n{traceback.format_exc(limit=8)}"
+    return Outcome(p.key, p, metrics, meta, machine, error, started, now(), time.perf_counter() - t0)
+
+
 @dataclass
 class Measurer:
     """Measures points; keeps loaded encoders and tasks for the points that follow (per process)."""
@@ -102,11 +115,4 @@ class Measurer:
 
     def run(self, p: Point) -> Outcome:
         """Measure ``p``; a failure is returned as an outcome with its error, not raised."""
-        started, t0 = now(), time.perf_counter()
-        try:
-            metrics, meta, machine = self.metrics(p)
-            error = None
-        except Exception as e:  # recorded in the store; the sweep goes on
-            metrics = meta = machine = None
-            error = f"{type(e).__name__}: {e}\n{traceback.format_exc(limit=8)}"
-        return Outcome(p.key, p, metrics, meta, machine, error, started, now(), time.perf_counter() - t0)
+        return outcome_of(p, self.metrics)

@@ -15,14 +15,13 @@ serve encoders and causal LMs alike.
 from __future__ import annotations
 
 import math
-import time
-import traceback
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from .config import Point
-from .store import Outcome, now
+from .measure import outcome_of
+from .store import Outcome
 from .tune_data import Record, Tolerance, parse_fraction
 
 # query-agnostic eviction presses that need no calibration, cost no extra model pass and take ``keep`` alone
@@ -196,11 +195,4 @@ class KVTuneMeasurer:
 
     def run(self, p: Point) -> Outcome:
         """Measure ``p``; a failure is returned as an outcome with its error, not raised."""
-        started, t0 = now(), time.perf_counter()
-        try:
-            metrics, meta, machine = self.metrics(p)
-            error = None
-        except Exception as e:  # recorded in the store; the search goes on
-            metrics = meta = machine = None
-            error = f"{type(e).__name__}: {e}\n{traceback.format_exc(limit=8)}"
-        return Outcome(p.key, p, metrics, meta, machine, error, started, now(), time.perf_counter() - t0)
+        return outcome_of(p, self.metrics)
