@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import random
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -72,17 +73,28 @@ def make_tolerance(max_loss: str | None, min_fidelity: str | None, metric: str |
     """The tolerance from the command-line strings (default: at most 1% relative loss)."""
     valid = LABELED_METRICS if labeled else UNLABELED_METRICS
     kind = "labeled" if labeled else "unlabeled (no query field)"
+    return tolerance_from(max_loss, min_fidelity, metric, valid=valid, data=f"{kind} data", floor_metric="fidelity",
+                          bounds="the fidelity metric", floor_unit="a mean cosine")
+
+
+def tolerance_from(
+    max_loss: str | None, min_fidelity: str | None, metric: str | None, *, valid: Sequence[str], data: str,
+    floor_metric: str, bounds: str, floor_unit: str,
+) -> Tolerance:
+    """``--max-loss`` relative on ``metric`` (the first of ``valid`` by default; 1% when neither is given) or
+    ``--min-fidelity``, a floor on ``floor_metric``; every bad combination refused with its reason. ``data``,
+    ``bounds`` and ``floor_unit`` name, in the messages, what is tuned, what the floor bounds, and its unit."""
     if metric is not None and metric not in valid:
-        raise ValueError(f"metric {metric!r} is not available for {kind} data; choose from {', '.join(valid)}")
+        raise ValueError(f"metric {metric!r} is not available for {data}; choose from {', '.join(valid)}")
     if max_loss is not None and min_fidelity is not None:
         raise ValueError("give either --max-loss or --min-fidelity, not both")
     if min_fidelity is not None:
-        if metric not in (None, "fidelity"):
-            raise ValueError(f"--min-fidelity bounds the fidelity metric; drop --metric {metric}")
+        if metric not in (None, floor_metric):
+            raise ValueError(f"--min-fidelity bounds {bounds}; drop --metric {metric}")
         floor = parse_fraction(min_fidelity, "--min-fidelity")
         if not 0 < floor <= 1:
-            raise ValueError(f"--min-fidelity must be in (0, 1] (a mean cosine), got {min_fidelity}")
-        return Tolerance("fidelity", min_value=floor)
+            raise ValueError(f"--min-fidelity must be in (0, 1] ({floor_unit}), got {min_fidelity}")
+        return Tolerance(floor_metric, min_value=floor)
     loss = parse_fraction(max_loss if max_loss is not None else "1%", "--max-loss")
     if not 0 <= loss < 1:
         raise ValueError(f"--max-loss must be in [0, 100%), got {max_loss}")

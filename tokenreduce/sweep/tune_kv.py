@@ -22,7 +22,7 @@ from typing import Any
 from .config import Point
 from .measure import outcome_of
 from .store import Outcome
-from .tune_data import Record, Tolerance, parse_fraction
+from .tune_data import Record, Tolerance, tolerance_from
 
 # query-agnostic eviction presses that need no calibration, cost no extra model pass and take ``keep`` alone
 DEFAULT_PRESSES = ("snapkv", "adakv", "pyramidkv", "tova", "streaming_llm", "keydiff", "expected_attention",
@@ -58,21 +58,8 @@ def check_presses(chosen: Sequence[str] | None) -> list[str]:
 def make_tolerance(max_loss: str | None, min_fidelity: str | None, metric: str | None) -> Tolerance:
     """The causal-LM tolerance: ``--max-loss`` relative on ``metric`` (agreement by default; 1% when neither
     is given) or ``--min-fidelity``, a floor on greedy agreement with the full cache."""
-    if metric is not None and metric not in METRICS:
-        raise ValueError(f"metric {metric!r} is not available for a causal LM; choose from {', '.join(METRICS)}")
-    if max_loss is not None and min_fidelity is not None:
-        raise ValueError("give either --max-loss or --min-fidelity, not both")
-    if min_fidelity is not None:
-        if metric not in (None, "agreement"):
-            raise ValueError(f"--min-fidelity bounds greedy agreement with the full cache; drop --metric {metric}")
-        floor = parse_fraction(min_fidelity, "--min-fidelity")
-        if not 0 < floor <= 1:
-            raise ValueError(f"--min-fidelity must be in (0, 1] (a share of agreeing tokens), got {min_fidelity}")
-        return Tolerance("agreement", min_value=floor)
-    loss = parse_fraction(max_loss if max_loss is not None else "1%", "--max-loss")
-    if not 0 <= loss < 1:
-        raise ValueError(f"--max-loss must be in [0, 100%), got {max_loss}")
-    return Tolerance(metric or "agreement", max_loss=loss)
+    return tolerance_from(max_loss, min_fidelity, metric, valid=METRICS, data="a causal LM", floor_metric="agreement",
+                          bounds="greedy agreement with the full cache", floor_unit="a share of agreeing tokens")
 
 
 def metric_key(task: str, metric: str) -> str:
