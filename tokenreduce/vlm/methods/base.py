@@ -21,6 +21,14 @@ from ..flops import DecoderShape, scoring_macs
 from ..reduce import keep_top_in_groups
 
 
+def last_token_attention(attn: nn.Module, x: Tensor, cos: Tensor, sin: Tensor, valid: Tensor | None) -> Tensor:
+    """(B, N) attention of the last token over the N tokens in layer ``attn``, heads averaged (FastV's rating),
+    rebuilt from the layer's input ``x`` and rotary ``cos``/``sin``."""
+    keys = window_keys(attn, x, cos, sin)
+    q = window_queries(attn, x[:, -1:], cos[:, -1:], sin[:, -1:])
+    return window_attention(q, keys, attn.scaling, valid).mean(1)[:, -1]
+
+
 @dataclass(frozen=True)
 class VisualMethod:
     keep: float | None = None
@@ -204,9 +212,7 @@ class InsideMethod(VisualMethod):
     def scores(self, attn: nn.Module, x: Tensor, cos: Tensor, sin: Tensor, vis: Tensor, valid: Tensor | None) -> Tensor:
         """Rating (B, N) of every current token: the last token's head-averaged attention in layer ``attn``,
         rebuilt from its input ``x`` and rotary ``cos``/``sin``; ``vis`` flags visual tokens."""
-        keys = window_keys(attn, x, cos, sin)
-        q = window_queries(attn, x[:, -1:], cos[:, -1:], sin[:, -1:])
-        return window_attention(q, keys, attn.scaling, valid).mean(1)[:, -1]
+        return last_token_attention(attn, x, cos, sin, valid)
 
     def rating_queries(self, text_after: int) -> int:
         """Queries :meth:`scores` projects, given ``text_after`` tokens after the last image (for MACs)."""

@@ -23,15 +23,8 @@ from torch import Tensor, nn
 from ...core.assign import apply_assignment
 from ...kv.scoring import window_attention, window_keys, window_queries
 from ..flops import DecoderShape, scoring_macs
+from ..methods.base import last_token_attention
 from .ops import unit
-
-
-def last_token_attention(attn: nn.Module, x: Tensor, cos: Tensor, sin: Tensor, valid: Tensor | None) -> Tensor:
-    """(B, N) attention of the last token over the N tokens in layer ``attn``, heads averaged (FastV's rating),
-    rebuilt from the layer's input ``x`` and rotary ``cos``/``sin``."""
-    keys = window_keys(attn, x, cos, sin)
-    q = window_queries(attn, x[:, -1:], cos[:, -1:], sin[:, -1:])
-    return window_attention(q, keys, attn.scaling, valid).mean(1)[:, -1]
 
 
 def question_attention(
