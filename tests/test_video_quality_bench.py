@@ -6,6 +6,7 @@ table's loop is tested without the trained asset."""
 
 from __future__ import annotations
 
+import re
 from collections import defaultdict
 from types import SimpleNamespace
 
@@ -128,3 +129,96 @@ def test_baselines_always_in_the_table_and_stages_need_two_layers():
     assert table_methods(["holitom+llm"], 4) == [*BASELINES, "holitom+llm"]
     with pytest.raises(ValueError, match="llm_layer must be in"):
         configs(["holitom+llm"], [0.5], 1)
+
+
+# ---- the CLI on a tiny random instance of the video testbed's architecture ------------------------------------
+def tiny_video_testbed(path, width: int = 32, layers: int = 4):
+    """A random Qwen2-VL shaped like the trained video testbed (8-px patches, one frame per temporal patch, no
+    merge, word-level tokenizer and processor files), saved with a testbed.json naming it."""
+    import json
+
+    from transformers import Qwen2VLConfig, Qwen2VLForConditionalGeneration
+
+    from tokenreduce.bench import video_testbed as vt
+
+    tok = vt.build_tokenizer()
+    ids = {k: tok.convert_tokens_to_ids(t) for k, t in (("image_token_id", vt.IMAGE_TOKEN),
+           ("video_token_id", vt.VIDEO_TOKEN), ("vision_start_token_id", vt.VISION_START),
+           ("vision_end_token_id", vt.VISION_END))}
+    rope = {"rope_type": "default", "mrope_section": [2, 1, 1], "rope_theta": 10.0}
+    cfg = Qwen2VLConfig(
+        text_config=dict(vocab_size=len(tok), hidden_size=width, intermediate_size=2 * width, num_hidden_layers=layers,
+                         num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=256,
+                         rope_parameters=rope, pad_token_id=tok.pad_token_id),
+        vision_config=dict(depth=1, embed_dim=width, hidden_size=width, num_heads=4, mlp_ratio=2,
+                           patch_size=vt.PATCH, spatial_merge_size=1, temporal_patch_size=1, in_channels=3),
+        pad_token_id=tok.pad_token_id, **ids,
+    )
+    torch.manual_seed(0)
+    Qwen2VLForConditionalGeneration(cfg).eval().save_pretrained(str(path))
+    vt.save_processor(tok, path)
+    (path / "testbed.json").write_text(json.dumps({"testbed": "video_digits", "heldout_accuracy": {"overall": 0.1}}))
+    return path
+
+
+@pytest.fixture(scope="module")
+def tiny_bed(tmp_path_factory):
+    return tiny_video_testbed(tmp_path_factory.mktemp("video_digits"))
+
+
+def test_bench_video_model_prints_the_quality_table(tiny_bed, tmp_path, capsys):
+    import json
+
+    from tokenreduce.vlm.video import cli
+
+    out = tmp_path / "quality"
+    args = ["--model", str(tiny_bed), "--questions", "8", "--keep", "1,0.25", "--methods", "dycoke,holitom+llm",
+            "--repeats", "1", "--time-batch", "2", "--threads", "1", "--no-progress", "--out", str(out)]
+    assert cli.main(args) == 0
+    data = json.loads(out.with_suffix(".json").read_text())
+    rows = data["rows"]
+    assert [(r["method"], r["keep"]) for r in rows] == [("unreduced", 1.0)] + [
+        (m, k) for m in ("dycoke", *BASELINES, "holitom+llm") for k in (1.0, 0.25)]
+    base = rows[0]
+    for r in rows[1:]:
+        if r["keep"] == 1.0 and r["method"] != "holitom+llm":
+            assert (r["accuracy"], r["agree"], r["macs"]) == (base["accuracy"], 1.0, base["macs"])
+        else:
+            assert r["macs_ratio"] < 1 and r["llm_macs_ratio"] < 1
+    assert data["questions"] == 8 and out.with_suffix(".csv").exists()
+    printed = capsys.readouterr().out
+    assert "acc_direction" in printed and "llm_macs_ratio" in printed
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--methods", "nope"], "not video methods: \\['nope'\\]"),
+        (["--methods", "fastv"], "image methods"),
+        (["--keep", "1.5"], "keep"),
+        (["--keep", "0"], "keep"),
+        (["--keep", "half"], "--keep takes shares"),
+        (["--questions", "0"], "--questions"),
+        (["--repeats", "0"], "--repeats"),
+    ],
+)
+def test_bad_input_is_refused_before_the_model_loads(extra, message, tiny_bed, capsys, monkeypatch):
+    from tokenreduce.bench import video_testbed
+    from tokenreduce.vlm.video import cli
+
+    def never(*a, **k):
+        raise AssertionError("loaded the model")
+
+    monkeypatch.setattr(video_testbed, "load_video_digits", never)
+    assert cli.main(["--model", str(tiny_bed), "--no-progress", *extra]) == 2
+    assert re.search(message, capsys.readouterr().err)
+
+
+def test_a_model_that_is_not_the_video_testbed_is_refused(tmp_path, capsys):
+    from tokenreduce.bench.vlm_testbed import ASSET_DIR as IMAGE_TESTBED
+    from tokenreduce.vlm.video import cli
+
+    for path in (tmp_path, IMAGE_TESTBED, tmp_path / "missing"):
+        assert cli.main(["--model", str(path), "--no-progress"]) == 2
+        err = capsys.readouterr().err
+        assert "is not the trained video testbed" in err and "train_video_digits.py" in err
