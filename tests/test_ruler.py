@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import re
 from collections import Counter
+from types import SimpleNamespace
 
 import pytest
 
@@ -44,6 +45,9 @@ class CharTokenizer:
 
     def decode(self, ids, skip_special_tokens: bool = True) -> str:
         return "".join(chr(i + 31) if 1 <= i <= 95 else "?" for i in ids)
+
+    def __call__(self, text: str, add_special_tokens: bool = True) -> SimpleNamespace:
+        return SimpleNamespace(input_ids=self.encode(text, add_special_tokens))
 
 
 @needs_data
@@ -155,3 +159,71 @@ def test_cli_refuses_bad_arguments(capsys):
     assert main(["--presses", "nope"]) == 2
     assert main(["--threads", "0"]) == 2
     assert "error" in capsys.readouterr().err
+
+
+class EosCharTokenizer(CharTokenizer):
+    """CharTokenizer with an end-of-sequence id, so rows of a batch stop at different steps."""
+
+    def __init__(self, eos: int):
+        self.eos_token_id = eos
+
+
+def _answers_of(records):
+    return [(r["sample"], r["press"], r["keep"], r["mode"], r["prediction"], r["decoded"], r["score"]) for r in records]
+
+
+@needs_data
+@pytest.mark.parametrize("query_aware", [False, True])
+def test_batched_answers_equal_one_by_one(query_aware):
+    """Presses at one keep leave caches of one shape: decoded as one batch (each row stopping at its own EOS)
+    they give the same answers, token counts and scores as one by one."""
+    from kv_models import tiny_lm
+
+    from tokenreduce.bench.ruler_run import run_suite
+    from tokenreduce.kv import make_press
+
+    model, tok = tiny_lm(), CharTokenizer()
+    samples = make_suite(tok, 420, 1, ["niah_single", "vt"], DATA, seed=1)
+    names = ("streaming_llm", "snapkv", "tova", "keydiff", "key_norm", "random", "adakv", "pyramidkv")
+    presses = [make_press(n, keep=k) for n in names for k in (0.5, 0.25)]
+    budget = {"niah_single": 6, "vt": 6}
+    first = run_suite(model, tok, samples, presses, new_tokens=budget, query_aware=query_aware, batch=False)
+    # an EOS that some rows emit early and others never: rows of one batch stop at different steps
+    eos = tok.encode(first[1]["prediction"])[1]
+    tok = EosCharTokenizer(eos)
+    alone = run_suite(model, tok, samples, presses, new_tokens=budget, query_aware=query_aware, batch=False)
+    batched = run_suite(model, tok, samples, presses, new_tokens=budget, query_aware=query_aware, batch=True)
+    assert _answers_of(batched) == _answers_of(alone)
+    assert len({r["decoded"] for r in batched}) > 1 and min(r["decoded"] for r in batched) < 6
+    assert max(r["batch"] for r in batched) >= 5  # the uniform presses at one keep share a batch
+    assert all(r["batch"] == 1 for r in batched if r["press"] in ("full", "adakv", "pyramidkv"))
+
+
+@needs_data
+def test_kvzip_scores_once_per_sample_same_selection(monkeypatch):
+    """KVzip's reconstruction scores do not depend on keep: one scoring pass per sample serves every keep,
+    and the compressed caches equal those scored per keep."""
+    import torch
+    from kv_models import tiny_lm
+
+    from tokenreduce.bench import ruler_run
+    from tokenreduce.kv import cache as kvc
+    from tokenreduce.kv import make_press
+    from tokenreduce.kv.bench import capture_prefill, press_cache
+
+    model, tok = tiny_lm(), CharTokenizer()
+    samples = make_suite(tok, 420, 2, ["niah_single"], DATA, seed=2)
+    presses = [make_press("kvzip", keep=k) for k in (0.5, 0.25, 0.1)]
+    calls = []
+    real = ruler_run.reconstruction_scores
+    monkeypatch.setattr(ruler_run, "reconstruction_scores", lambda *a, **k: calls.append(1) or real(*a, **k))
+    records = ruler_run.run_suite(model, tok, samples, presses, new_tokens={"niah_single": 4})
+    assert len(calls) == len(samples) and len(records) == len(samples) * 4
+    pre = capture_prefill(model, torch.tensor([tok.encode(samples[0].context)]))
+    memo: dict = {}
+    for p in presses:
+        ours, ref = ruler_run._pressed(model, pre, p, tok, memo), press_cache(model, pre, p, tok)
+        for i in range(kvc.n_layers(ref)):
+            a, b = kvc.layer_kv(ours, i), kvc.layer_kv(ref, i)
+            assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+    assert len(memo) == 1

@@ -30,6 +30,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--presses", default=DEFAULT_PRESSES, help="comma list of name or name:param=value:...")
     p.add_argument("--keep", default="0.5,0.25,0.1", help="comma list of kept fractions in (0, 1]")
     p.add_argument("--query-aware", action="store_true", help="compress context + question (default: context only)")
+    p.add_argument("--both-modes", action="store_true",
+                   help="each sample query-agnostic then query-aware (a run cut short has both on the same samples)")
+    p.add_argument("--no-batch", action="store_true",
+                   help="decode every press's answer alone (default: equal-shape caches as one batch, same answers)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=None,
                    help="torch CPU threads (default: torch's choice, one per core; on a loaded machine 1 avoids "
@@ -91,7 +95,8 @@ def main(argv: list[str] | None = None) -> int:
             with partial.open("a") as f:
                 f.writelines(json.dumps(r) + "\n" for r in recs)
 
-    records = run_suite(model, tok, samples, plist, query_aware=args.query_aware, progress=bar, on_sample=on_sample)
+    records = run_suite(model, tok, samples, plist, query_aware=args.query_aware, progress=bar, on_sample=on_sample,
+                        batch=not args.no_batch, both_modes=args.both_modes)
     bar.close()
     return _report(records, args, f"{args.length} tokens, {args.samples} samples per task")
 

@@ -5,6 +5,11 @@ each press compresses a copy of that cache with the hooks' own code path, then t
 short answer decoded greedily (query-agnostic: the question comes after compression, so one compressed
 cache could serve any question). ``query_aware=True`` compresses ``context + question`` instead, so the
 question lies in window scorers' observation window. The full cache is the reference row.
+
+Cost, same results: KVzip's reconstruction scores (a pass ~2.6x a prefill) are computed once per sample and
+press configuration and reused for every keep; the answers of presses whose compressed caches have the same
+shape (same entries per layer, plain storage) are decoded as one batch (``batch=True``), each row stopping at
+its own EOS, the same tokens as decoding them one by one (tested).
 """
 
 from __future__ import annotations
@@ -14,9 +19,13 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
+from transformers.cache_utils import DynamicLayer
 
-from ..kv.bench import capture_prefill, press_cache
-from ..kv.presses import Press, ReconstructionPress, label
+from ..core.provenance import Provenance
+from ..kv import cache as kvc
+from ..kv.bench import Prefill, capture_prefill, press_cache
+from ..kv.kvzip import compress_cache, prompt_ids, reconstruction_scores
+from ..kv.presses import KVzip, Press, ReconstructionPress, label
 from ..kv.ragged import ragged_attention_for
 from ..kv.session import Session, greedy
 from .ruler import TASKS, RulerSample
@@ -34,50 +43,131 @@ def _ids(tokenizer, text: str, special: bool) -> torch.Tensor:
 def _answer(model, cache, n: int, logits, question, tokenizer, new_tokens: int) -> tuple[str, int]:
     """Greedy answer from ``cache`` holding ``n`` prompt tokens (``question`` fed first unless None), and the
     tokens decoded (up to ``new_tokens``: fewer when the model ends with EOS)."""
-    session = Session(model, cache, torch.ones(1, n, dtype=torch.long, device=logits.device))
+    return _answers(model, cache, 1, n, logits, question, tokenizer, new_tokens)[0]
+
+
+@torch.no_grad()
+def _answers(model, cache, rows: int, n: int, logits, question, tokenizer, new_tokens: int) -> list[tuple[str, int]]:
+    """:func:`_answer` for a cache of ``rows`` rows (one compressed cache per row, same question): the batch
+    stops when every row has emitted EOS; a row's answer ends at its own first EOS."""
+    session = Session(model, cache, torch.ones(rows, n, dtype=torch.long, device=logits.device))
     if question is not None:
-        logits = session.feed(question, last_only=True)
-    ids = greedy(session, logits, new_tokens, getattr(tokenizer, "eos_token_id", None))[0].tolist()
-    decoded = len(ids)
+        logits = session.feed(question.expand(rows, -1), last_only=True)
+    else:
+        logits = logits.expand(rows, -1, -1)
     eos = getattr(tokenizer, "eos_token_id", None)
-    if eos in ids:
-        ids = ids[: ids.index(eos)]
-    return tokenizer.decode(ids, skip_special_tokens=True), decoded
+    out = []
+    for ids in greedy(session, logits, new_tokens, eos).tolist():
+        if eos in ids:
+            ids = ids[: ids.index(eos) + 1]
+        out.append((tokenizer.decode(ids[:-1] if ids[-1] == eos else ids, skip_special_tokens=True), len(ids)))
+    return out
+
+
+def batch_key(press: Press | None, cache) -> tuple | None:
+    """Caches with equal keys can be decoded as one batch: compressed (a provenance map), plain per-layer
+    storage, the same entries per layer; None for the full cache, ragged/custom storage or state on a press."""
+    state = kvc.get_state(cache)
+    if press is None or press.ragged or state is None or any(type(layer) is not DynamicLayer for layer in cache.layers):
+        return None
+    return (state.seen, *(tuple(layer.keys.shape[1:]) for layer in cache.layers))
+
+
+def stack_caches(caches: Sequence) -> object:
+    """One cache whose rows are ``caches`` (single-row, equal :func:`batch_key`), provenance maps stacked."""
+    out = kvc.clone(caches[0])
+    for i in range(kvc.n_layers(out)):
+        kvc.set_layer_kv(out, i, torch.cat([kvc.layer_kv(c, i)[0] for c in caches]),
+                         torch.cat([kvc.layer_kv(c, i)[1] for c in caches]))
+    states = [kvc.get_state(c) for c in caches]
+    kvc.set_state(out, Provenance(torch.cat([s.index for s in states]), torch.cat([s.real for s in states]),
+                                  states[0].seen))
+    return out
+
+
+def _pressed(model, pre: Prefill, press: Press | None, tokenizer, memo: dict):
+    """``press_cache``, KVzip's reconstruction scores taken from ``memo`` when an earlier keep computed them."""
+    if not isinstance(press, KVzip):
+        return press_cache(model, pre, press, tokenizer)
+    press.check_model(model)
+    prompt = prompt_ids(press, tokenizer)
+    key = (press.chunk, press.window, tuple(prompt.tolist()))
+    cache = kvc.clone(pre.cache)
+    if key not in memo:
+        mask = torch.ones_like(pre.ids)
+        memo[key] = reconstruction_scores(model, cache, pre.ids, mask, prompt, press.chunk, press.window)
+    return compress_cache(model, cache, pre.ids, None, press, prompt, scores=memo[key])
 
 
 @torch.no_grad()
 def run_suite(model, tokenizer, samples: Sequence[RulerSample], presses: Sequence[Press], *,
               query_aware: bool = False, new_tokens: dict[str, int] | None = None, progress=None,
-              on_sample: Callable[[list[dict]], None] | None = None) -> list[dict]:
+              on_sample: Callable[[list[dict]], None] | None = None, batch: bool = True,
+              both_modes: bool = False) -> list[dict]:
     """One record per (sample, press): task, press label, keep, mode, prediction, score, the tokens decoded
-    and the seconds compressing + answering took (``decoded``/``seconds``: an answer that never reaches EOS
-    decodes the task's whole budget, which is what makes a sample slow). The full cache is the record with
-    ``press="full"``, ``keep=1.0``. KVzip (query-agnostic by design) is skipped in
-    query-aware mode. ``on_sample`` receives each sample's records as soon as they exist (partial runs)."""
-    budget = {**NEW_TOKENS, **(new_tokens or {})}
-    mode = "aware" if query_aware else "agnostic"
+    and the seconds compressing (``press_s``) + answering (``answer_s``; a batch's time split evenly over its
+    rows) took, ``seconds`` their sum (an answer that never reaches EOS decodes the task's whole budget,
+    which is what makes a sample slow). The full cache is the record with ``press="full"``, ``keep=1.0``.
+    KVzip (query-agnostic by design) is skipped in query-aware mode. ``on_sample`` receives each sample's
+    records as soon as they exist (partial runs). ``batch``: decode equal-shape caches as one batch.
+    ``both_modes``: each sample query-agnostic, then query-aware (a run cut short has both on the same samples)."""
     records = []
     for i, s in enumerate(samples):
-        ctx = _ids(tokenizer, s.context, True)
-        q = _ids(tokenizer, s.question, False)
-        pre = capture_prefill(model, torch.cat([ctx, q], 1) if query_aware else ctx)
-        question = None if query_aware else q
-        for p in [None, *presses]:
-            if query_aware and isinstance(p, ReconstructionPress):
-                continue
-            start = time.perf_counter()
-            with ragged_attention_for(model, p):
-                cache = press_cache(model, pre, p, tokenizer)
-                text, decoded = _answer(model, cache, pre.n, pre.logits, question, tokenizer, budget[s.task])
-            records.append({"sample": i, "task": s.task, "press": "full" if p is None else label(p),
-                            "keep": 1.0 if p is None else float(p.keep), "mode": mode, "prediction": text,
-                            "answers": list(s.answers), "score": s.score(text), "decoded": decoded,
-                            "seconds": round(time.perf_counter() - start, 3)})
+        mine = []
+        for aware in (False, True) if both_modes else (query_aware,):
+            mine += _sample_records(model, tokenizer, i, s, presses, aware, NEW_TOKENS | (new_tokens or {}), batch)
+        records.extend(mine)
         if on_sample is not None:
-            on_sample([r for r in records if r["sample"] == i])
+            on_sample(mine)
         if progress is not None:
             progress.update(1)
     return records
+
+
+def _sample_records(model, tokenizer, i: int, s: RulerSample, presses: Sequence[Press], query_aware: bool,
+                    budget: dict[str, int], batch: bool) -> list[dict]:
+    """:func:`run_suite`'s records of sample ``i`` in one mode, in the order of ``presses`` (full cache first)."""
+    mode = "aware" if query_aware else "agnostic"
+    ctx = _ids(tokenizer, s.context, True)
+    q = _ids(tokenizer, s.question, False)
+    pre = capture_prefill(model, torch.cat([ctx, q], 1) if query_aware else ctx)
+    question = None if query_aware else q
+    memo: dict = {}
+    mine = []
+    for keep in dict.fromkeys([None, *(p.keep for p in presses)]):  # one keep's caches held at a time
+        groups: dict[object, list[tuple[Press | None, object, float]]] = {}
+        for j, p in enumerate([None, *presses]):
+            if (p.keep if p is not None else None) != keep or (query_aware and isinstance(p, ReconstructionPress)):
+                continue
+            start = time.perf_counter()
+            with ragged_attention_for(model, p):
+                cache = _pressed(model, pre, p, tokenizer, memo)
+            key = batch_key(p, cache) if batch else None
+            groups.setdefault(("solo", j) if key is None else key, []).append((p, cache, time.perf_counter() - start))
+        mine += _decode_groups(model, tokenizer, i, s, mode, pre, question, budget[s.task], groups.values())
+    order = {("full" if p is None else label(p), 1.0 if p is None else float(p.keep)): j
+             for j, p in enumerate([None, *presses])}
+    mine.sort(key=lambda r: order[(r["press"], r["keep"])])
+    return mine
+
+
+def _decode_groups(model, tokenizer, i: int, s: RulerSample, mode: str, pre: Prefill, question, new_tokens: int,
+                   groups) -> list[dict]:
+    """Records of each group of (press, cache, press seconds), every group's answers decoded as one batch."""
+    mine = []
+    for members in groups:
+        start = time.perf_counter()
+        with ragged_attention_for(model, members[0][0]):
+            cache = members[0][1] if len(members) == 1 else stack_caches([c for _, c, _ in members])
+            answers = _answers(model, cache, len(members), pre.n, pre.logits, question, tokenizer, new_tokens)
+        share = (time.perf_counter() - start) / len(members)
+        for (p, _, press_s), (text, decoded) in zip(members, answers, strict=True):
+            mine.append({"sample": i, "task": s.task, "press": "full" if p is None else label(p),
+                         "keep": 1.0 if p is None else float(p.keep), "mode": mode, "prediction": text,
+                         "answers": list(s.answers), "score": s.score(text), "decoded": decoded,
+                         "press_s": round(press_s, 3), "answer_s": round(share, 3),
+                         "seconds": round(press_s + share, 3), "batch": len(members)})
+    return mine
 
 
 def aggregate(records: Sequence[dict]) -> list[dict]:

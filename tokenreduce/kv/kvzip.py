@@ -309,14 +309,19 @@ def _window_scores(q: Tensor, keys: Tensor, scaling: float, valid: Tensor, qmask
 
 @torch.no_grad()
 def compress_cache(
-    model: nn.Module, cache, ids: Tensor, mask: Tensor | None, press: KVzip, prompt: Tensor | None = None
+    model: nn.Module, cache, ids: Tensor, mask: Tensor | None, press: KVzip, prompt: Tensor | None = None,
+    scores: list[Tensor] | None = None,
 ):
-    """Compress the full context cache (of ``ids`` (B, N), left-padded by ``mask``) in place with KVzip scores."""
+    """Compress the full context cache (of ``ids`` (B, N), left-padded by ``mask``) in place with KVzip scores.
+
+    ``scores``: :func:`reconstruction_scores` of this cache, context, prompt, ``chunk`` and ``window``,
+    computed once by a caller that compresses the same cache at several keeps (they do not depend on keep)."""
     mask = torch.ones_like(ids) if mask is None else mask
     if kvc.get_state(cache) is not None or kvc.seq_length(cache) != ids.shape[1]:
         raise ValueError("kvzip needs the uncompressed cache of exactly the given context")
     prompt = ids.new_zeros(0) if prompt is None else prompt
-    scores = reconstruction_scores(model, cache, ids, mask, prompt, press.chunk, press.window)
+    if scores is None:
+        scores = reconstruction_scores(model, cache, ids, mask, prompt, press.chunk, press.window)
     mods, valid = attention_modules(model), mask.bool()
     scores = [protect(s, valid, press.sinks, press.recent) for s in scores]
     if press.budget == "global":
