@@ -145,7 +145,9 @@ def tiny_video_testbed(path, width: int = 32, layers: int = 4):
     ids = {k: tok.convert_tokens_to_ids(t) for k, t in (("image_token_id", vt.IMAGE_TOKEN),
            ("video_token_id", vt.VIDEO_TOKEN), ("vision_start_token_id", vt.VISION_START),
            ("vision_end_token_id", vt.VISION_END))}
-    rope = {"rope_type": "default", "mrope_section": [2, 1, 1], "rope_theta": 10.0}
+    half = width // 4 // 2  # rotary frequencies of a head (4 heads): time half, height and width a quarter each
+    rope = {"rope_type": "default", "mrope_section": [half // 2, half // 4, half - half // 2 - half // 4],
+            "rope_theta": 10.0}
     cfg = Qwen2VLConfig(
         text_config=dict(vocab_size=len(tok), hidden_size=width, intermediate_size=2 * width, num_hidden_layers=layers,
                          num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=256,
