@@ -177,7 +177,8 @@ def quality_main(args: argparse.Namespace) -> int:
     info = machine_info()
     skipped = [r for r in rows if "skipped" in r]
     rows = [r for r in rows if "skipped" not in r]
-    trained = _recorded_accuracy(args.model)
+    trained = video_testbed.testbed_info(args.model).get("heldout_accuracy")
+    trained = trained.get("overall") if isinstance(trained, dict) else trained
     print(f"video digits model ({args.model}): {len(examples)} held-out questions, accuracy with all tokens "
           f"{rows[0]['accuracy']:.3f} (recorded at training: {trained}); prefill times: one batch of up to "
           f"{args.time_batch}, median of {args.repeats}; {info['cpu']}, {info['torch_threads']} threads")
@@ -193,9 +194,3 @@ def quality_main(args: argparse.Namespace) -> int:
         print("wrote " + " and ".join(map(str, write_results(result, args.out))))
     return 0
 
-
-def _recorded_accuracy(path: str):
-    """The held-out accuracy training recorded in testbed.json (None when it recorded none)."""
-    data = json.loads((Path(path) / "testbed.json").read_text())
-    acc = data.get("heldout_accuracy")
-    return acc.get("overall") if isinstance(acc, dict) else acc
