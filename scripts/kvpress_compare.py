@@ -22,14 +22,24 @@ from tokenreduce.kv.data import haystack, passkeys, windows
 from tokenreduce.llm import load_causal_lm
 
 
-def _import_kvpress():
+def import_kvpress():
+    """kvpress 0.5.5 imported beside transformers 5.25: unused modules stubbed, its forward hook shimmed."""
     for name, attr in (("datasets", "load_dataset"), ("fire", "Fire")):
         if name not in sys.modules:
             stub = types.ModuleType(name)
             setattr(stub, attr, None)
             sys.modules[name] = stub
+    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+    before = dict(ALL_ATTENTION_FUNCTIONS.items())
     import kvpress
     from kvpress.presses import base_press
+
+    # kvpress wraps every registered attention function for AdaKV's head-wise masking, which expects tensor
+    # keys; tokenreduce's own attention functions (ragged storage) get their originals back
+    for name, func in before.items():
+        if getattr(func, "__module__", "").startswith("tokenreduce"):
+            ALL_ATTENTION_FUNCTIONS[name] = func
 
     original = base_press.BasePress.forward_hook
 
@@ -59,7 +69,7 @@ PRESSES = {
 
 def main(n_kl: int, n_pk: int, threads: int, keep: float = 0.25) -> None:
     torch.set_num_threads(threads)
-    kp = _import_kvpress()
+    kp = import_kvpress()
     model, tok = load_causal_lm()
     text, _ = haystack(default_data_dir())
 
