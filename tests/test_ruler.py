@@ -227,3 +227,24 @@ def test_kvzip_scores_once_per_sample_same_selection(monkeypatch):
             a, b = kvc.layer_kv(ours, i), kvc.layer_kv(ref, i)
             assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
     assert len(memo) == 1
+
+
+@needs_data
+def test_both_modes_are_the_two_single_mode_runs():
+    """``both_modes``: each sample's agnostic then aware records, equal to the two single-mode runs (KVzip,
+    query-agnostic by design, only in the first)."""
+    from kv_models import tiny_lm
+
+    from tokenreduce.bench.ruler_run import run_suite
+    from tokenreduce.kv import make_press
+
+    model, tok = tiny_lm(), CharTokenizer()
+    samples = make_suite(tok, 420, 1, ["niah_single"], DATA, seed=4)
+    presses = [make_press("snapkv", keep=0.5), make_press("kvzip", keep=0.5)]
+    kw = dict(new_tokens={"niah_single": 3})
+    both = run_suite(model, tok, samples, presses, both_modes=True, **kw)
+    single = [*run_suite(model, tok, samples, presses, **kw),
+              *run_suite(model, tok, samples, presses, query_aware=True, **kw)]
+    assert _answers_of(both) == _answers_of(single)
+    assert [(r["mode"], r["press"]) for r in both] == [
+        ("agnostic", "full"), ("agnostic", "snapkv"), ("agnostic", "kvzip"), ("aware", "full"), ("aware", "snapkv")]

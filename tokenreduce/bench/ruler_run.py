@@ -202,27 +202,34 @@ def columns(rows: Sequence[dict]) -> list[str]:
 
 
 def plot(rows: Sequence[dict], path: str | Path, title: str = "RULER-style suite") -> Path:
-    """PNG: average score vs keep, one line per press (per mode), the full cache as a dashed line."""
+    """PNG, one panel per mode (as kvpress's leaderboard): average score vs keep, one line per press, the full
+    cache as a dashed line."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for mode in sorted({r["mode"] for r in rows}):
+    modes = sorted({r["mode"] for r in rows})
+    fig, axes = plt.subplots(1, len(modes), figsize=(6.5 * len(modes), 4.8), sharey=True, squeeze=False)
+    presses = sorted({r["press"] for r in rows} - {"full"})
+    colors = {p: plt.get_cmap("tab20")(i % 20) for i, p in enumerate(presses)}
+    for ax, mode in zip(axes[0], modes, strict=True):
         mine = [r for r in rows if r["mode"] == mode]
         for r in mine:
             if r["press"] == "full":
-                ax.axhline(r["avg"], ls="--", color="black", lw=1, label=f"full cache ({mode})")
-        for press in sorted({r["press"] for r in mine} - {"full"}):
+                ax.axhline(r["avg"], ls="--", color="black", lw=1, label="full cache")
+        for press in presses:
             pts = sorted((r["keep"], r["avg"]) for r in mine if r["press"] == press)
-            ax.plot([k for k, _ in pts], [a for _, a in pts], marker="o", label=f"{press} ({mode})")
-    ax.set_xscale("log")
-    ax.set_xlabel("keep (fraction of KV entries kept)")
-    ax.set_ylabel("average score (0-100)")
-    ax.set_title(title)
-    ax.legend(fontsize=7, loc="best")
-    ax.grid(alpha=0.3)
+            if pts:
+                ax.plot([k for k, _ in pts], [a for _, a in pts], marker="o", color=colors[press], label=press)
+        ax.set_xscale("log")
+        ax.set_xticks(sorted({r["keep"] for r in mine}), [f"{k:g}" for k in sorted({r["keep"] for r in mine})])
+        ax.set_xlabel("keep (fraction of KV entries kept)")
+        ax.set_title(f"query-{mode}")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, loc="best")
+    axes[0][0].set_ylabel("average score (0-100)")
+    fig.suptitle(title, fontsize=9)
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
