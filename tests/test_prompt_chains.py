@@ -223,3 +223,67 @@ def test_acronyms_link_a_sentence_to_the_titled_document():
     got = _bridge(score, sents, doc_of, body, k=1)
     assert got[doc_of == 1].max() == 1.0  # "SAS" names Special Air Service
     assert got[doc_of == 2].sum() == 0  # "Sas" (one capital) is no acronym, and "Sas Island" is not named
+
+
+def _coverage_reference(scores, sents, eligible, question, weight, prefix):
+    """Straightforward greedy: pick the eligible sentence with the best score + weight x its share of the
+    uncovered question IDF (terms cut to ``prefix`` characters), until every pick has been made."""
+    cut = (lambda t: t[:prefix]) if prefix else (lambda t: t)
+    q = {cut(t) for t in terms(question)}
+    has = [{cut(t) for t in terms(s)} & q for s in sents]
+    n = len(sents)
+    idf = {t: math.log(1 + (n - sum(t in h for h in has) + 0.5) / (sum(t in h for h in has) + 0.5))
+           for t in q if any(t in h for h in has)}
+    if not idf:
+        return np.array(scores, dtype=float)
+    covered, left, picks = set(), [i for i in range(n) if eligible[i]], []
+    while left:
+        gain = [sum(idf[t] for t in has[i] - covered) / sum(idf.values()) for i in left]
+        best = max(range(len(left)), key=lambda k: (scores[left[k]] + weight * gain[k], -left[k]))
+        picks.append(left.pop(best))
+        covered |= has[picks[-1]]
+    out = np.array(scores, dtype=float)
+    out[picks] = sorted((scores[i] for i in picks), reverse=True)
+    return out
+
+
+def test_coverage_moves_up_the_sentence_with_an_uncovered_question_term():
+    from tokenreduce.prompt.lexical import coverage_order
+
+    q = "The raid was by a special forces unit founded in what year?"
+    sents = ["Title: Special Air Service", "The Special Air Service is a special forces unit.",
+             "The special forces unit is part of the army.", "The unit was founded in 1941.", "Title: Other"]
+    body = np.array([False, True, True, True, False])
+    score = np.array([9.0, 4.0, 3.9, 3.5, 9.0])
+    got = coverage_order(score, sents, body, q, weight=1.0)
+    assert list(np.argsort(-got[body], kind="stable")) == [0, 2, 1]  # "founded" is new; the second mention is not
+    assert sorted(got[body]) == sorted(score[body]) and (got[~body] == score[~body]).all()  # same values, headings kept
+    np.testing.assert_array_equal(coverage_order(score, sents, body, q, weight=0.0), score)  # off: unchanged
+    np.testing.assert_array_equal(coverage_order(score, sents, body, "what?", weight=1.0), score)  # no terms
+    # truncation stemming: "acquiring" covers "acquired" with 5-character prefixes, not with whole words
+    s2 = ["Rex founded the company.", "Rex is a businessman from Utah.", "After acquiring Aloe Vera, it grew."]
+    b2 = np.ones(3, dtype=bool)
+    sc2 = np.array([4.0, 3.9, 3.5])
+    q2 = "What company did Rex acquired?"
+    assert np.argsort(-coverage_order(sc2, s2, b2, q2, 1.0, prefix=5), kind="stable")[1] == 2
+    assert np.argsort(-coverage_order(sc2, s2, b2, q2, 1.0, prefix=0), kind="stable")[1] == 1
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.sampled_from(["alpha beta", "gamma", "beta delta gamma", "epsilon", "alpha", "zeta beta"]),
+                min_size=1, max_size=8),
+       st.lists(st.floats(-3, 3, allow_nan=False), min_size=8, max_size=8),
+       st.sampled_from([0.5, 1.0, 3.0]), st.sampled_from([0, 3]))
+def test_coverage_order_matches_the_greedy_reference(words, raw, weight, prefix):
+    from tokenreduce.prompt.lexical import coverage_order
+
+    sents = [f"{w}." for w in words]
+    scores = np.round(np.array(raw[: len(sents)]), 1)
+    body = np.array([i % 4 != 3 for i in range(len(sents))])
+    q = "alpha gamma zeta omega?"
+    got = coverage_order(scores, sents, body, q, weight, prefix)
+    if body.sum() < 2:
+        np.testing.assert_array_equal(got, scores)
+    else:
+        ref = _coverage_reference(scores, sents, body, q, weight, prefix)
+        assert list(np.argsort(-got, kind="stable")) == list(np.argsort(-ref, kind="stable"))

@@ -29,10 +29,11 @@ VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
     "extractive-notype": ("extractive", {"w_type": 0.0}),
     "extractive-nodecay": ("extractive", {"doc_decay": 0.0}),
     "extractive-notitles": ("extractive", {"keep_titles": False}),
-    "extractive-nobridge": ("extractive", {"w_bridge": 0.0, "dedup": False}),  # the default before this round
+    "extractive-nocover": ("extractive", {"w_coverage": 0.0}),  # the default of stop 24 (no coverage pass)
+    "extractive-nobridge": ("extractive", {"w_bridge": 0.0, "dedup": False, "w_coverage": 0.0}),  # stop 23's
     "extractive-links": (
         "extractive",
-        {"w_chain": 0.0, "w_type": 0.0, "doc_decay": 0.0, "keep_titles": False, "w_bridge": 0.0},
+        {"w_chain": 0.0, "w_type": 0.0, "doc_decay": 0.0, "keep_titles": False, "w_bridge": 0.0, "w_coverage": 0.0},
     ),
     "extractive-plain": (
         "extractive",

@@ -5,10 +5,12 @@ Sentences are scored with a bi-encoder (all-MiniLM-L6-v2 by default; Reimers & G
 and lexical BM25 over the context's own sentences (Robertson & Zaragoza 2009). For several documents,
 multi-hop evidence is added: title links (:mod:`.linking`), the best two-document chain each document
 belongs to (:mod:`.chains`), the question's expected answer type (:mod:`.qtype`), a sentence-level
-second hop (the documents whose titles the best sentences name: the bridge entity's own sentences), and
-diminishing returns for further sentences of one document; a document's title line is kept with its first kept
-sentence. The best sentences are kept whole under an exact global budget (``granularity="token"`` of the
-compressor: the last one may be cut at word level to hit it), in original order unless ``reorder=True``.
+second hop (the documents whose titles the best sentences name: the bridge entity's own sentences),
+diminishing returns for further sentences of one document, and a greedy pass that moves up the sentences
+covering question terms the sentences ranked before them do not have (:func:`..lexical.coverage_order`); a
+document's title line is kept with its first kept sentence. The best sentences are kept whole under an exact
+global budget (``granularity="token"`` of the compressor: the last one may be cut at word level to hit it), in
+original order unless ``reorder=True``.
 Without a question, sentences are scored by closeness to the context's centroid. Weights ``w_*`` = 0
 turn a component off (``w_bm25=0`` is the embedding-only variant).
 """
@@ -21,7 +23,7 @@ import numpy as np
 import torch
 
 from ..chains import chain_scores, question_coverage, within_doc_rank
-from ..lexical import bm25_scores
+from ..lexical import bm25_scores, coverage_order
 from ..linking import acronym, acronyms_in, doc_texts, doc_titles, heading_sentences, link_matrix, link_scores, named_in
 from ..qtype import answer_type_scores
 from ..segment import Segmentation
@@ -55,12 +57,16 @@ class Extractive(PromptMethod):
     w_bridge: float = 1.5  # sentence-level second hop: documents named in the best bridge_k sentences (0: off)
     bridge_k: int = 2
     dedup: bool = True  # a sentence repeated verbatim (duplicated passages) ranks last after its first copy
+    w_coverage: float = 1.0  # greedy question-term coverage (lexical.coverage_order); 0: off
+    coverage_prefix: int = 5  # terms compared by their first characters (0: whole words)
     keep_titles: bool = True
     reorder: bool = False
     batch_size: int = 16  # small length-sorted batches: least padding, cache-friendly (fastest on 2 CPU cores)
     max_length: int = 128
 
-    minimums = {"hop_k": 1, "link_k": 0, "bridge_k": 1, "batch_size": 1, "max_length": 1}
+    minimums = {
+        "hop_k": 1, "link_k": 0, "bridge_k": 1, "batch_size": 1, "max_length": 1, "w_coverage": 0, "coverage_prefix": 0
+    }
 
     def load(self, encoder: SentenceEmbedder | None = None) -> ExtractiveScorer:
         """The scorer with ``encoder``, or with the encoder ``model`` names (all-MiniLM-L6-v2 by default)."""
@@ -186,6 +192,8 @@ class ExtractiveScorer(Scorer):
             score = score - c.doc_decay * within_doc_rank(score, doc_of, body)
         if c.dedup:
             score = _repeats_last(score, sents, body)
+        if c.w_coverage and question:
+            score = coverage_order(score, sents, body, question, c.w_coverage, c.coverage_prefix)
         return score
 
     def _chains(self, score, sents, doc_of, body, question) -> np.ndarray:
