@@ -194,7 +194,8 @@ def test_batched_answers_equal_one_by_one(query_aware):
     alone = run_suite(model, tok, samples, presses, new_tokens=budget, query_aware=query_aware, batch=False)
     batched = run_suite(model, tok, samples, presses, new_tokens=budget, query_aware=query_aware, batch=True)
     assert _answers_of(batched) == _answers_of(alone)
-    assert len({r["decoded"] for r in batched}) > 1 and min(r["decoded"] for r in batched) < 6
+    in_batches = [r["decoded"] for r in batched if r["batch"] > 1]
+    assert len(set(in_batches)) > 1 and min(in_batches) < 6  # rows of a batch left it at different steps
     assert max(r["batch"] for r in batched) >= 5  # the uniform presses at one keep share a batch
     assert all(r["batch"] == 1 for r in batched if r["press"] in ("full", "adakv", "pyramidkv"))
 

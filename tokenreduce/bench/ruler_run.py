@@ -27,7 +27,7 @@ from ..kv.bench import Prefill, capture_prefill, press_cache
 from ..kv.kvzip import compress_cache, prompt_ids, reconstruction_scores
 from ..kv.presses import KVzip, Press, ReconstructionPress, label
 from ..kv.ragged import ragged_attention_for
-from ..kv.session import Session, greedy
+from ..kv.session import Session
 from .ruler import TASKS, RulerSample
 
 # answer tokens per task (RULER decodes more; these cover the expected strings with a little slack)
@@ -48,20 +48,41 @@ def _answer(model, cache, n: int, logits, question, tokenizer, new_tokens: int) 
 
 @torch.no_grad()
 def _answers(model, cache, rows: int, n: int, logits, question, tokenizer, new_tokens: int) -> list[tuple[str, int]]:
-    """:func:`_answer` for a cache of ``rows`` rows (one compressed cache per row, same question): the batch
-    stops when every row has emitted EOS; a row's answer ends at its own first EOS."""
+    """:func:`_answer` for a cache of ``rows`` rows (one compressed cache per row, same question): a row that
+    emits EOS leaves the batch (the others decode on without it); a row's answer ends at its first EOS."""
     session = Session(model, cache, torch.ones(rows, n, dtype=torch.long, device=logits.device))
     if question is not None:
         logits = session.feed(question.expand(rows, -1), last_only=True)
     else:
         logits = logits.expand(rows, -1, -1)
     eos = getattr(tokenizer, "eos_token_id", None)
-    out = []
-    for ids in greedy(session, logits, new_tokens, eos).tolist():
-        if eos in ids:
-            ids = ids[: ids.index(eos) + 1]
-        out.append((tokenizer.decode(ids[:-1] if ids[-1] == eos else ids, skip_special_tokens=True), len(ids)))
-    return out
+    out: list[list[int]] = [[] for _ in range(rows)]
+    live = list(range(rows))  # rows still decoding, in batch order
+    last = logits[:, -1]
+    for t in range(new_tokens):
+        nxt = last.argmax(-1)
+        for r, tok in zip(live, nxt.tolist(), strict=True):
+            out[r].append(tok)
+        going = nxt != eos if eos is not None else torch.ones_like(nxt, dtype=torch.bool)
+        if not bool(going.any()) or t + 1 == new_tokens:
+            break
+        if not bool(going.all()):
+            live = [r for r, g in zip(live, going.tolist(), strict=True) if g]
+            _keep_rows(session, going.nonzero()[:, 0])
+            nxt = nxt[going]
+        last = session.feed(nxt[:, None])[:, -1]
+    return [(tokenizer.decode(ids[:-1] if ids[-1] == eos else ids, skip_special_tokens=True), len(ids)) for ids in out]
+
+
+def _keep_rows(session: Session, rows: torch.Tensor) -> None:
+    """Drop the other rows of a stacked cache (:func:`stack_caches`) and of the session's mask."""
+    cache = session.cache
+    for i in range(kvc.n_layers(cache)):
+        keys, values = kvc.layer_kv(cache, i)
+        kvc.set_layer_kv(cache, i, keys[rows], values[rows])
+    state = kvc.get_state(cache)
+    kvc.set_state(cache, Provenance(state.index[rows], state.real[rows], state.seen))
+    session.mask = session.mask[rows]
 
 
 def batch_key(press: Press | None, cache) -> tuple | None:
