@@ -138,9 +138,25 @@ def kvpress_cache(model, pre, press) -> DynamicCache:
 
 @torch.no_grad()
 def kvpress_answer(kp, model, tok, cache, n: int, question: torch.Tensor, budget: int) -> str:
-    """kvpress's pipeline decoding (``generate_answer``: question at positions n.., greedy, stop at EOS)."""
-    fake = types.SimpleNamespace(model=model, tokenizer=tok)
-    return kp.KVPressTextGenerationPipeline.generate_answer(fake, question, cache, n, budget)
+    """kvpress's pipeline decoding (``generate_answer``: question at positions n.., greedy, stop at EOS).
+
+    With per-layer cache lengths (a real PyramidKV pyramid) that call fails on transformers 5.25: the mask
+    for the question is sized after layer 0. There the question is fed one token at a time (no mask needed;
+    the same attention as one causal forward), then the same greedy loop."""
+    lengths = {layer.keys.shape[-2] for layer in cache.layers}
+    if len(lengths) == 1:
+        fake = types.SimpleNamespace(model=model, tokenizer=tok)
+        return kp.KVPressTextGenerationPipeline.generate_answer(fake, question, cache, n, budget)
+    for t in range(question.shape[1]):
+        out = model(input_ids=question[:, t:t + 1], past_key_values=cache, position_ids=torch.tensor([[n + t]]),
+                    logits_to_keep=1)
+    pos, ids = n + question.shape[1], [int(out.logits[0, -1].argmax())]
+    for i in range(budget - 1):
+        if ids[-1] == tok.eos_token_id:
+            break
+        out = model(input_ids=torch.tensor([[ids[-1]]]), past_key_values=cache, position_ids=torch.tensor([[pos + i]]))
+        ids.append(int(out.logits[0, -1].argmax()))
+    return tok.decode(ids, skip_special_tokens=True)
 
 
 def clear_masks(model) -> None:
