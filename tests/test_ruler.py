@@ -231,6 +231,33 @@ def test_kvzip_scores_once_per_sample_same_selection(monkeypatch):
 
 
 @needs_data
+@pytest.mark.parametrize("name", ["streaming_llm", "snapkv", "tova", "expected_attention", "keydiff", "key_norm",
+                                  "pyramidkv", "adakv", "qfilters", "chunkkv", "random"])
+def test_scores_shared_across_keeps_same_caches(name):
+    """Every press the suite runs scores a prefill the same at every keep: scored once (the first keep) and
+    reused, the compressed caches equal those pressed from scratch."""
+    import torch
+    from kv_models import tiny_lm
+
+    from tokenreduce.bench import ruler_run
+    from tokenreduce.kv import cache as kvc
+    from tokenreduce.kv import make_press
+    from tokenreduce.kv.bench import capture_prefill, press_cache
+
+    model, tok = tiny_lm(), CharTokenizer()
+    pre = capture_prefill(model, torch.tensor([tok.encode(make_suite(tok, 420, 1, ["vt"], DATA, seed=5)[0].context)]))
+    memo: dict = {}
+    for k in (0.5, 0.25, 0.1):
+        p = make_press(name, keep=k)
+        ours, ref = ruler_run._pressed(model, pre, p, tok, memo), press_cache(model, pre, p, tok)
+        assert kvc.get_state(ours).real.equal(kvc.get_state(ref).real)
+        for i in range(kvc.n_layers(ref)):
+            a, b = kvc.layer_kv(ours, i), kvc.layer_kv(ref, i)
+            assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]), (name, k, i)
+    assert len(memo) == kvc.n_layers(pre.cache)  # one score per layer, computed at the first keep
+
+
+@needs_data
 def test_both_modes_are_the_two_single_mode_runs():
     """``both_modes``: each sample's agnostic then aware records, equal to the two single-mode runs (KVzip,
     query-agnostic by design, only in the first)."""

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import fields
 from pathlib import Path
 
 import torch
@@ -106,18 +107,32 @@ def stack_caches(caches: Sequence) -> object:
     return out
 
 
+def _config(press: Press) -> tuple:
+    """A press's parameters except ``keep`` (its own and those of presses it wraps, e.g. AdaKV's scorer)."""
+    return (type(press), *((f.name, _config(v) if isinstance(v := getattr(press, f.name), Press) else repr(v))
+                           for f in fields(press) if f.name != "keep"))
+
+
 def _pressed(model, pre: Prefill, press: Press | None, tokenizer, memo: dict):
-    """``press_cache``, KVzip's reconstruction scores taken from ``memo`` when an earlier keep computed them."""
-    if not isinstance(press, KVzip):
+    """``press_cache``, each layer's scores (KVzip: its reconstruction scores) taken from ``memo`` when the same
+    press at another keep computed them on this prefill (scores do not depend on keep: tested per press)."""
+    if press is None:
         return press_cache(model, pre, press, tokenizer)
+    config = _config(press)
+    if not isinstance(press, KVzip):
+        def score(view, scorer=press.score):
+            if (config, view.layer) not in memo:
+                memo[(config, view.layer)] = scorer(view)
+            return memo[(config, view.layer)]
+
+        return press_cache(model, pre, press, tokenizer, score=score)
     press.check_model(model)
     prompt = prompt_ids(press, tokenizer)
-    key = (press.chunk, press.window, tuple(prompt.tolist()))
     cache = kvc.clone(pre.cache)
-    if key not in memo:
+    if config not in memo:
         mask = torch.ones_like(pre.ids)
-        memo[key] = reconstruction_scores(model, cache, pre.ids, mask, prompt, press.chunk, press.window)
-    return compress_cache(model, cache, pre.ids, None, press, prompt, scores=memo[key])
+        memo[config] = reconstruction_scores(model, cache, pre.ids, mask, prompt, press.chunk, press.window)
+    return compress_cache(model, cache, pre.ids, None, press, prompt, scores=memo[config])
 
 
 @torch.no_grad()

@@ -54,9 +54,9 @@ def capture_prefill(model: nn.Module, ids: Tensor) -> Prefill:
 
 
 @torch.no_grad()
-def press_cache(model: nn.Module, pre: Prefill, press: Press | None, tokenizer=None):
+def press_cache(model: nn.Module, pre: Prefill, press: Press | None, tokenizer=None, score=None):
     """A compressed copy of the prefill's cache (the uncompressed copy for ``press=None``); ``tokenizer``
-    tokenizes KVzip's reconstruction prompt."""
+    tokenizes KVzip's reconstruction prompt; ``score`` replaces ``press.score`` (see :func:`compress_layer`)."""
     cache = kvc.clone(pre.cache)
     if press is None:
         return cache
@@ -68,7 +68,7 @@ def press_cache(model: nn.Module, pre: Prefill, press: Press | None, tokenizer=N
     prefix = None
     for m in mods:
         hidden, cos, sin = pre.inputs[m.layer_idx]
-        prefix = compress_layer(press, cache, m, len(mods), hidden, cos, sin, valid)
+        prefix = compress_layer(press, cache, m, len(mods), hidden, cos, sin, valid, score=score)
     kvc.set_state(cache, kvc.KVState(prefix, pre.n))
     return cache
 

@@ -10,7 +10,7 @@ so kept keys need no re-rotation.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 import torch
@@ -37,7 +37,7 @@ from .select import gather, protect, select
 
 def compress_layer(
     press: ScoringPress, cache, module: nn.Module, n_layers: int, hidden, cos, sin, valid,
-    budgets: torch.Tensor | None = None,
+    budgets: torch.Tensor | None = None, score: Callable[[LayerView], torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """Score layer ``module.layer_idx``'s cached entries with ``press`` and keep the best; returns the prefix mask.
 
@@ -45,7 +45,8 @@ def compress_layer(
     ``valid`` (B, N) marks the real cached entries; ``budgets`` (B,), if given, are entry counts per row
     that replace the press's ``keep`` (decode-time compression, and every chunk of a chunked prefill).
     A layer already stored ragged (an earlier chunk of a chunked prefill) is scored on its padded
-    entries, each KV head seeing only its own.
+    entries, each KV head seeing only its own. ``score`` replaces ``press.score`` (a caller pressing one
+    prefill at several keeps reuses the scores, which do not depend on keep).
     """
     idx = module.layer_idx
     if isinstance(cache.layers[idx], ChannelLayer):  # pruned after an earlier chunk: pressed again as dense
@@ -58,7 +59,7 @@ def compress_layer(
         tail = valid[:, valid.shape[1] - stored.appended :]
         valid = torch.cat([head_valid[..., : stored.prefix_len].any(1), tail], dim=-1)
     view = LayerView(module, idx, n_layers, hidden, cos, sin, keys, values, valid, head_valid)
-    scores = protect(press.score(view), view.key_valid, press.sinks, press.recent)
+    scores = protect((score or press.score)(view), view.key_valid, press.sinks, press.recent)
     if isinstance(press, MergingPress):  # evicted entries folded into the kept ones (the eviction's bytes)
         kept, prefix_mask = select(scores, view.key_valid, press.layer_keep(idx, n_layers) if budgets is None
                                    else budgets)
