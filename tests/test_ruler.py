@@ -158,6 +158,7 @@ def test_cli_refuses_bad_arguments(capsys):
     assert main(["--keep", "1.5"]) == 2
     assert main(["--presses", "nope"]) == 2
     assert main(["--threads", "0"]) == 2
+    assert main(["--resume"]) == 2
     assert "error" in capsys.readouterr().err
 
 
@@ -267,12 +268,14 @@ def test_both_modes_are_the_two_single_mode_runs():
     from tokenreduce.kv import make_press
 
     model, tok = tiny_lm(), CharTokenizer()
-    samples = make_suite(tok, 420, 1, ["niah_single"], DATA, seed=4)
+    samples = make_suite(tok, 420, 1, ["niah_single", "vt"], DATA, seed=4)
     presses = [make_press("snapkv", keep=0.5), make_press("kvzip", keep=0.5)]
-    kw = dict(new_tokens={"niah_single": 3})
+    kw = dict(new_tokens={"niah_single": 3, "vt": 3})
     both = run_suite(model, tok, samples, presses, both_modes=True, **kw)
-    single = [*run_suite(model, tok, samples, presses, **kw),
-              *run_suite(model, tok, samples, presses, query_aware=True, **kw)]
-    assert _answers_of(both) == _answers_of(single)
-    assert [(r["mode"], r["press"]) for r in both] == [
+    single = [*run_suite(model, tok, samples[:1], presses, **kw),
+              *run_suite(model, tok, samples[:1], presses, query_aware=True, **kw)]
+    assert _answers_of(both[:5]) == _answers_of(single)
+    resumed = run_suite(model, tok, samples, presses, both_modes=True, skip={0}, **kw)  # --resume after sample 0
+    assert _answers_of(resumed) == _answers_of(both[5:])
+    assert [(r["mode"], r["press"]) for r in both[:5]] == [
         ("agnostic", "full"), ("agnostic", "snapkv"), ("agnostic", "kvzip"), ("aware", "full"), ("aware", "snapkv")]

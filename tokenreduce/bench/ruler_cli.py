@@ -40,6 +40,8 @@ def _parser() -> argparse.ArgumentParser:
                         "threads waiting on each other, which made this suite 10-40x slower)")
     p.add_argument("--out", help="write OUT.json, OUT.csv and OUT.png")
     p.add_argument("--records", help="no run: table/plot from an OUT.records.jsonl (e.g. a run cut short)")
+    p.add_argument("--resume", action="store_true",
+                   help="keep OUT.records.jsonl and run only the samples it lacks (same arguments as the cut run)")
     p.add_argument("--no-progress", action="store_true")
     return p
 
@@ -52,6 +54,8 @@ def main(argv: list[str] | None = None) -> int:
         return user_error(f"unknown --tasks {bad or args.tasks!r}; valid: {','.join(TASKS)}")
     if args.length < 64 or args.samples < 1:
         return user_error("need --length >= 64 and --samples >= 1")
+    if args.resume and not args.out:
+        return user_error("--resume needs --out (it continues OUT.records.jsonl)")
     if args.threads is not None and args.threads < 1:
         return user_error(f"--threads must be >= 1, got {args.threads}")
     if args.records:
@@ -85,18 +89,23 @@ def main(argv: list[str] | None = None) -> int:
     except (OSError, ValueError, ModuleNotFoundError) as e:
         return user_error(str(e))
     bar = tqdm(total=len(samples), desc="ruler", disable=args.no_progress)
-    on_sample = None
+    on_sample, done = None, []
     if args.out:  # OUT.records.jsonl grows sample by sample: a run cut short keeps what it finished
         partial = Path(args.out).with_suffix(".records.jsonl")
         partial.parent.mkdir(parents=True, exist_ok=True)
-        partial.write_text("")
+        if args.resume and partial.exists():
+            done = [json.loads(line) for line in partial.read_text().splitlines() if line]
+        else:
+            partial.write_text("")
 
         def on_sample(recs: list[dict]) -> None:
             with partial.open("a") as f:
                 f.writelines(json.dumps(r) + "\n" for r in recs)
 
-    records = run_suite(model, tok, samples, plist, query_aware=args.query_aware, progress=bar, on_sample=on_sample,
-                        batch=not args.no_batch, both_modes=args.both_modes)
+    skip = {r["sample"] for r in done}
+    bar.update(len(skip))
+    records = done + run_suite(model, tok, samples, plist, query_aware=args.query_aware, progress=bar,
+                               on_sample=on_sample, batch=not args.no_batch, both_modes=args.both_modes, skip=skip)
     bar.close()
     return _report(records, args, f"{args.length} tokens, {args.samples} samples per task")
 

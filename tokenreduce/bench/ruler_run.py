@@ -15,7 +15,7 @@ its own EOS, the same tokens as decoding them one by one (tested).
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Container, Sequence
 from dataclasses import fields
 from pathlib import Path
 
@@ -139,16 +139,19 @@ def _pressed(model, pre: Prefill, press: Press | None, tokenizer, memo: dict):
 def run_suite(model, tokenizer, samples: Sequence[RulerSample], presses: Sequence[Press], *,
               query_aware: bool = False, new_tokens: dict[str, int] | None = None, progress=None,
               on_sample: Callable[[list[dict]], None] | None = None, batch: bool = True,
-              both_modes: bool = False) -> list[dict]:
+              both_modes: bool = False, skip: Container[int] = ()) -> list[dict]:
     """One record per (sample, press): task, press label, keep, mode, prediction, score, the tokens decoded
     and the seconds compressing (``press_s``) + answering (``answer_s``; a batch's time split evenly over its
     rows) took, ``seconds`` their sum (an answer that never reaches EOS decodes the task's whole budget,
     which is what makes a sample slow). The full cache is the record with ``press="full"``, ``keep=1.0``.
     KVzip (query-agnostic by design) is skipped in query-aware mode. ``on_sample`` receives each sample's
     records as soon as they exist (partial runs). ``batch``: decode equal-shape caches as one batch.
-    ``both_modes``: each sample query-agnostic, then query-aware (a run cut short has both on the same samples)."""
+    ``both_modes``: each sample query-agnostic, then query-aware (a run cut short has both on the same samples).
+    ``skip``: indices of samples not run (a resumed run's finished ones)."""
     records = []
     for i, s in enumerate(samples):
+        if i in skip:
+            continue
         mine = []
         for aware in (False, True) if both_modes else (query_aware,):
             mine += _sample_records(model, tokenizer, i, s, presses, aware, NEW_TOKENS | (new_tokens or {}), batch)
