@@ -192,6 +192,22 @@ def test_bridge_lifts_the_document_named_by_the_best_sentence():
 
 
 
+def test_bridge_by_score_lifts_the_bridge_documents_most_relevant_sentence_first():
+    from tokenreduce.prompt.methods.extractive import Extractive, _bridge
+
+    docs = ["Title: Operation Cold Comfort\nOperation Cold Comfort was a failed raid by the Special Air Service.",
+            "Title: Special Air Service\nThe Special Air Service is a regiment. It has a crest. It was formed in 1941."]
+    sents, doc_of = _sents(docs)
+    heads = heading_sentences(sents, doc_of)
+    body = np.ones(len(sents), dtype=bool)
+    body[heads[heads >= 0]] = False
+    score = np.array([0.0, 3.0, 0.0, 1.0, 0.5, 2.0])  # the raid names doc 1; its founding sentence is its best
+    bridge = np.flatnonzero(doc_of == 1)[1:]  # body sentences of the bridge document, in order
+    np.testing.assert_allclose(_bridge(score, sents, doc_of, body, k=1, by_score=True)[bridge], [1 / 2, 1 / 3, 1.0])
+    np.testing.assert_allclose(_bridge(score, sents, doc_of, body, k=1)[bridge], [1.0, 1 / 2, 1 / 3])  # lead first
+    assert Extractive().bridge_by_score and Extractive().w_bridge == 2.0
+
+
 def test_verbatim_repeats_rank_last_after_their_first_copy():
     from tokenreduce.prompt.methods.extractive import _repeats_last
 

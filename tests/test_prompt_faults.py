@@ -215,6 +215,7 @@ BAD_ARGS = [
     ({"rate": 0.5, "method": "extractive", "link_k": -1}, ValueError, "link_k must be >= 0"),
     ({"rate": 0.5, "method": "extractive", "hop_k": 0}, ValueError, "hop_k must be >= 1"),
     ({"rate": 0.5, "method": "extractive", "w_coverage": -0.5}, ValueError, "w_coverage must be >= 0"),
+    ({"rate": 0.5, "method": "extractive", "bridge_by_score": 1}, ArgTypeError, "bridge_by_score must be True"),
     ({"rate": 0.5, "method": "extractive", "coverage_prefix": -1}, ValueError, "coverage_prefix must be >= 0"),
     ({"rate": 0.5, "method": "extractive", "coverage_prefix": 5.0}, ArgTypeError, "coverage_prefix must be an int"),
     ({"rate": 0.5, "method": "extractive", "batch_size": 0}, ValueError, "batch_size must be >= 1"),

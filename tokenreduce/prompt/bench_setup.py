@@ -29,7 +29,10 @@ VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
     "extractive-notype": ("extractive", {"w_type": 0.0}),
     "extractive-nodecay": ("extractive", {"doc_decay": 0.0}),
     "extractive-notitles": ("extractive", {"keep_titles": False}),
-    "extractive-nocover": ("extractive", {"w_coverage": 0.0}),  # the default of stop 24 (no coverage pass)
+    # the default of stop 24 (bridge by position at 1.5, no coverage pass), and this round's two parts alone
+    "extractive-stop24": ("extractive", {"w_coverage": 0.0, "w_bridge": 1.5, "bridge_by_score": False}),
+    "extractive-nocover": ("extractive", {"w_coverage": 0.0}),
+    "extractive-leadbridge": ("extractive", {"bridge_by_score": False}),
     "extractive-nobridge": ("extractive", {"w_bridge": 0.0, "dedup": False, "w_coverage": 0.0}),  # stop 23's
     "extractive-links": (
         "extractive",

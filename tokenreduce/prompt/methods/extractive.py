@@ -54,8 +54,9 @@ class Extractive(PromptMethod):
     chain_cover: float = 3.0
     w_type: float = 0.2  # expected answer type (prompt/qtype.py)
     doc_decay: float = 0.1  # diminishing returns: minus doc_decay x the sentence's rank within its document
-    w_bridge: float = 1.5  # sentence-level second hop: documents named in the best bridge_k sentences (0: off)
+    w_bridge: float = 2.0  # sentence-level second hop: documents named in the best bridge_k sentences (0: off)
     bridge_k: int = 2
+    bridge_by_score: bool = True  # the bridge document's sentences lifted in order of relevance (False: lead first)
     dedup: bool = True  # a sentence repeated verbatim (duplicated passages) ranks last after its first copy
     w_coverage: float = 1.0  # greedy question-term coverage (lexical.coverage_order); 0: off
     coverage_prefix: int = 5  # terms compared by their first characters (0: whole words)
@@ -103,12 +104,15 @@ def heading_pieces(seg: Segmentation) -> np.ndarray:
     return np.isin(seg.sent, heads[heads >= 0])
 
 
-def _bridge(score: np.ndarray, sents: list[str], doc_of: np.ndarray, body: np.ndarray, k: int) -> np.ndarray:
+def _bridge(
+    score: np.ndarray, sents: list[str], doc_of: np.ndarray, body: np.ndarray, k: int, by_score: bool = False
+) -> np.ndarray:
     """Sentence-level second hop: the body sentences of each document whose title is named in one of the ``k``
     best body sentences of *other* documents get 1 / (rank of that naming sentence), by their rank within their
-    own document (1 for the first, 1/2 for the second, ...): the bridge entity's own definition, which the
-    question does not name, is read next (multi-hop dense retrieval's second step, Xiong et al., ICLR 2021,
-    done with titles as hyperlinks)."""
+    own document (1 for the first, 1/2 for the second, ...): the bridge entity's own sentences, which the
+    question does not name, are read next (multi-hop dense retrieval's second step, Xiong et al., ICLR 2021,
+    done with titles as hyperlinks). The rank inside the bridge document is by ``score`` when ``by_score`` (its
+    most relevant sentence first: the fact asked about is often not the lead), else by position (lead first)."""
     titles = doc_titles(sents, doc_of)
     heads = heading_sentences(sents, doc_of)
     short = np.array([acronym(sents[h]) if h >= 0 else None for h in heads], dtype=object)
@@ -118,7 +122,7 @@ def _bridge(score: np.ndarray, sents: list[str], doc_of: np.ndarray, body: np.nd
         named = named_in(sents[i], titles) | np.isin(short, list(acronyms_in(sents[i])))
         named[doc_of[i]] = False
         weight = np.maximum(weight, named / (r + 1.0))
-    order = within_doc_rank(-np.arange(len(sents), dtype=float), doc_of, body)
+    order = within_doc_rank(score if by_score else -np.arange(len(sents), dtype=float), doc_of, body)
     return np.where(body, weight[doc_of] / (1.0 + order), 0.0)
 
 
@@ -187,7 +191,7 @@ class ExtractiveScorer(Scorer):
         if c.w_type and question:
             score = score + c.w_type * answer_type_scores(question, sents)
         if c.w_bridge and question and n_docs > 1:
-            score = score + c.w_bridge * _bridge(score, sents, doc_of, body, c.bridge_k)
+            score = score + c.w_bridge * _bridge(score, sents, doc_of, body, c.bridge_k, c.bridge_by_score)
         if c.doc_decay:
             score = score - c.doc_decay * within_doc_rank(score, doc_of, body)
         if c.dedup:
