@@ -14,10 +14,12 @@ by layer, with the same inputs its hook would receive inside a prefill (hidden s
 A prefill's outputs do not depend on the cache compression of the layers before (the hook runs after the
 layer's attention), so this equals kvpress's ``with press(model): model(...)`` without one prefill per press;
 ``--verify`` checks that on one short sample (same kept entries, bit for bit). Query-agnostic: the question
-is fed after compression; tokenreduce answers through its Session (as ``bench ruler``), kvpress through its
-pipeline's ``generate_answer`` (position ids after the full context length, greedy, same token budget).
+is fed after compression; tokenreduce answers through its Session (as ``bench ruler``), kvpress's cache the
+way its pipeline's ``generate_answer`` decodes (question at positions after the full context length, no mask,
+greedy, the suite's token budget; both stop at the first EOS, see :func:`kvpress_answer`).
 Both are scored by the suite's own scorer. One JSON record per (sample, press, keep) is appended to
-OUT.records.jsonl as it is made; OUT.json/OUT.csv hold the paired table.
+OUT.records.jsonl as it is made; OUT.json/OUT.md hold the paired tables (also the kept entries the two
+caches share, per layer and head).
 """
 
 from __future__ import annotations
@@ -27,7 +29,6 @@ import json
 import os
 import sys
 import time
-import types
 from pathlib import Path
 
 import torch
@@ -137,26 +138,29 @@ def kvpress_cache(model, pre, press) -> DynamicCache:
 
 
 @torch.no_grad()
-def kvpress_answer(kp, model, tok, cache, n: int, question: torch.Tensor, budget: int) -> str:
-    """kvpress's pipeline decoding (``generate_answer``: question at positions n.., greedy, stop at EOS).
+def kvpress_answer(model, tok, cache, n: int, question: torch.Tensor, budget: int) -> str:
+    """kvpress's pipeline decoding (``generate_answer``: the question at positions n.. without a mask, then
+    greedy), with one change: the answer ends at the first EOS *including the first token* (kvpress 0.5.5
+    checks only the later ones, so a model that ends at once goes on with a new chat turn, which the suite's
+    decoding would have cut: same stopping rule on both sides).
 
-    With per-layer cache lengths (a real PyramidKV pyramid) that call fails on transformers 5.25: the mask
-    for the question is sized after layer 0. There the question is fed one token at a time (no mask needed;
-    the same attention as one causal forward), then the same greedy loop."""
-    lengths = {layer.keys.shape[-2] for layer in cache.layers}
-    if len(lengths) == 1:
-        fake = types.SimpleNamespace(model=model, tokenizer=tok)
-        return kp.KVPressTextGenerationPipeline.generate_answer(fake, question, cache, n, budget)
-    for t in range(question.shape[1]):
-        out = model(input_ids=question[:, t:t + 1], past_key_values=cache, position_ids=torch.tensor([[n + t]]),
-                    logits_to_keep=1)
-    pos, ids = n + question.shape[1], [int(out.logits[0, -1].argmax())]
-    for i in range(budget - 1):
-        if ids[-1] == tok.eos_token_id:
-            break
-        out = model(input_ids=torch.tensor([[ids[-1]]]), past_key_values=cache, position_ids=torch.tensor([[pos + i]]))
-        ids.append(int(out.logits[0, -1].argmax()))
-    return tok.decode(ids, skip_special_tokens=True)
+    With per-layer cache lengths (a real PyramidKV pyramid) the one-call question feed fails on transformers
+    5.25 (the mask is sized after layer 0); there the question is fed one token at a time (no mask needed, the
+    same attention as one causal forward)."""
+    steps = [question] if len({layer.keys.shape[-2] for layer in cache.layers}) == 1 else question.split(1, 1)
+    pos = n
+    for ids in steps:
+        out = model(input_ids=ids, past_key_values=cache, logits_to_keep=1,
+                    position_ids=torch.arange(pos, pos + ids.shape[1])[None])
+        pos += ids.shape[1]
+    new = [int(out.logits[0, -1].argmax())]
+    while new[-1] != tok.eos_token_id and len(new) < budget:
+        out = model(input_ids=torch.tensor([[new[-1]]]), past_key_values=cache, position_ids=torch.tensor([[pos]]))
+        pos += 1
+        new.append(int(out.logits[0, -1].argmax()))
+    if new[-1] == tok.eos_token_id:
+        new = new[:-1]
+    return tok.decode(new, skip_special_tokens=True)
 
 
 def clear_masks(model) -> None:
@@ -237,6 +241,17 @@ def markdown(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def task_table(rows: list[dict]) -> str:
+    """Per-task scores, kvpress / tokenreduce in each cell."""
+    tasks = [t for t in TASKS if any(t in r["kvpress_tasks"] for r in rows)]
+    lines = ["| press | keep | " + " | ".join(tasks) + " |", "|---|---|" + "---|" * len(tasks)]
+    for r in rows:
+        cells = [f"{r['kvpress_tasks'][t]:.0f} / {r['tokenreduce_tasks'][t]:.0f}" if t in r["kvpress_tasks"] else ""
+                 for t in tasks]
+        lines.append(f"| {r['press']} | {r['keep']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--length", type=int, default=4096)
@@ -249,7 +264,8 @@ def main() -> None:
     ap.add_argument("--data-dir", default=None)
     ap.add_argument("--out", default=None, help="OUT.records.jsonl (incremental), OUT.json, OUT.md")
     ap.add_argument("--verify", action="store_true", help="only check the hook replay against real kvpress prefills")
-    ap.add_argument("--records", default=None, help="no run: the table from an OUT.records.jsonl")
+    ap.add_argument("--records", default=None,
+                    help="no run: the tables from OUT.records.jsonl files (comma-separated: merged)")
     a = ap.parse_args()
     names = [n for n in a.presses.split(",") if n]
     bad = [n for n in names if n not in PAIRS]
@@ -257,8 +273,14 @@ def main() -> None:
         ap.error(f"unknown presses {bad}; both libraries have: {', '.join(PAIRS)}")
     keeps = [float(k) for k in a.keep.split(",") if k]
     if a.records:
-        rows = pair_rows([json.loads(x) for x in Path(a.records).read_text().splitlines() if x])
+        records = [json.loads(x) for f in a.records.split(",") for x in Path(f).read_text().splitlines() if x]
+        rows = pair_rows(records)
         print(markdown(rows))
+        print(task_table(rows))
+        if a.out:
+            Path(a.out).with_suffix(".json").write_text(json.dumps(
+                {"args": vars(a), "rows": rows, "records": records}, indent=1))
+            Path(a.out).with_suffix(".md").write_text(markdown(rows) + "\n\n" + task_table(rows) + "\n")
         return
     torch.set_num_threads(a.threads)
     kp = import_kvpress()
@@ -284,10 +306,10 @@ def main() -> None:
         ctx, q = _ids(tok, s.context, True), _ids(tok, s.question, False)
         pre = capture_prefill(model, ctx)
         budget = NEW_TOKENS[s.task]
-        base = {"sample": i, "task": s.task, "answers": list(s.answers), "n": pre.n}
+        base = {"sample": i, "seed": s.meta.get("seed"), "task": s.task, "answers": list(s.answers), "n": pre.n}
         full_tr = tr_answer(model, tok, pre, None, q, budget)
         full_cache = kvpress_cache(model, pre, PAIRS["snapkv"][0](kp, 0.0))  # ratio 0: kvpress returns it as is
-        full_kp = kvpress_answer(kp, model, tok, full_cache, pre.n, q, budget)
+        full_kp = kvpress_answer(model, tok, full_cache, pre.n, q, budget)
         recs = [{**base, "press": "full", "keep": 1.0, "kvpress_prediction": full_kp, "kvpress_score": s.score(full_kp),
                  "tokenreduce_prediction": full_tr, "tokenreduce_score": s.score(full_tr),
                  "seconds": round(time.perf_counter() - t0, 2)}]
@@ -297,7 +319,7 @@ def main() -> None:
                 t1 = time.perf_counter()
                 cache = kvpress_cache(model, pre, make(kp, 1.0 - keep))
                 kp_rows = kept_rows(cache, [m and [t.clone() for t in m] for m in _masks_raw(model)])
-                kp_text = kvpress_answer(kp, model, tok, cache, pre.n, q, budget)
+                kp_text = kvpress_answer(model, tok, cache, pre.n, q, budget)
                 clear_masks(model)
                 t2 = time.perf_counter()
                 press = parse_press(spec, keep)
@@ -318,11 +340,12 @@ def main() -> None:
     rows = pair_rows(records)
     wall = round(time.time() - start, 1)
     print(markdown(rows))
+    print(task_table(rows))
     print(json.dumps({"seconds": wall, "load": os.getloadavg()}), flush=True)
     if a.out:
         Path(a.out).with_suffix(".json").write_text(json.dumps(
             {"args": vars(a), "seconds": wall, "rows": rows, "records": records}, indent=1))
-        Path(a.out).with_suffix(".md").write_text(markdown(rows) + "\n")
+        Path(a.out).with_suffix(".md").write_text(markdown(rows) + "\n\n" + task_table(rows) + "\n")
 
 
 if __name__ == "__main__":
