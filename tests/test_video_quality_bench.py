@@ -224,3 +224,28 @@ def test_a_model_that_is_not_the_video_testbed_is_refused(tmp_path, capsys):
         assert cli.main(["--model", str(path), "--no-progress"]) == 2
         err = capsys.readouterr().err
         assert "is not the trained video testbed" in err and "train_video_digits.py" in err
+
+
+# ---- the trained video testbed --------------------------------------------------------------------------------
+def test_quality_table_on_the_trained_video_model(tmp_path):
+    """On the committed model: the unreduced row is the model's own accuracy on those questions, keep = 1 rows
+    equal it, and FastVID at a quarter of the tokens keeps far more than random tokens do (every digit's token
+    survives its density peaks; random drops three in four)."""
+    import json
+
+    from tokenreduce.bench import video_testbed as vt
+    from tokenreduce.vlm.video import cli
+
+    out = tmp_path / "quality"
+    args = ["--model", str(vt.ASSET_DIR), "--questions", "40", "--keep", "1,0.25", "--methods", "fastvid",
+            "--repeats", "1", "--time-batch", "2", "--threads", "1", "--no-progress", "--out", str(out)]
+    assert cli.main(args) == 0
+    rows = {(r["method"], r["keep"]): r for r in json.loads(out.with_suffix(".json").read_text())["rows"]}
+    model, tok = vt.load_video_digits(vt.ASSET_DIR)
+    ex = vt.heldout(40)
+    own = vt.accuracy(tok, ex, vt.answer_ids(model, tok, ex))["overall"]
+    assert rows["unreduced", 1.0]["accuracy"] == round(own, 4)
+    for m in ("fastvid", *BASELINES):
+        assert rows[m, 1.0]["accuracy"] == rows["unreduced", 1.0]["accuracy"] and rows[m, 1.0]["agree"] == 1.0
+    assert rows["fastvid", 0.25]["accuracy"] >= rows["unreduced", 1.0]["accuracy"] - 0.1
+    assert rows["fastvid", 0.25]["accuracy"] > rows["video-random", 0.25]["accuracy"] + 0.15
