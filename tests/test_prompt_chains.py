@@ -303,3 +303,45 @@ def test_coverage_order_matches_the_greedy_reference(words, raw, weight, prefix)
     else:
         ref = _coverage_reference(scores, sents, body, q, weight, prefix)
         assert list(np.argsort(-got, kind="stable")) == list(np.argsort(-ref, kind="stable"))
+
+
+def test_heading_lines_are_not_speaker_labels(extractive):
+    """A "Title: X" line is a document's heading, not a speaker's turn: only ``keep_titles`` keeps it with the
+    document's kept sentences (the speaker rule used to bind it to every piece of its document)."""
+    from tokenreduce.prompt import PromptCompressor
+    from tokenreduce.prompt.protect import speaker_spans
+
+    assert speaker_spans("Title: Leith\nLeith is a port.\nheading: x\nHeading:  Y\n") == []
+    assert speaker_spans("Alice: hi\nTitle Card: no\nProfessor E: yes\n") == [(0, 6), (10, 21), (25, 37)]
+    assert extractive.prepare(UNRELATED_TITLES, "Where was Ewan Calder born?").requires is None
+    # a method without a title rule (random order): some kept body sentence goes without its heading line
+    rnd = PromptCompressor("random", tokenizer=extractive.counter, seed=1)
+    starts = np.cumsum([0] + [len(d) + 2 for d in UNRELATED_TITLES[:-1]])
+    alone = 0
+    for rate in (0.7, 0.5, 0.3):
+        kept = rnd(UNRELATED_TITLES, rate=rate).char_mask()
+        for s, d in zip(starts, UNRELATED_TITLES):
+            t = len(d.split("\n", 1)[0])
+            alone += bool(kept[s + t + 1 : s + len(d)].any() and not kept[s : s + t].any())
+    assert alone > 0
+    q = "Where was Ewan Calder born?"
+    for rate in (0.5, 0.3):  # with the title rule the heading comes with its document's kept sentences
+        assert "Title: Appendix C\nEwan Calder was born" in extractive(UNRELATED_TITLES, q, rate=rate).text
+
+
+LONG_TITLE = "Large denominations of United States currency and notes"  # "Title: " + it is >= 50 characters
+
+
+@pytest.mark.parametrize("head", [f"Title: {LONG_TITLE}", f"## {LONG_TITLE}", "Title: What's Up? (song)",
+                                  f"Title: {LONG_TITLE} of the kind issued by the Treasury before the war (1861)"])
+def test_a_heading_line_is_its_own_sentence_whatever_its_length(head):
+    """A labelled heading line ends its sentence even when it is long enough to read as hard-wrapped prose,
+    nothing inside it ends one, and it is its document's heading (at any length)."""
+    doc = f"{head}\nThe largest note ever printed was the $100,000 bill. It was never in general circulation."
+    sents, doc_of = _sents([doc, "Title: Other\nAnother document. Its second sentence."])
+    assert sents[:3] == [head, "The largest note ever printed was the $100,000 bill.",
+                         "It was never in general circulation."]
+    assert list(heading_sentences(sents, doc_of)) == [0, 3]
+    # a long unlabelled line is still hard-wrapped prose: it runs on into the next line
+    wrapped = "The largest note ever printed was the one hundred thousand\ndollar bill, never in circulation."
+    assert _sents([wrapped])[0] == [wrapped]

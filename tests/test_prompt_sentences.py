@@ -63,7 +63,15 @@ _sentence = st.lists(st.one_of(_words, _words, _words, _protected), min_size=1, 
     lambda ws: " ".join(ws).capitalize() + "."
 )
 _joiner = st.sampled_from([" ", " ", " ", "\nBob: ", "\nAlice: "])  # speaker turns too
-_doc = st.lists(st.tuples(_joiner, _sentence), min_size=1, max_size=6).map(lambda ps: "".join(j + s for j, s in ps))
+# a labelled heading line first, of any length, protected spans included (one sentence whatever its length)
+_heading = st.one_of(
+    st.just(""),
+    st.tuples(st.sampled_from(["Title: ", "## "]), st.lists(st.one_of(_words, _protected), min_size=1, max_size=16))
+    .map(lambda h: h[0] + " ".join(h[1]) + "\n"),
+)
+_doc = st.tuples(_heading, st.lists(st.tuples(_joiner, _sentence), min_size=1, max_size=6)).map(
+    lambda hp: hp[0] + "".join(j + s for j, s in hp[1])
+)
 _texts = st.lists(_doc, min_size=1, max_size=4).map("\n\n".join)
 
 

@@ -16,7 +16,7 @@ import re
 import numpy as np
 
 from .lexical import STOPWORDS
-from .segment import ends_sentence
+from .segment import HEADING_LINE, ends_sentence
 
 _LABEL = re.compile(r"^\s*(?:#+\s*|(?:title|heading|document|doc)\s*[:\-]\s*)", re.IGNORECASE)
 _PAREN = re.compile(r"\s*\([^)]*\)\s*$")
@@ -63,8 +63,9 @@ def acronyms_in(text: str) -> set[str]:
 
 
 def heading_sentences(sents: list[str], doc_of: np.ndarray) -> np.ndarray:
-    """Per document, the index of its heading sentence (-1 if none): its first sentence when that is short,
-    does not end like a sentence, and is followed by more text of the same document."""
+    """Per document, the index of its heading sentence (-1 if none): its first sentence when that is followed by
+    more text of the same document and is a labelled heading line (:data:`.segment.HEADING_LINE`, any length) or
+    is short and does not end like a sentence."""
     n_docs = int(doc_of.max()) + 1 if len(doc_of) else 0
     out = np.full(n_docs, -1, dtype=np.int64)
     first = np.r_[0, np.flatnonzero(doc_of[1:] != doc_of[:-1]) + 1] if len(doc_of) else np.zeros(0, int)
@@ -72,7 +73,8 @@ def heading_sentences(sents: list[str], doc_of: np.ndarray) -> np.ndarray:
         d = int(doc_of[i])
         has_body = i + 1 < len(doc_of) and doc_of[i + 1] == d
         words = sents[i].split()
-        if has_body and words and not ends_sentence(words[-1]) and len(words) <= MAX_TITLE_WORDS + 1:
+        short = bool(words) and not ends_sentence(words[-1]) and len(words) <= MAX_TITLE_WORDS + 1
+        if has_body and (short or HEADING_LINE.match(sents[i])):
             out[d] = i
     return out
 

@@ -2,8 +2,8 @@
 
 Each detector returns ``(start, end)`` character spans of one kind. ``find_protected`` merges them.
 Protected spans become atomic pieces (kept whole or dropped whole); the kinds named in ``force`` are
-always kept. Speaker labels ("Alice:", "Professor E:") are kept whenever anything of their turn is
-kept, so a kept utterance is always attributed.
+always kept. Speaker labels ("Alice:", "Professor E:"; not a "Title:" heading label) are kept whenever anything
+of their turn is kept, so a kept utterance is always attributed.
 """
 
 from __future__ import annotations
@@ -12,6 +12,8 @@ import json
 import re
 from bisect import bisect_left
 from collections.abc import Iterable, Sequence
+
+from .segment import HEADING_LINE
 
 STRUCTURE_KINDS = ("json", "code", "url", "number", "speaker")
 # code: a fenced block (an opening ``` or ~~~ line, up to the first bare closing line of the same fence) or
@@ -83,7 +85,13 @@ def number_spans(text: str) -> list[tuple[int, int]]:
 
 
 def speaker_spans(text: str) -> list[tuple[int, int]]:
-    return [(m.start() + len(m.group()) - len(m.group().lstrip()), m.end()) for m in _SPEAKER.finditer(text)]
+    """Speaker labels at line starts; a heading label ("Title: X", :data:`.segment.HEADING_LINE`) is none: its
+    line is its document's heading, not a turn (kept by the method's title rule, not with every sentence after it)."""
+    return [
+        (m.start() + len(m.group()) - len(m.group().lstrip()), m.end())
+        for m in _SPEAKER.finditer(text)
+        if not HEADING_LINE.match(text, m.start())
+    ]
 
 
 def json_spans(text: str, min_chars: int = 8) -> list[tuple[int, int]]:

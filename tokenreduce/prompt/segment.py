@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 import unicodedata
+from bisect import bisect_right
 from dataclasses import dataclass
 
 import numpy as np
@@ -87,6 +88,15 @@ def split_long_word(text: str, s: int, e: int) -> list[tuple[int, int]]:
 
 _LIST_ITEM = re.compile(r"[-*•#>|]|\d+[.)]\s")
 SHORT_LINE = 50
+# a labelled heading line: a markdown heading ("## X") or a "Title: X" / "Heading: X" line (the form of the
+# benchmark documents). It is one sentence whatever its length: the newline after it always ends a sentence (a long
+# one is not hard-wrapped prose) and nothing inside it does ("Title: What's Up? (song)", "## 1. Scope").
+HEADING_LINE = re.compile(r"(?im)^[ \t]*(?:#{1,6}[ \t]+|(?:title|heading)[ \t]*:[ \t]*)\S[^\n]*")
+
+
+def heading_lines(text: str) -> list[tuple[int, int]]:
+    """``(start, end)`` of each labelled heading line (:data:`HEADING_LINE`), its newline excluded."""
+    return [m.span() for m in HEADING_LINE.finditer(text)]
 
 
 def _line_break(text: str, gap_start: int, next_start: int) -> bool:
@@ -172,12 +182,15 @@ def segment(text: str, protected: list[tuple[int, int]], doc_starts: list[int] |
         doc_b = np.r_[False, k[1:] != k[:-1]]
     else:
         doc_b = np.array([False] + [text.count("\n", we[last[p - 1]], wfirst[p]) >= 2 for p in range(1, len(first))])
-    sent_b = doc_b | np.array(
-        [False]
-        + [
-            _line_break(text, int(we[last[p - 1]]), int(wfirst[p]))
-            or ends_sentence(text[ws[last[p - 1]] : we[last[p - 1]]])
-            for p in range(1, len(first))
-        ]
-    )
+    heads = heading_lines(text)
+    head_starts = [s for s, _ in heads]
+
+    def boundary(p: int) -> bool:
+        gap, nxt = int(we[last[p - 1]]), int(wfirst[p])
+        k = bisect_right(head_starts, gap - 1) - 1
+        if k >= 0 and gap <= heads[k][1]:  # the previous word ends a heading line or lies inside one
+            return nxt >= heads[k][1]
+        return _line_break(text, gap, nxt) or ends_sentence(text[ws[last[p - 1]] : gap])
+
+    sent_b = doc_b | np.array([False] + [boundary(p) for p in range(1, len(first))])
     return Segmentation(text, starts, ends, np.cumsum(sent_b), np.cumsum(doc_b), atomic)
