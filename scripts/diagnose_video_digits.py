@@ -5,7 +5,7 @@ can be judged directly: per method x kept share, the share of digit tokens the L
 columns the patched prefill records in its cache; a merging method's merged token counts as its target's
 place only) and the share of digits seen in at least one frame. Then QuoTA's rating signal: the cosine of
 digit and background tokens to the question's word embeddings (QuoTA keeps the tokens closest to the query).
-About 20 s on one thread.
+About 16 s of CPU on one thread (36 s wall at load 5).
 
     python scripts/diagnose_video_digits.py [--model tokenreduce/assets/video_digits] [--questions 100]
 """
