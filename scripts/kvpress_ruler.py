@@ -201,7 +201,9 @@ def verify(kp, model, tok, sample, names, keep: float) -> list[dict]:
         diff = max(max(float((a.keys - b.keys).abs().max()), float((a.values - b.values).abs().max()))
                    for a, b in zip(replay.layers, real.layers)) if same else None
         out.append({"verify": name, "keep": keep, "same_shapes": same, "max_abs_kv_diff": diff,
-                    "same_masked_entries": replay_masks == real_masks})
+                    "same_masked_entries": replay_masks == real_masks,
+                    "masked_entries": sum(len(m[0]) for m in real_masks if m is not None),
+                    "layer_lengths": sorted({layer.keys.shape[-2] for layer in real.layers})})
         print(json.dumps(out[-1]), flush=True)
     return out
 
