@@ -3,7 +3,7 @@
 Not part of the package or the tests. Install kvpress beside ours as ``scripts/kvpress_compare.py`` says
 (``pip install --no-deps --target /tmp/kvpress kvpress==0.5.5 "cachetools<6"``), then e.g.
 
-    PYTHONPATH=/tmp/kvpress python scripts/kvpress_ruler.py --length 4096 --samples 1 --keep 0.25,0.1 \\
+    PYTHONPATH=/tmp/kvpress python scripts/kvpress_ruler.py --length 4096 --samples 2 --keep 0.25,0.1 \\
         --out results/kvpress_ruler_4k
 
 Samples come from ``tokenreduce.bench.ruler.make_suite`` (same seed, length and tasks as ``tokenreduce bench
