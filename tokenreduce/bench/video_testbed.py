@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import json
 import re
-from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -38,6 +37,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from .testbed_common import accuracy as accuracy  # re-exported: the testbed's API
+from .testbed_common import equal_length_batches, greedy_answers, names_testbed, read_info
 from .vision_testbed import raw_split
 
 ASSET_DIR = Path(__file__).resolve().parent.parent / "assets" / "video_digits"
@@ -292,15 +293,8 @@ def batch_inputs(tokenizer, examples: list[Example]) -> dict[str, Tensor]:
 
 def batches(tokenizer, examples: list[Example], size: int) -> list[tuple[list[int], dict[str, Tensor]]]:
     """(example indices, inputs) batches of at most ``size`` prompts of equal length, so nothing is padded."""
-    by_len: dict[int, list[int]] = defaultdict(list)
-    for i, e in enumerate(examples):
-        by_len[len(_ids(tokenizer, e.question))].append(i)
-    out = []
-    for idx in by_len.values():
-        for s in range(0, len(idx), size):
-            part = idx[s : s + size]
-            out.append((part, batch_inputs(tokenizer, [examples[i] for i in part])))
-    return out
+    return equal_length_batches(examples, lambda e: len(_ids(tokenizer, e.question)),
+                                lambda part: batch_inputs(tokenizer, part), size)
 
 
 def load_video_digits(asset_dir: Path | str = ASSET_DIR):
@@ -316,34 +310,14 @@ def load_video_digits(asset_dir: Path | str = ASSET_DIR):
 
 def testbed_info(asset_dir: Path | str = ASSET_DIR) -> dict[str, Any]:
     """What training recorded (``testbed.json``): held-out accuracy, sizes, command."""
-    path = Path(asset_dir) / "testbed.json"
-    if not path.exists():
-        raise FileNotFoundError(f"no trained testbed at {asset_dir}; run scripts/train_video_digits.py")
-    return json.loads(path.read_text())
+    return read_info(asset_dir, "scripts/train_video_digits.py")
 
 
 def is_testbed(path: Path | str) -> bool:
     """Whether ``path`` is a moving-digits video checkpoint (its ``testbed.json`` names this testbed)."""
-    p = Path(path) / "testbed.json"
-    return p.exists() and json.loads(p.read_text()).get("testbed") == "video_digits"
+    return names_testbed(path, "video_digits")
 
 
-@torch.inference_mode()
 def answer_ids(model, tokenizer, examples: list[Example], batch_size: int = 50) -> list[int]:
     """The greedy next token (the answer word's id) of every example, in ``examples`` order."""
-    out = [0] * len(examples)
-    for idx, x in batches(tokenizer, examples, batch_size):
-        pred = model(**x, logits_to_keep=1).logits[:, -1].argmax(-1).tolist()
-        for i, p in zip(idx, pred):
-            out[i] = p
-    return out
-
-
-def accuracy(tokenizer, examples: list[Example], ids: list[int]) -> dict[str, float]:
-    """Fraction right per question type and ``overall``."""
-    right: dict[str, list[bool]] = defaultdict(list)
-    for e, i in zip(examples, ids):
-        ok = tokenizer.convert_ids_to_tokens(i) == e.answer
-        right[e.qtype].append(ok)
-        right["overall"].append(ok)
-    return {k: sum(v) / len(v) for k, v in right.items()}
+    return greedy_answers(model, batches(tokenizer, examples, batch_size), len(examples))

@@ -19,8 +19,6 @@ and a ``LlavaProcessor``) is written by ``scripts/train_vlm_digits.py`` to ``tok
 
 from __future__ import annotations
 
-import json
-from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,6 +27,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from .testbed_common import accuracy as accuracy  # re-exported: the testbed's API
+from .testbed_common import equal_length_batches, greedy_answers, names_testbed, read_info
 from .vision_testbed import raw_split
 
 ASSET_DIR = Path(__file__).resolve().parent.parent / "assets" / "vlm_digits"
@@ -201,15 +201,10 @@ def batch_inputs(tokenizer, examples: list[Example]) -> dict[str, Tensor]:
 
 def batches(tokenizer, examples: list[Example], size: int) -> list[tuple[list[int], dict[str, Tensor]]]:
     """(example indices, inputs) batches of at most ``size`` prompts of equal length, so nothing is padded."""
-    by_len: dict[int, list[int]] = defaultdict(list)
-    for i, e in enumerate(examples):
-        by_len[len(tokenizer(prompt(e.question), add_special_tokens=False)["input_ids"])].append(i)
-    out = []
-    for idx in by_len.values():
-        for s in range(0, len(idx), size):
-            part = idx[s : s + size]
-            out.append((part, batch_inputs(tokenizer, [examples[i] for i in part])))
-    return out
+    def length(e: Example) -> int:
+        return len(tokenizer(prompt(e.question), add_special_tokens=False)["input_ids"])
+
+    return equal_length_batches(examples, length, lambda part: batch_inputs(tokenizer, part), size)
 
 
 def load_vlm_digits(asset_dir: Path | str = ASSET_DIR):
@@ -225,34 +220,14 @@ def load_vlm_digits(asset_dir: Path | str = ASSET_DIR):
 
 def testbed_info(asset_dir: Path | str = ASSET_DIR) -> dict[str, Any]:
     """What training recorded (``testbed.json``): held-out accuracy, sizes, command."""
-    path = Path(asset_dir) / "testbed.json"
-    if not path.exists():
-        raise FileNotFoundError(f"no trained testbed at {asset_dir}; run scripts/train_vlm_digits.py")
-    return json.loads(path.read_text())
+    return read_info(asset_dir, "scripts/train_vlm_digits.py")
 
 
 def is_testbed(path: Path | str) -> bool:
     """Whether ``path`` is a digits-VLM checkpoint (its ``testbed.json`` names this testbed)."""
-    p = Path(path) / "testbed.json"
-    return p.exists() and json.loads(p.read_text()).get("testbed") == "vlm_digits"
+    return names_testbed(path, "vlm_digits")
 
 
-@torch.inference_mode()
 def answer_ids(model, tokenizer, examples: list[Example], batch_size: int = 50) -> list[int]:
     """The greedy next token (the answer word's id) of every example, in ``examples`` order."""
-    out = [0] * len(examples)
-    for idx, x in batches(tokenizer, examples, batch_size):
-        pred = model(**x, logits_to_keep=1).logits[:, -1].argmax(-1).tolist()
-        for i, p in zip(idx, pred):
-            out[i] = p
-    return out
-
-
-def accuracy(tokenizer, examples: list[Example], ids: list[int]) -> dict[str, float]:
-    """Fraction right per question type and ``overall``."""
-    right: dict[str, list[bool]] = defaultdict(list)
-    for e, i in zip(examples, ids):
-        ok = tokenizer.convert_ids_to_tokens(i) == e.answer
-        right[e.qtype].append(ok)
-        right["overall"].append(ok)
-    return {k: sum(v) / len(v) for k, v in right.items()}
+    return greedy_answers(model, batches(tokenizer, examples, batch_size), len(examples))

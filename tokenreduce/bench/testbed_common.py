@@ -1,0 +1,65 @@
+"""What the trained question-answering testbeds (:mod:`.vlm_testbed`, :mod:`.video_testbed`) share: batches of
+equal-length prompts (nothing padded), greedy one-word answers, accuracy per question type, and the
+``testbed.json`` record training writes beside the weights."""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+
+def equal_length_batches(
+    examples: Sequence, length: Callable[[Any], int], inputs: Callable[[list], dict[str, Tensor]], size: int
+) -> list[tuple[list[int], dict[str, Tensor]]]:
+    """(example indices, ``inputs(examples)``) batches of at most ``size`` examples whose prompts have the same
+    ``length``, so no batch needs padding."""
+    by_len: dict[int, list[int]] = defaultdict(list)
+    for i, e in enumerate(examples):
+        by_len[length(e)].append(i)
+    out = []
+    for idx in by_len.values():
+        for s in range(0, len(idx), size):
+            part = idx[s : s + size]
+            out.append((part, inputs([examples[i] for i in part])))
+    return out
+
+
+@torch.inference_mode()
+def greedy_answers(model, batched: list[tuple[list[int], dict[str, Tensor]]], n: int) -> list[int]:
+    """The greedy next token (the answer word's id) of each of ``n`` examples, in example order."""
+    out = [0] * n
+    for idx, x in batched:
+        pred = model(**x, logits_to_keep=1).logits[:, -1].argmax(-1).tolist()
+        for i, p in zip(idx, pred):
+            out[i] = p
+    return out
+
+
+def accuracy(tokenizer, examples: Sequence, ids: list[int]) -> dict[str, float]:
+    """Fraction right per question type (``e.qtype``) and ``overall``: the answer token equals ``e.answer``."""
+    right: dict[str, list[bool]] = defaultdict(list)
+    for e, i in zip(examples, ids):
+        ok = tokenizer.convert_ids_to_tokens(i) == e.answer
+        right[e.qtype].append(ok)
+        right["overall"].append(ok)
+    return {k: sum(v) / len(v) for k, v in right.items()}
+
+
+def read_info(asset_dir: Path | str, script: str) -> dict[str, Any]:
+    """What training recorded (``testbed.json``: held-out accuracy, sizes, command); ``script`` writes it."""
+    path = Path(asset_dir) / "testbed.json"
+    if not path.exists():
+        raise FileNotFoundError(f"no trained testbed at {asset_dir}; run {script}")
+    return json.loads(path.read_text())
+
+
+def names_testbed(path: Path | str, name: str) -> bool:
+    """Whether the checkpoint folder ``path`` holds a ``testbed.json`` naming the testbed ``name``."""
+    p = Path(path) / "testbed.json"
+    return p.exists() and json.loads(p.read_text()).get("testbed") == name
