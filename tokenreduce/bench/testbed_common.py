@@ -51,6 +51,18 @@ def accuracy(tokenizer, examples: Sequence, ids: list[int]) -> dict[str, float]:
     return {k: sum(v) / len(v) for k, v in right.items()}
 
 
+def load_checkpoint(asset_dir: Path | str, model_class: str, script: str):
+    """(model in eval mode, float32, tokenizer) of a committed testbed checkpoint, offline; ``model_class`` names
+    the transformers class, ``script`` is what writes the checkpoint (named in the error when it is missing)."""
+    import transformers
+
+    path = Path(asset_dir)
+    if not (path / "model.safetensors").exists():
+        raise FileNotFoundError(f"no trained weights at {path}; run {script}")
+    model = getattr(transformers, model_class).from_pretrained(str(path), dtype=torch.float32).eval()
+    return model, transformers.AutoTokenizer.from_pretrained(str(path))
+
+
 def read_info(asset_dir: Path | str, script: str) -> dict[str, Any]:
     """What training recorded (``testbed.json``: held-out accuracy, sizes, command); ``script`` writes it."""
     path = Path(asset_dir) / "testbed.json"

@@ -28,7 +28,7 @@ import torch
 from torch import Tensor
 
 from .testbed_common import accuracy as accuracy  # re-exported: the testbed's API
-from .testbed_common import equal_length_batches, greedy_answers, names_testbed, read_info
+from .testbed_common import equal_length_batches, greedy_answers, load_checkpoint, names_testbed, read_info
 from .vision_testbed import raw_split
 
 ASSET_DIR = Path(__file__).resolve().parent.parent / "assets" / "vlm_digits"
@@ -209,13 +209,7 @@ def batches(tokenizer, examples: list[Example], size: int) -> list[tuple[list[in
 
 def load_vlm_digits(asset_dir: Path | str = ASSET_DIR):
     """(model in eval mode, tokenizer) of the committed checkpoint, offline."""
-    from transformers import AutoTokenizer, LlavaForConditionalGeneration
-
-    path = Path(asset_dir)
-    if not (path / "model.safetensors").exists():
-        raise FileNotFoundError(f"no trained weights at {path}; run scripts/train_vlm_digits.py")
-    model = LlavaForConditionalGeneration.from_pretrained(str(path), dtype=torch.float32).eval()
-    return model, AutoTokenizer.from_pretrained(str(path))
+    return load_checkpoint(asset_dir, "LlavaForConditionalGeneration", "scripts/train_vlm_digits.py")
 
 
 def testbed_info(asset_dir: Path | str = ASSET_DIR) -> dict[str, Any]:
