@@ -38,12 +38,11 @@ sys.path.insert(0, os.path.dirname(__file__))
 from kvpress_compare import import_kvpress  # noqa: E402
 
 from tokenreduce.bench.ruler import TASKS, make_suite  # noqa: E402
-from tokenreduce.bench.ruler_run import NEW_TOKENS  # noqa: E402
+from tokenreduce.bench.ruler_run import NEW_TOKENS, _answer  # noqa: E402
 from tokenreduce.kv import cache as kvc  # noqa: E402
 from tokenreduce.kv.bench import capture_prefill, press_cache  # noqa: E402
 from tokenreduce.kv.presses import label, parse_press  # noqa: E402
 from tokenreduce.kv.ragged import ragged_attention_for  # noqa: E402
-from tokenreduce.kv.session import Session, greedy  # noqa: E402
 
 # name -> (kvpress press for a compression ratio, tokenreduce spec): equal parameters where both expose them
 # (kvpress defaults: SnapKV/PyramidKV window 64 kernel 5, PyramidKV beta 20 (4 here, see below),
@@ -106,12 +105,7 @@ def tr_answer(model, tok, pre, press, question: torch.Tensor, budget: int, rows:
         cache = press_cache(model, pre, press, tok)
         if rows is not None:
             rows.extend(kept_rows(cache))
-        session = Session(model, cache, torch.ones(1, pre.n, dtype=torch.long))
-        logits = session.feed(question, last_only=True)
-        ids = greedy(session, logits, budget, tok.eos_token_id)[0].tolist()
-    if tok.eos_token_id in ids:
-        ids = ids[: ids.index(tok.eos_token_id)]
-    return tok.decode(ids, skip_special_tokens=True)
+        return _answer(model, cache, pre.n, pre.logits, question, tok, budget)[0]
 
 
 def _layers(model):

@@ -25,7 +25,7 @@ from transformers.cache_utils import DynamicLayer
 from ..core.provenance import Provenance
 from ..kv import cache as kvc
 from ..kv.bench import Prefill, capture_prefill, press_cache
-from ..kv.kvzip import compress_cache, prompt_ids, reconstruction_scores
+from ..kv.kvzip import prompt_ids, reconstruction_scores
 from ..kv.presses import KVzip, Press, ReconstructionPress, label
 from ..kv.ragged import ragged_attention_for
 from ..kv.session import Session
@@ -126,13 +126,11 @@ def _pressed(model, pre: Prefill, press: Press | None, tokenizer, memo: dict):
             return memo[(config, view.layer)]
 
         return press_cache(model, pre, press, tokenizer, score=score)
-    press.check_model(model)
-    prompt = prompt_ids(press, tokenizer)
-    cache = kvc.clone(pre.cache)
-    if config not in memo:
-        mask = torch.ones_like(pre.ids)
-        memo[config] = reconstruction_scores(model, cache, pre.ids, mask, prompt, press.chunk, press.window)
-    return compress_cache(model, cache, pre.ids, None, press, prompt, scores=memo[config])
+    if config not in memo:  # the scoring pass leaves the prefill's cache untouched
+        press.check_model(model)
+        memo[config] = reconstruction_scores(model, pre.cache, pre.ids, torch.ones_like(pre.ids),
+                                             prompt_ids(press, tokenizer), press.chunk, press.window)
+    return press_cache(model, pre, press, tokenizer, kvzip_scores=memo[config])
 
 
 @torch.no_grad()

@@ -54,15 +54,17 @@ def capture_prefill(model: nn.Module, ids: Tensor) -> Prefill:
 
 
 @torch.no_grad()
-def press_cache(model: nn.Module, pre: Prefill, press: Press | None, tokenizer=None, score=None):
+def press_cache(model: nn.Module, pre: Prefill, press: Press | None, tokenizer=None, score=None, kvzip_scores=None):
     """A compressed copy of the prefill's cache (the uncompressed copy for ``press=None``); ``tokenizer``
-    tokenizes KVzip's reconstruction prompt; ``score`` replaces ``press.score`` (see :func:`compress_layer`)."""
+    tokenizes KVzip's reconstruction prompt; ``score`` replaces ``press.score`` (see :func:`compress_layer`);
+    ``kvzip_scores``: KVzip's :func:`~tokenreduce.kv.kvzip.reconstruction_scores` of this prefill, computed
+    once by a caller pressing it at several keeps (they do not depend on keep)."""
     cache = kvc.clone(pre.cache)
     if press is None:
         return cache
     press.check_model(model)
     if isinstance(press, KVzip):
-        return compress_cache(model, cache, pre.ids, None, press, prompt_ids(press, tokenizer))
+        return compress_cache(model, cache, pre.ids, None, press, prompt_ids(press, tokenizer), scores=kvzip_scores)
     mods = attention_modules(model)
     valid = torch.ones(1, pre.n, dtype=torch.bool, device=pre.logits.device)
     prefix = None
