@@ -79,9 +79,11 @@ def heading_sentences(sents: list[str], doc_of: np.ndarray) -> np.ndarray:
     return out
 
 
-def doc_titles(sents: list[str], doc_of: np.ndarray) -> list[list[str]]:
-    """Title variants per document, from its heading sentence (see :func:`heading_sentences`)."""
-    return [title_variants(sents[h]) if h >= 0 else [] for h in heading_sentences(sents, doc_of)]
+def doc_titles(sents: list[str], doc_of: np.ndarray, heads: np.ndarray | None = None) -> list[list[str]]:
+    """Title variants per document, from its heading sentence (``heads``: :func:`heading_sentences`, computed
+    here when not given)."""
+    heads = heading_sentences(sents, doc_of) if heads is None else heads
+    return [title_variants(sents[h]) if h >= 0 else [] for h in heads]
 
 
 def doc_texts(sents: list[str], doc_of: np.ndarray, n_docs: int) -> list[str]:

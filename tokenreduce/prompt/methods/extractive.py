@@ -105,16 +105,18 @@ def heading_pieces(seg: Segmentation) -> np.ndarray:
 
 
 def _bridge(
-    score: np.ndarray, sents: list[str], doc_of: np.ndarray, body: np.ndarray, k: int, by_score: bool = False
+    score: np.ndarray, sents: list[str], doc_of: np.ndarray, body: np.ndarray, k: int, by_score: bool = False,
+    heads: np.ndarray | None = None,
 ) -> np.ndarray:
     """Sentence-level second hop: the body sentences of each document whose title is named in one of the ``k``
     best body sentences of *other* documents get 1 / (rank of that naming sentence), by their rank within their
     own document (1 for the first, 1/2 for the second, ...): the bridge entity's own sentences, which the
     question does not name, are read next (multi-hop dense retrieval's second step, Xiong et al., ICLR 2021,
     done with titles as hyperlinks). The rank inside the bridge document is by ``score`` when ``by_score`` (its
-    most relevant sentence first: the fact asked about is often not the lead), else by position (lead first)."""
-    titles = doc_titles(sents, doc_of)
-    heads = heading_sentences(sents, doc_of)
+    most relevant sentence first: the fact asked about is often not the lead), else by position (lead first).
+    ``heads``: the documents' heading sentences (:func:`.linking.heading_sentences`, computed when not given)."""
+    heads = heading_sentences(sents, doc_of) if heads is None else heads
+    titles = doc_titles(sents, doc_of, heads)
     short = np.array([acronym(sents[h]) if h >= 0 else None for h in heads], dtype=object)
     top = [i for i in np.argsort(-np.where(body, score, -np.inf), kind="stable")[:k] if body[i]]
     weight = np.zeros(len(titles))
@@ -187,11 +189,11 @@ class ExtractiveScorer(Scorer):
         heads = heading_sentences(sents, doc_of)
         body[heads[heads >= 0]] = False
         if c.w_chain and question and n_docs > 1:
-            score = score + c.w_chain * self._chains(score, sents, doc_of, body, question)[doc_of]
+            score = score + c.w_chain * self._chains(score, sents, doc_of, body, heads, question)[doc_of]
         if c.w_type and question:
             score = score + c.w_type * answer_type_scores(question, sents)
         if c.w_bridge and question and n_docs > 1:
-            score = score + c.w_bridge * _bridge(score, sents, doc_of, body, c.bridge_k, c.bridge_by_score)
+            score = score + c.w_bridge * _bridge(score, sents, doc_of, body, c.bridge_k, c.bridge_by_score, heads)
         if c.doc_decay:
             score = score - c.doc_decay * within_doc_rank(score, doc_of, body)
         if c.dedup:
@@ -200,13 +202,13 @@ class ExtractiveScorer(Scorer):
             score = coverage_order(score, sents, body, question, c.w_coverage, c.coverage_prefix)
         return score
 
-    def _chains(self, score, sents, doc_of, body, question) -> np.ndarray:
+    def _chains(self, score, sents, doc_of, body, heads, question) -> np.ndarray:
         """Per-document two-hop chain score (prompt/chains.py) from the documents' best body sentences."""
         c = self.cfg
         n_docs = int(doc_of.max()) + 1
         relevance = _doc_reduce(np.where(body, score, -np.inf), doc_of, n_docs)
         relevance = np.where(np.isfinite(relevance), relevance, _doc_reduce(score, doc_of, n_docs))
-        titles = doc_titles(sents, doc_of)
+        titles = doc_titles(sents, doc_of, heads)
         links = link_matrix(sents, doc_of, titles)
         cover = question_coverage(question, doc_texts(sents, doc_of, n_docs))
         named = named_in(question, titles)
