@@ -193,4 +193,3 @@ def quality_main(args: argparse.Namespace) -> int:
 
         print("wrote " + " and ".join(map(str, write_results(result, args.out))))
     return 0
-
