@@ -5,13 +5,49 @@ equal-length prompts (nothing padded), greedy one-word answers, accuracy per que
 from __future__ import annotations
 
 import json
+import re
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor
+
+from .vision_testbed import raw_split
+
+
+def digit_pixels(split: str) -> tuple[np.ndarray, np.ndarray]:
+    """The 8x8 scikit-learn digits of a fixed split (:func:`.vision_testbed.raw_split`) as uint8 pixels 0-255,
+    and their labels."""
+    images, labels = raw_split(split)
+    return np.rint(images * (255.0 / 16.0)).astype(np.uint8), labels
+
+
+def split_words(text: str) -> list[str]:
+    """What the word-level tokenizer's pre-tokenizer does (``tokenizers`` ``Whitespace``: runs of word
+    characters, or of other non-space characters)."""
+    return re.findall(r"\w+|[^\w\s]+", text)
+
+
+def word_tokenizer(vocab: list[str], extra_special_tokens: dict[str, str]):
+    """A word-level fast tokenizer (``tokenizers`` WordLevel + Whitespace) over ``vocab`` (ids in its order; it
+    starts with ``<pad>``, ``<s>``, ``</s>``, ``<unk>``), as a left-padding transformers tokenizer."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(vocab)}, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        pad_token="<pad>",
+        bos_token="<s>",
+        eos_token="</s>",
+        unk_token="<unk>",
+        extra_special_tokens=extra_special_tokens,
+        padding_side="left",
+    )
 
 
 def equal_length_batches(

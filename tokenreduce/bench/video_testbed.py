@@ -28,7 +28,6 @@ decoder with 3-D M-RoPE; word-level tokenizer and a ``Qwen2VLProcessor``) is wri
 from __future__ import annotations
 
 import json
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -38,8 +37,16 @@ import torch
 from torch import Tensor
 
 from .testbed_common import accuracy as accuracy  # re-exported: the testbed's API
-from .testbed_common import equal_length_batches, greedy_answers, load_checkpoint, names_testbed, read_info
-from .vision_testbed import raw_split
+from .testbed_common import digit_pixels as _digit_pixels  # the training script's name
+from .testbed_common import (
+    equal_length_batches,
+    greedy_answers,
+    load_checkpoint,
+    names_testbed,
+    read_info,
+    word_tokenizer,
+)
+from .testbed_common import split_words as _split
 
 ASSET_DIR = Path(__file__).resolve().parent.parent / "assets" / "video_digits"
 FRAMES = 8
@@ -104,11 +111,6 @@ def prompt(question: str, video_tokens: int = TOKENS) -> str:
     return f"USER: {VISION_START}{VIDEO_TOKEN * video_tokens}{VISION_END}\n{question} ASSISTANT:"
 
 
-def _split(text: str) -> list[str]:
-    """What the tokenizer's pre-tokenizer does (``tokenizers`` ``Whitespace``)."""
-    return re.findall(r"\w+|[^\w\s]+", text)
-
-
 def vocabulary() -> list[str]:
     """Every word of every prompt and answer (the word-level tokenizer's vocabulary after the specials)."""
     words = {"USER", ":", "ASSISTANT", "left", "right", *map(str, range(10))}
@@ -119,22 +121,8 @@ def vocabulary() -> list[str]:
 
 def build_tokenizer():
     """The word-level fast tokenizer (``tokenizers`` WordLevel + Whitespace), as a transformers tokenizer."""
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
-    vocab = {w: i for i, w in enumerate(SPECIALS + vocabulary())}
-    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    return PreTrainedTokenizerFast(
-        tokenizer_object=tok,
-        pad_token="<pad>",
-        bos_token="<s>",
-        eos_token="</s>",
-        unk_token="<unk>",
-        extra_special_tokens={"image_token": IMAGE_TOKEN, "video_token": VIDEO_TOKEN,
-                              "vision_start_token": VISION_START, "vision_end_token": VISION_END},
-        padding_side="left",
-    )
+    return word_tokenizer(SPECIALS + vocabulary(), {"image_token": IMAGE_TOKEN, "video_token": VIDEO_TOKEN,
+                                                    "vision_start_token": VISION_START, "vision_end_token": VISION_END})
 
 
 PROCESSOR_KWARGS: dict[str, Any] = {
@@ -178,11 +166,6 @@ def save_processor(tokenizer, out: Path | str) -> None:
     for name, cfg in (("preprocessor_config.json", image), ("video_preprocessor_config.json", video),
                       ("processor_config.json", {"processor_class": "Qwen2VLProcessor"})):
         (out / name).write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
-
-
-def _digit_pixels(split: str) -> tuple[np.ndarray, np.ndarray]:
-    images, labels = raw_split(split)
-    return np.rint(images * (255.0 / 16.0)).astype(np.uint8), labels
 
 
 def make_video(digits: np.ndarray, labels: np.ndarray, rng: np.random.RandomState, count: int,

@@ -28,8 +28,16 @@ import torch
 from torch import Tensor
 
 from .testbed_common import accuracy as accuracy  # re-exported: the testbed's API
-from .testbed_common import equal_length_batches, greedy_answers, load_checkpoint, names_testbed, read_info
-from .vision_testbed import raw_split
+from .testbed_common import digit_pixels as _digit_pixels  # the training script's name
+from .testbed_common import (
+    equal_length_batches,
+    greedy_answers,
+    load_checkpoint,
+    names_testbed,
+    read_info,
+    word_tokenizer,
+)
+from .testbed_common import split_words as _split
 
 ASSET_DIR = Path(__file__).resolve().parent.parent / "assets" / "vlm_digits"
 CANVAS = 96
@@ -89,31 +97,9 @@ def vocabulary() -> list[str]:
     return sorted(words)
 
 
-def _split(text: str) -> list[str]:
-    """What the tokenizer's pre-tokenizer does (``tokenizers`` ``Whitespace``: runs of word characters, or of
-    other non-space characters)."""
-    import re
-
-    return re.findall(r"\w+|[^\w\s]+", text)
-
-
 def build_tokenizer():
     """The word-level fast tokenizer (``tokenizers`` WordLevel + Whitespace), as a transformers tokenizer."""
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
-    vocab = {w: i for i, w in enumerate(SPECIALS + vocabulary())}
-    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    return PreTrainedTokenizerFast(
-        tokenizer_object=tok,
-        pad_token="<pad>",
-        bos_token="<s>",
-        eos_token="</s>",
-        unk_token="<unk>",
-        extra_special_tokens={"image_token": IMAGE_TOKEN},
-        padding_side="left",
-    )
+    return word_tokenizer(SPECIALS + vocabulary(), {"image_token": IMAGE_TOKEN})
 
 
 def build_processor(tokenizer):
@@ -136,11 +122,6 @@ def build_processor(tokenizer):
         image_token=IMAGE_TOKEN,
         num_additional_image_tokens=1,  # the tower's [CLS], dropped by the "default" strategy
     )
-
-
-def _digit_pixels(split: str) -> tuple[np.ndarray, np.ndarray]:
-    images, labels = raw_split(split)
-    return np.rint(images * (255.0 / 16.0)).astype(np.uint8), labels
 
 
 def make_scene(digits: np.ndarray, labels: np.ndarray, rng: np.random.RandomState) -> Scene:
